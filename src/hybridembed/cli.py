@@ -1,0 +1,53 @@
+"""The `hybridembed` command line: one sub-command per module under hybridembed.commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from hybridembed import __version__
+from hybridembed.errors import HybridembedError
+
+# Each module defines `register(subparsers)`, which adds its parser and sets `func`.
+COMMAND_MODULES = ("train", "data", "encode", "demo", "eval", "mine", "serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridembed", description="Train, evaluate and serve text-embedding models with task-routed hybrid losses."
+    )
+    parser.add_argument("--version", action="version", version=f"hybridembed {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"hybridembed.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"hybridembed.commands.{name}":
+                continue  # a command not built yet in this checkout
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except HybridembedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

