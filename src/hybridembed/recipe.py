@@ -69,7 +69,7 @@ class LossConfig(Strict):
     temperature: float | None = Field(None, gt=0)
     weight: float | None = Field(None, gt=0)
     bidirectional: bool | None = Field(None, description="infonce: add the passage→query term")
-    all_pairs: bool | None = Field(None, description="infonce: Piccolo's variant, also score queries against all negatives and positives among themselves")
+    in_batch_negatives: bool | None = Field(None, description="infonce: score against other rows' passages too (default true)")
 
 
 class DatasetConfig(Strict):

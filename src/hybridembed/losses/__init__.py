@@ -1,0 +1,81 @@
+"""Losses (one file each) and the single place that routes a task type to its default loss.
+
+Adding a loss: write one file with an ``nn.Module`` taking ``(sentence_features, labels)`` and a
+class attribute ``accepts`` (the row shape it trains on), then add one line to ``LOSS_CLASSES``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from hybridembed.errors import RecipeError
+from hybridembed.losses.cosent import CoSENTLoss
+from hybridembed.losses.infonce import InfoNCELoss
+from hybridembed.losses.label_contrastive import LabelContrastiveLoss
+from hybridembed.losses.pearson import PearsonLoss
+from hybridembed.recipe import LossConfig, LossName
+from hybridembed.tasks import TaskType
+
+LOSS_CLASSES: dict[LossName, type[nn.Module]] = {
+    LossName.INFONCE: InfoNCELoss,
+    LossName.COSENT: CoSENTLoss,
+    LossName.LABEL_CONTRASTIVE: LabelContrastiveLoss,
+    LossName.PEARSON: PearsonLoss,
+}
+
+# Piccolo2's routing: retrieval-like tasks → InfoNCE, graded pairs → CoSENT, labels → label-contrastive.
+DEFAULT_LOSS_FOR_TASK: dict[TaskType, LossName] = {
+    TaskType.RETRIEVAL: LossName.INFONCE,
+    TaskType.RERANKING: LossName.INFONCE,
+    TaskType.STS: LossName.COSENT,
+    TaskType.PAIR_CLASSIFICATION: LossName.COSENT,
+    TaskType.CLASSIFICATION: LossName.LABEL_CONTRASTIVE,
+    TaskType.CLUSTERING: LossName.LABEL_CONTRASTIVE,
+}
+
+
+def resolve_loss_config(task: TaskType, per_task: dict[TaskType, LossConfig], per_dataset: LossConfig | None) -> LossConfig:
+    """Dataset setting beats the recipe's per-task setting, which beats the default routing."""
+    return per_dataset or per_task.get(task) or LossConfig(name=DEFAULT_LOSS_FOR_TASK[task])
+
+
+def build_loss(
+    model: nn.Module,
+    task: TaskType,
+    config: LossConfig,
+    matryoshka_dims: list[int] | None = None,
+    matryoshka_weights: list[float] | None = None,
+    where: str = "losses",
+) -> nn.Module:
+    """Instantiate the configured loss for `task`, wrapped in sentence-transformers' MatryoshkaLoss if dims are given."""
+    loss_class = LOSS_CLASSES[config.name]
+    if loss_class.accepts is not task.shape:
+        raise RecipeError(f"{where}: loss {config.name} trains on {loss_class.accepts} rows, but task {task} has {task.shape} rows")
+    accepted = inspect.signature(loss_class.__init__).parameters
+    kwargs = {}
+    for key, value in config.model_dump(exclude={"name"}).items():
+        if value is None:
+            continue
+        if key not in accepted:
+            raise RecipeError(f"{where}: loss {config.name} has no parameter {key!r}")
+        kwargs[key] = value
+    loss = loss_class(model, **kwargs)
+    if matryoshka_dims:
+        from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=matryoshka_dims, matryoshka_weights=matryoshka_weights)
+    return loss
+
+
+__all__ = [
+    "CoSENTLoss",
+    "DEFAULT_LOSS_FOR_TASK",
+    "InfoNCELoss",
+    "LOSS_CLASSES",
+    "LabelContrastiveLoss",
+    "PearsonLoss",
+    "build_loss",
+    "resolve_loss_config",
+]

@@ -1,0 +1,34 @@
+"""Label-contrastive InfoNCE without in-batch negatives, for classification and clustering (Piccolo2)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hybridembed.losses.infonce import InfoNCELoss
+
+
+class LabelContrastiveLoss(InfoNCELoss):
+    """InfoNCE where each text competes only against its own label and up to K other labels.
+
+    Classification/clustering rows are (text, label): the label's text is the positive and other
+    labels of the dataset are the negatives. Other rows of the batch are *not* negatives: two texts
+    of the same class often share a batch, and treating one's label as the other's negative would
+    be a false negative. This is Piccolo2's ``cls_contrast`` objective.
+
+    Paper: Piccolo2 (arXiv 2405.06932), "label-contrastive" loss for classification/clustering.
+
+    Inputs: columns ``text, label_text, other_label_1 … other_label_k``; labels ignored.
+    Defaults (Piccolo2's public code): temperature 0.05, weight 0.2, up to 10 negative labels
+    (the number of negatives is set by the dataset's ``num_negatives``).
+
+    Example::
+
+        loss = LabelContrastiveLoss(model)
+        value = loss([text_features, label_features, *other_label_features], labels=None)
+    """
+
+    def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 0.2) -> None:
+        super().__init__(model, temperature=temperature, weight=weight, bidirectional=False, in_batch_negatives=False)
+
+    def get_config_dict(self) -> dict[str, float]:
+        return {"temperature": self.temperature, "weight": self.weight}

@@ -1,0 +1,218 @@
+"""Run a recipe: validate data, build the model and routed losses, train with the sentence-transformers trainer, save the model folder.
+
+What this adds over `SentenceTransformerTrainer`: task-homogeneous batches with per-task batch
+sizes and mixing (hybridembed.sampling), one collator for all task shapes with hard-negative and
+label sampling (hybridembed.data.collator), the task → loss routing with Matryoshka wrapping, per-
+task loss logging, and a model folder that also records the recipe, the data summary and the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from torch.utils.data import ConcatDataset, DataLoader
+from transformers import TrainerCallback
+
+from hybridembed import __version__
+from hybridembed.data import TaskDataset, load_datasets
+from hybridembed.data.collator import DatasetView, HybridCollator
+from hybridembed.losses import build_loss, resolve_loss_config
+from hybridembed.model import build_model, embedding_dim, write_metadata
+from hybridembed.recipe import Recipe
+from hybridembed.sampling import DatasetPlan, TaskBatchSampler
+from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
+
+logger = logging.getLogger(__name__)
+DEFAULT_NEGATIVES = {TaskType.RETRIEVAL: 7, TaskType.RERANKING: 7, TaskType.CLASSIFICATION: 10, TaskType.CLUSTERING: 10}
+
+
+class _SamplerEpochCallback(TrainerCallback):
+    """Tell the task sampler the epoch (accelerate's batch-sampler shard does not forward set_epoch)."""
+
+    def __init__(self, sampler: TaskBatchSampler) -> None:
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.sampler.set_epoch(int(state.epoch or 0))
+
+
+class HybridTrainer(SentenceTransformerTrainer):
+    """`SentenceTransformerTrainer` fed by the task-homogeneous sampler and collator, with per-task loss logs."""
+
+    def __init__(self, *args: Any, task_sampler: TaskBatchSampler, dataset_tasks: dict[str, TaskType], **kwargs: Any) -> None:
+        self.task_sampler = task_sampler
+        self.dataset_tasks = dataset_tasks
+        self._task_loss_sum: dict[str, float] = defaultdict(float)
+        self._task_loss_count: dict[str, int] = defaultdict(int)
+        self.task_batches: dict[str, int] = defaultdict(int)  # batches trained per task type, whole run
+        kwargs.setdefault("callbacks", []).append(_SamplerEpochCallback(task_sampler))
+        super().__init__(*args, **kwargs)
+
+    def get_train_dataloader(self) -> DataLoader:
+        datasets = list(self.train_dataset.values())
+        loader = DataLoader(
+            ConcatDataset(datasets),
+            batch_sampler=self.task_sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+        )
+        # Batches differ in size across tasks; accelerate must not pad them to equal sizes.
+        self.accelerator.even_batches = False
+        return self.accelerator.prepare(loader)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        task = self.dataset_tasks[inputs["dataset_name"]]
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        if model.training:
+            self._task_loss_sum[task.value] += float(loss.detach())
+            self._task_loss_count[task.value] += 1
+            self.task_batches[task.value] += 1
+        return result
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            for task, count in self._task_loss_count.items():
+                if count:
+                    logs[f"loss_{task}"] = round(self._task_loss_sum[task] / count, 5)
+            self._task_loss_sum.clear()
+            self._task_loss_count.clear()
+        super().log(logs, start_time)
+
+
+def _dataset_views(recipe: Recipe, datasets: list[TaskDataset]) -> dict[str, DatasetView]:
+    views = {}
+    for ds in datasets:
+        cfg = ds.config
+        default_k = DEFAULT_NEGATIVES.get(ds.task, 0)
+        views[ds.name] = DatasetView(
+            task=ds.task,
+            num_negatives=cfg.num_negatives if cfg.num_negatives is not None else default_k,
+            query_prefix=cfg.query_prefix if cfg.query_prefix is not None else recipe.model.query_prefix,
+            passage_prefix=cfg.passage_prefix if cfg.passage_prefix is not None else recipe.model.passage_prefix,
+            label_pool=ds.label_pool,
+        )
+    return views
+
+
+def _batch_plans(recipe: Recipe, datasets: list[TaskDataset]) -> list[DatasetPlan]:
+    plans = []
+    for ds in datasets:
+        batch_size = ds.config.batch_size or recipe.training.batch_size_per_task.get(ds.task) or recipe.training.batch_size
+        texts_of = None
+        if ds.task in IN_BATCH_NEGATIVE_TASKS:
+            rows = ds.rows
+            texts_of = lambda i, rows=rows: {rows[i]["query"], *rows[i]["positives"], *(rows[i]["negatives"] or [])}  # noqa: E731
+        plans.append(DatasetPlan(ds.name, len(ds), batch_size, ds.config.weight, ds.config.repeat, texts_of))
+    return plans
+
+
+def _training_args(recipe: Recipe) -> SentenceTransformerTrainingArguments:
+    t = recipe.training
+    return SentenceTransformerTrainingArguments(
+        output_dir=t.output_dir,
+        per_device_train_batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        bf16=t.precision == "bf16",
+        fp16=t.precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        report_to=t.report_to or "none",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        dataloader_num_workers=t.dataloader_num_workers,
+        disable_tqdm=False,
+    )
+
+
+def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) -> HybridTrainer:
+    """Everything up to the first step: data (validated), model, losses, sampler, trainer."""
+    datasets = datasets if datasets is not None else load_datasets(recipe.datasets)
+    for ds in datasets:
+        logger.info("data %s", ds.summary())
+    torch.manual_seed(recipe.training.seed)
+    model = build_model(recipe.model)
+    dims = recipe.model.matryoshka_dims
+    if dims and max(dims) > embedding_dim(model):
+        from hybridembed.errors import RecipeError
+
+        raise RecipeError(f"model.matryoshka_dims {dims} exceed the model's embedding dimension {embedding_dim(model)}")
+    losses = {}
+    for ds in datasets:
+        loss_cfg = resolve_loss_config(ds.task, recipe.losses, ds.config.loss)
+        losses[ds.name] = build_loss(
+            model, ds.task, loss_cfg, dims, recipe.model.matryoshka_weights, where=f"datasets[{ds.name}].loss"
+        )
+    sampler = TaskBatchSampler(
+        _batch_plans(recipe, datasets), recipe.training.mixing, recipe.training.mixing_temperature, recipe.training.seed
+    )
+    collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed)
+    return HybridTrainer(
+        model=model,
+        args=_training_args(recipe),
+        train_dataset={ds.name: ds.to_hf() for ds in datasets},
+        loss=losses,
+        data_collator=collator,
+        task_sampler=sampler,
+        dataset_tasks={ds.name: ds.task for ds in datasets},
+    )
+
+
+def _resume_checkpoint(recipe: Recipe) -> str | bool | None:
+    resume = recipe.training.resume
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(recipe.training.output_dir) if os.path.isdir(recipe.training.output_dir) else None
+        if last is None:
+            logger.info("resume: no checkpoint in %s, starting from scratch", recipe.training.output_dir)
+        return last
+    return resume or None
+
+
+def run_training(recipe: Recipe, recipe_text: str | None = None) -> Path:
+    """Train as the recipe says and save the model folder; returns its path."""
+    trainer = prepare_training(recipe)
+    trainer.train(resume_from_checkpoint=_resume_checkpoint(recipe))
+    out = Path(recipe.training.output_dir)
+    trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        save_run_files(trainer, recipe, out, recipe_text)
+    return out
+
+
+def save_run_files(trainer: HybridTrainer, recipe: Recipe, out: Path, recipe_text: str | None) -> None:
+    """Recipe, training log and metadata beside the weights, so a model folder explains itself."""
+    (out / "recipe.yaml").write_text(recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    with open(out / "training_log.jsonl", "w", encoding="utf-8") as f:
+        for entry in trainer.state.log_history:
+            f.write(json.dumps(entry) + "\n")
+    write_metadata(
+        out,
+        hybridembed_version=__version__,
+        matryoshka_dims=sorted(recipe.model.matryoshka_dims or [], reverse=True),
+        embedding_dim=embedding_dim(trainer.model),
+        task_batches=dict(trainer.task_batches),
+        global_step=trainer.state.global_step,
+        datasets=[{"name": d.name, "path": d.path, "task": d.task.value} for d in recipe.datasets],
+    )
+
+
+__all__ = ["HybridTrainer", "prepare_training", "run_training"]
