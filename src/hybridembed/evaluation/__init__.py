@@ -1,0 +1,38 @@
+"""Evaluation of embedding models on local or named MTEB tasks: suites, runs, Matryoshka sweeps, reports.
+
+Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=64)`.
+Heavy imports (torch, mteb) happen inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hybridembed.evaluation.suite import Suite, SuiteError, TaskSpec, load_suite, parse_suite
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sentence_transformers import SentenceTransformer
+
+__all__ = ["Suite", "SuiteError", "TaskSpec", "load_suite", "main_scores", "parse_suite", "run_suite"]
+
+
+def run_suite(
+    model: SentenceTransformer | str,
+    suite: Suite | str | Path,
+    dims: list[int] | None = None,
+    batch_size: int = 64,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluate `model` on every task of `suite` at every dim; see `hybridembed.evaluation.runner.run_suite`."""
+    from hybridembed.evaluation.runner import run_suite as _run
+
+    return _run(model, suite, dims=dims, batch_size=batch_size, **kwargs)
+
+
+def main_scores(results: dict[str, Any], dim: str | int | None = None) -> dict[str, float]:
+    """{task name: main score} at `dim` (default: the largest evaluated dim)."""
+    from hybridembed.evaluation.runner import main_scores as _main_scores
+
+    return _main_scores(results, dim)

@@ -1,0 +1,171 @@
+"""Turn a suite's local task into an mteb task (its `load_data` reads our files), or fetch a named mteb task.
+
+What this adds over mteb: mteb's task classes load from the Hugging Face hub; here each local
+task is a subclass of the matching mteb abstract task (`AbsTaskSTS`, `AbsTaskPairClassification`,
+`AbsTaskClassification`, `AbsTaskClustering`, `AbsTaskRetrieval`) whose `load_data` builds the
+same dataset layout from the files named in the suite, so the metrics are mteb's own code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from mteb.abstasks.task_metadata import TaskMetadata
+
+from hybridembed.errors import DataError, HybridembedError
+from hybridembed.evaluation.local_data import (
+    read_beir,
+    read_columns,
+    read_ranking_rows,
+    restrict_retrieval,
+    subsample,
+    to_float,
+)
+from hybridembed.evaluation.suite import DEFAULT_MAIN_SCORE, TaskSpec
+from hybridembed.tasks import TaskType
+
+logger = logging.getLogger(__name__)
+
+MTEB_TYPE = {
+    TaskType.STS: "STS",
+    TaskType.PAIR_CLASSIFICATION: "PairClassification",
+    TaskType.CLASSIFICATION: "Classification",
+    TaskType.CLUSTERING: "Clustering",
+    TaskType.RERANKING: "Reranking",
+    TaskType.RETRIEVAL: "Retrieval",
+}
+# mteb task type -> ours, for named tasks.
+FROM_MTEB_TYPE = {v: k for k, v in MTEB_TYPE.items()}
+
+
+def _fingerprint(spec: TaskSpec) -> str:
+    """A revision string for the metadata: changes when the suite entry or the file size/mtime changes."""
+    h = hashlib.sha1(spec.model_dump_json().encode())
+    for p in (spec.path, spec.train_path):
+        if p is not None and p.is_file():
+            st = p.stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def task_metadata(spec: TaskSpec, eval_splits: list[str] | None = None) -> TaskMetadata:
+    assert spec.type is not None
+    return TaskMetadata(
+        name=spec.name,
+        description=f"Local {spec.type} task read from {spec.path}",
+        dataset={"path": str(spec.path), "revision": _fingerprint(spec)},
+        type=MTEB_TYPE[spec.type],
+        category="t2t",
+        modalities=["text"],
+        eval_splits=eval_splits or [spec.split],
+        eval_langs=[spec.language],
+        main_score=spec.main_score or DEFAULT_MAIN_SCORE[spec.type],
+    )
+
+
+class _LocalTaskMixin:
+    """Shared by the local task classes: metadata from the spec; `load_data` builds `self.dataset`."""
+
+    spec: TaskSpec
+
+    def __init__(self, spec: TaskSpec, **kwargs: Any) -> None:
+        self.spec = spec
+        self.metadata = task_metadata(spec)
+        super().__init__(seed=spec.seed, **kwargs)  # type: ignore[call-arg]
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        if self.data_loaded:  # type: ignore[has-type]
+            return
+        from datasets import DatasetDict
+
+        self.dataset = DatasetDict(self._build_splits())
+        self.data_loaded = True
+
+    def _build_splits(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _scored_pairs(spec: TaskSpec) -> tuple[list[str], list[str], list[float]]:
+    rows = subsample(read_columns(spec), spec.max_samples, spec.seed)
+    key = "score" if spec.type == TaskType.STS else "label"
+    text1, text2, values = [], [], []
+    dropped = 0
+    for number, row in enumerate(rows, start=1):
+        raw = row[key]
+        if spec.label_map is not None:
+            if str(raw) not in spec.label_map:
+                dropped += 1
+                continue
+            value = float(spec.label_map[str(raw)])
+        else:
+            value = to_float(raw, f"{spec.path}: row {number}: {key}")
+        text1.append(str(row["text1"]))
+        text2.append(str(row["text2"]))
+        values.append(value)
+    if dropped:
+        logger.info("task %s: dropped %d rows whose label is not in label_map", spec.name, dropped)
+    if not values:
+        raise DataError([f"{spec.path}: no rows left after label_map"], summary=f"task {spec.name!r}")
+    return text1, text2, values
+
+
+def build_sts(spec: TaskSpec) -> Any:
+    from datasets import Dataset
+    from mteb.abstasks.sts import AbsTaskSTS
+
+    class LocalSTSTask(_LocalTaskMixin, AbsTaskSTS):
+        def _build_splits(self) -> dict[str, Any]:
+            text1, text2, scores = _scored_pairs(self.spec)
+            low, high = self.spec.score_range or (min(scores), max(scores))
+            if high <= low:
+                raise DataError([f"{self.spec.path}: all gold scores are equal ({low}); STS needs a spread"])
+            self.min_score, self.max_score = low, high  # mteb normalises gold scores with these
+            return {self.spec.split: Dataset.from_dict({"sentence1": text1, "sentence2": text2, "score": scores})}
+
+    return LocalSTSTask(spec)
+
+
+BUILDERS = {
+    TaskType.STS: build_sts,
+}
+
+
+def build_local_task(spec: TaskSpec) -> Any:
+    """An mteb task instance for a local suite entry (data is read when mteb calls load_data)."""
+    assert spec.type is not None
+    builder = BUILDERS.get(spec.type)
+    if builder is None:
+        raise HybridembedError(f"task {spec.name!r}: type {spec.type} is not supported yet")
+    return builder(spec)
+
+
+def build_named_task(spec: TaskSpec) -> Any:
+    """The registered mteb task `spec.mteb_name`; its data loads from the hub or the local HF cache."""
+    import mteb
+
+    try:
+        task = mteb.get_task(spec.mteb_name, hf_subsets=spec.hf_subsets) if spec.hf_subsets else mteb.get_task(spec.mteb_name)
+    except (KeyError, ValueError) as err:
+        raise HybridembedError(f"task {spec.name!r}: mteb {mteb.__version__} has no task named {spec.mteb_name!r} ({err})") from None
+    return task
+
+
+def load_named_task_data(task: Any, spec: TaskSpec) -> None:
+    """Load a named task's data, turning an unreachable hub into one clear line."""
+    try:
+        task.load_data()
+    except Exception as err:  # datasets / huggingface_hub raise many types when offline
+        text = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+        raise HybridembedError(
+            f"task {spec.name!r}: cannot load the data of mteb task {spec.mteb_name!r} "
+            f"(no hub access and not in the local Hugging Face cache?): {text}"
+        ) from None
+
+
+def task_type_of(task: Any, spec: TaskSpec) -> TaskType | str:
+    """Our TaskType for a task (named mteb tasks of other types keep mteb's type name)."""
+    if spec.type is not None:
+        return spec.type
+    return FROM_MTEB_TYPE.get(task.metadata.type, task.metadata.type)
