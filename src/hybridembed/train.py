@@ -190,7 +190,10 @@ def _resume_checkpoint(recipe: Recipe) -> str | bool | None:
 def run_training(recipe: Recipe, recipe_text: str | None = None) -> Path:
     """Train as the recipe says and save the model folder; returns its path."""
     trainer = prepare_training(recipe)
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(recipe))
+    checkpoint = _resume_checkpoint(recipe)
+    if checkpoint:
+        logger.info("resuming from checkpoint %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     out = Path(recipe.training.output_dir)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
@@ -211,7 +214,7 @@ def save_run_files(trainer: HybridTrainer, recipe: Recipe, out: Path, recipe_tex
         embedding_dim=embedding_dim(trainer.model),
         task_batches=dict(trainer.task_batches),
         global_step=trainer.state.global_step,
-        datasets=[{"name": d.name, "path": d.path, "task": d.task.value} for d in recipe.datasets],
+        datasets=[{"name": d.name, "path": d.path, "task": trainer.dataset_tasks[d.name].value} for d in recipe.datasets],
     )
 
 

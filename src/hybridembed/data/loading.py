@@ -98,10 +98,10 @@ def load_dataset(cfg: DatasetConfig) -> TaskDataset:
             report(record.line, problem)
         if converted.row is None:
             continue
-        skipped["negatives equal to a positive (removed)"] += converted.removed_false_negatives
         if cfg.max_samples is not None and len(rows) >= cfg.max_samples:
             skipped["rows beyond max_samples"] += 1
             continue
+        skipped["negatives equal to a positive (removed)"] += converted.removed_false_negatives
         rows.append(converted.row)
 
     if n_problems:

@@ -127,8 +127,104 @@ def build_sts(spec: TaskSpec) -> Any:
     return LocalSTSTask(spec)
 
 
+def build_pair_classification(spec: TaskSpec) -> Any:
+    from datasets import Dataset
+    from mteb.abstasks.pair_classification import AbsTaskPairClassification
+
+    class LocalPairClassificationTask(_LocalTaskMixin, AbsTaskPairClassification):
+        def _build_splits(self) -> dict[str, Any]:
+            text1, text2, values = _scored_pairs(self.spec)
+            labels = [int(v) for v in values]
+            if set(labels) - {0, 1} or len(set(labels)) < 2:
+                raise DataError(
+                    [f"{self.spec.path}: pair labels must be 0/1 with both present (found {sorted(set(labels))[:10]}); use label_map"],
+                    summary=f"task {self.spec.name!r}",
+                )
+            data = {"sentence1": text1, "sentence2": text2, "labels": labels}
+            return {self.spec.split: Dataset.from_dict(data)}
+
+    return LocalPairClassificationTask(spec)
+
+
+def _texts_labels(spec: TaskSpec, path: Any = None, limit: int | None = None) -> tuple[list[str], list[str]]:
+    rows = subsample(read_columns(spec, path), limit, spec.seed)
+    return [str(r["text"]) for r in rows], [str(r["label"]) for r in rows]
+
+
+def build_classification(spec: TaskSpec) -> Any:
+    from datasets import Dataset
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    class LocalClassificationTask(_LocalTaskMixin, AbsTaskClassification):
+        def _build_splits(self) -> dict[str, Any]:
+            if self.spec.split == self.train_split:
+                raise DataError([f"task {self.spec.name!r}: split must not be named {self.train_split!r}"])
+            train_text, train_label = _texts_labels(self.spec, self.spec.train_path)
+            text, label = _texts_labels(self.spec, limit=self.spec.max_samples)
+            unseen = sorted(set(label) - set(train_label))
+            if unseen:
+                logger.warning("task %s: %d test labels never occur in train_path: %s", self.spec.name, len(unseen), unseen[:5])
+            return {
+                self.train_split: Dataset.from_dict({"text": train_text, "label": train_label}),
+                self.spec.split: Dataset.from_dict({"text": text, "label": label}),
+            }
+
+    return LocalClassificationTask(spec)
+
+
+def build_clustering(spec: TaskSpec) -> Any:
+    from datasets import Dataset
+    from mteb.abstasks.clustering import AbsTaskClustering
+
+    class LocalClusteringTask(_LocalTaskMixin, AbsTaskClustering):
+        # mteb's default embeds 4% of a (huge) hub set; a local set is used whole (`max_samples` trims it).
+        max_fraction_of_documents_to_embed = None
+
+        def _build_splits(self) -> dict[str, Any]:
+            text, label = _texts_labels(self.spec, limit=self.spec.max_samples)
+            return {self.spec.split: Dataset.from_dict({"sentences": text, "labels": label})}
+
+    return LocalClusteringTask(spec)
+
+
+def build_retrieval(spec: TaskSpec) -> Any:
+    from datasets import Dataset
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+    class LocalRetrievalTask(_LocalTaskMixin, AbsTaskRetrieval):
+        def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+            if self.data_loaded:
+                return
+            spec = self.spec
+            raw = read_beir(spec) if spec.resolved_format == "beir" else read_ranking_rows(spec)
+            data, dropped = restrict_retrieval(raw, spec)
+            if dropped:
+                logger.info("task %s: %d queries without a relevant document left out (as mteb does)", spec.name, dropped)
+            if not data.queries:
+                raise DataError([f"{spec.path}: no query has a relevant document"], summary=f"task {spec.name!r}")
+            reranking = spec.type == TaskType.RERANKING
+            if reranking and not data.candidates:
+                # a BEIR folder as reranking: each query's candidates are its judged documents
+                data.candidates = {q: list(data.qrels[q]) for q in data.queries}
+            split = {
+                "corpus": Dataset.from_dict({"id": list(data.corpus), "text": list(data.corpus.values())}),
+                "queries": Dataset.from_dict({"id": list(data.queries), "text": list(data.queries.values())}),
+                "relevant_docs": data.qrels,
+                "top_ranked": data.candidates if reranking else None,
+            }
+            self.dataset = {"default": {spec.split: split}}
+            self.data_loaded = True
+
+    return LocalRetrievalTask(spec)
+
+
 BUILDERS = {
     TaskType.STS: build_sts,
+    TaskType.PAIR_CLASSIFICATION: build_pair_classification,
+    TaskType.CLASSIFICATION: build_classification,
+    TaskType.CLUSTERING: build_clustering,
+    TaskType.RETRIEVAL: build_retrieval,
+    TaskType.RERANKING: build_retrieval,
 }
 
 

@@ -72,6 +72,13 @@ def _build_task(spec: TaskSpec) -> Any:
     return task
 
 
+def _reseed(task: Any) -> None:
+    """mteb seeds a task's RNGs once at construction; reseed so every dim sees the same sampling."""
+    from mteb._set_seed import _set_seed
+
+    task.rng_state, task.np_rng = _set_seed(task.seed)
+
+
 def _eval_split(task: Any, spec: TaskSpec) -> str:
     if spec.is_named and spec.split not in task.eval_splits:
         raise HybridembedError(f"task {spec.name!r}: split {spec.split!r} not in the mteb task's splits {list(task.eval_splits)}")
@@ -173,6 +180,7 @@ def run_suite(
                 }
                 for dim in dim_list:
                     encoder.dim = dim
+                    _reseed(task)
                     encoded_before, enc_seconds_before = encoder.texts_encoded, encoder.encode_seconds
                     t0 = time.perf_counter()
                     scores = task.evaluate(encoder, split, encode_kwargs=dict(encode_kwargs))

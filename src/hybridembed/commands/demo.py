@@ -1,0 +1,50 @@
+"""`hybridembed demo`: train the quickstart recipe, then print the evaluation before and after training."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_SUITE = "suites/quickstart.yaml"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train the quickstart recipe and print before/after scores",
+        description="Fine-tune the recipe's backbone, evaluate base and trained model on a suite (STS-B dev by default), print the report.",
+    )
+    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
+    parser.add_argument("--suite", default=DEFAULT_SUITE)
+    parser.add_argument("--max-steps", type=int, help="override training.max_steps")
+    parser.add_argument("--output-dir", help="override training.output_dir")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybridembed.evaluation import load_suite, run_suite
+    from hybridembed.model import load_model
+    from hybridembed.recipe import load_recipe
+    from hybridembed.train import run_training
+
+    recipe = load_recipe(args.recipe, {"training.max_steps": args.max_steps, "training.output_dir": args.output_dir})
+    suite = load_suite(args.suite)
+    dims = recipe.model.matryoshka_dims
+    base = run_suite(load_model(recipe.model.backbone), suite)
+    out = run_training(recipe, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
+    trained = run_suite(load_model(str(out)), suite, dims=sorted(dims, reverse=True) if dims else None)
+    print()
+    print(f"Before/after on {args.suite} (main score: {', '.join(sorted({t['type'] for t in trained['tasks'].values()}))})")
+    print("| task | base model | trained (full dim) | " + " | ".join(f"trained @{d}" for d in _dims(trained)[1:]) + " |")
+    print("|---|---|---|" + "---|" * (len(_dims(trained)) - 1))
+    for name, task in trained["tasks"].items():
+        base_score = next(iter(base["tasks"][name]["dims"].values()))["main_score"]
+        scores = [task["dims"][d]["main_score"] for d in _dims(trained)]
+        print(f"| {name} | {base_score:.4f} | " + " | ".join(f"{s:.4f}" for s in scores) + " |")
+    print(f"\ntrained model: {out}")
+    return 0
+
+
+def _dims(results: dict) -> list[str]:
+    first = next(iter(results["tasks"].values()))
+    return sorted(first["dims"], key=int, reverse=True)

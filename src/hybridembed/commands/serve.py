@@ -1,0 +1,121 @@
+"""`hybridembed serve MODEL`: run the OpenAI-compatible embeddings server (FastAPI + uvicorn) on a model."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+
+from hybridembed.errors import HybridembedError
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "max_batch_size": 32,
+    "max_wait_ms": 5.0,
+    "max_inputs": 2048,
+    "max_chars": 32768,
+    "max_body_bytes": 8 * 1024 * 1024,
+    "max_queue": 8192,
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible /v1/embeddings API",
+        description=(
+            "Serve MODEL over HTTP: POST /v1/embeddings (OpenAI-compatible, with `dimensions` for Matryoshka "
+            "prefixes), GET /v1/models, GET /health. Binds 127.0.0.1 unless --host says otherwise."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
+    parser.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="name of the environment variable holding the API key clients must send as 'Authorization: Bearer KEY'",
+    )
+    parser.add_argument("--model-name", help="the id clients send as `model` (default: folder name or hub id)")
+    parser.add_argument("--device", help="torch device (default: what sentence-transformers picks)")
+    group = parser.add_argument_group("batching")
+    group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts encoded in one forward pass")
+    group.add_argument(
+        "--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"], help="longest a text waits for others to fill its batch"
+    )
+    group.add_argument(
+        "--max-queue", type=int, default=DEFAULTS["max_queue"], help="texts allowed to wait; beyond this requests get 503"
+    )
+    limits = parser.add_argument_group("request limits")
+    limits.add_argument("--max-inputs", type=int, default=DEFAULTS["max_inputs"], help="most inputs in one request")
+    limits.add_argument("--max-chars", type=int, default=DEFAULTS["max_chars"], help="most characters in one input")
+    limits.add_argument("--max-body-bytes", type=int, default=DEFAULTS["max_body_bytes"], help="largest request body")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass before accepting requests")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.set_defaults(func=run)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_api_key(var: str | None) -> str | None:
+    """The API key from the environment variable named `var` (None when no variable is named)."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise HybridembedError(f"--api-key-env {var}: the environment variable {var} is not set or empty")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybridembed.serve.app import ServeSettings
+
+    api_key = read_api_key(args.api_key_env)
+    if not 0 <= args.port <= 65535:
+        raise HybridembedError(f"--port {args.port}: must be between 0 and 65535")
+    try:
+        settings = ServeSettings(
+            max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms,
+            max_inputs=args.max_inputs,
+            max_chars=args.max_chars,
+            max_body_bytes=args.max_body_bytes,
+            max_queue=args.max_queue,
+            api_key=api_key,
+            warmup=not args.no_warmup,
+        )
+    except ValueError as err:
+        raise HybridembedError(f"invalid serve option: {err}") from None
+    if not _is_loopback(args.host) and api_key is None:
+        logger.warning("binding %s without --api-key-env: anyone who can reach this port can use the server", args.host)
+
+    import uvicorn
+
+    from hybridembed.serve.app import create_app
+    from hybridembed.serve.engine import load_served_model
+
+    try:
+        served = load_served_model(args.model, model_name=args.model_name, device=args.device)
+    except OSError as err:
+        raise HybridembedError(f"cannot load model {args.model!r}: {err}") from None
+    app = create_app(served, settings)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+        timeout_graceful_shutdown=10,
+    )
+    return 0

@@ -1,0 +1,133 @@
+"""The served model: loads a sentence-transformers model, encodes batches with token counts, describes itself."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_ALIASES = ("bundled:all-MiniLM-L6-v2", "bundled")
+
+
+@dataclass
+class ServedModel:
+    """A loaded model plus what the API reports about it (id, dims, Matryoshka dims, token limit)."""
+
+    model: SentenceTransformer
+    name: str
+    dim: int
+    matryoshka_dims: list[int] = field(default_factory=list)
+    max_seq_length: int | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def from_model(cls, model: SentenceTransformer, name: str, matryoshka_dims: list[int] | None = None) -> ServedModel:
+        from hybridembed.model import embedding_dim
+
+        max_len = getattr(model, "max_seq_length", None)
+        return cls(
+            model=model,
+            name=name,
+            dim=embedding_dim(model),
+            matryoshka_dims=sorted(int(d) for d in (matryoshka_dims or [])),
+            max_seq_length=int(max_len) if max_len else None,
+        )
+
+    def prompt_name_for(self, input_type: str | None) -> str | None:
+        """The model's prompt for an `input_type` ("query" / "document"), None when it has none."""
+        prompts = getattr(self.model, "prompts", None) or {}
+        candidates = {"query": ("query",), "document": ("document", "passage", "corpus")}.get(input_type or "", ())
+        return next((name for name in candidates if prompts.get(name)), None)
+
+    def encode(self, texts: list[str], prompt_name: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Embed `texts` in one call; also return token counts (as the model saw them) and truncation flags.
+
+        Without `prompt_name` the model's own default prompt (if any) applies, as in `model.encode`.
+        Runs on the batcher's worker thread only: the fast tokenizer is not safe to call from two
+        threads at once with different truncation settings.
+        """
+        prompt = self._prompt_text(prompt_name)
+        counts, truncated = self._token_counts([prompt + t for t in texts] if prompt else texts)
+        embeddings = self.model.encode(
+            texts,
+            prompt_name=prompt_name,
+            batch_size=max(1, len(texts)),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(embeddings, dtype=np.float32), counts, truncated
+
+    def _prompt_text(self, prompt_name: str | None) -> str:
+        prompts = getattr(self.model, "prompts", None) or {}
+        name = prompt_name or getattr(self.model, "default_prompt_name", None)
+        return prompts.get(name, "") if name else ""
+
+    def _token_counts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        tokenizer = getattr(self.model, "tokenizer", None)
+        n = len(texts)
+        if tokenizer is None:
+            return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        kwargs: dict[str, Any] = {"add_special_tokens": True, "return_attention_mask": False}
+        if self.max_seq_length:
+            # one token past the limit is enough to tell that an input was cut
+            kwargs.update(truncation=True, max_length=self.max_seq_length + 1)
+        ids = tokenizer(texts, **kwargs)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        if not self.max_seq_length:
+            return lengths, np.zeros(n, dtype=bool)
+        return np.minimum(lengths, self.max_seq_length), lengths > self.max_seq_length
+
+    def describe(self) -> dict[str, Any]:
+        """The entry of GET /v1/models (OpenAI's model object plus our embedding facts)."""
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "hybridembed",
+            "dimensions": self.dim,
+            "matryoshka_dimensions": self.matryoshka_dims,
+            "max_input_tokens": self.max_seq_length,
+            "prompts": {k: v for k, v in (getattr(self.model, "prompts", None) or {}).items() if v},
+        }
+
+
+def default_model_name(name_or_path: str) -> str:
+    """The id clients send as `model`: the folder name for a local path, the id itself for a hub id."""
+    if name_or_path in BUNDLED_ALIASES:
+        return "all-MiniLM-L6-v2"
+    path = Path(name_or_path)
+    if path.exists():
+        return path.resolve().name
+    return name_or_path
+
+
+def load_served_model(name_or_path: str, *, model_name: str | None = None, device: str | None = None) -> ServedModel:
+    """Load a model folder, hub id or the bundled alias for serving."""
+    from hybridembed.model import load_model, matryoshka_dims, resolve_backbone
+
+    resolved = resolve_backbone(name_or_path)
+    started = time.perf_counter()
+    model = load_model(name_or_path, device=device)
+    model.eval()
+    dims = matryoshka_dims(resolved) if os.path.isdir(resolved) else []
+    served = ServedModel.from_model(model, model_name or default_model_name(name_or_path), dims)
+    logger.info(
+        "loaded %s as %r in %.1f s: %d dims, Matryoshka dims %s, max %s tokens per input",
+        resolved,
+        served.name,
+        time.perf_counter() - started,
+        served.dim,
+        served.matryoshka_dims or "none recorded",
+        served.max_seq_length,
+    )
+    return served
