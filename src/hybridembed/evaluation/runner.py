@@ -29,14 +29,20 @@ OVERALL_METHOD = "mean of the task-type averages (each type weighs the same, wha
 
 @contextlib.contextmanager
 def _quiet_mteb() -> Iterator[None]:
-    """mteb logs every phase at INFO; keep our own progress bar readable."""
+    """mteb logs every phase at INFO and datasets shows a bar per map(); keep our own progress bar readable."""
+    from datasets.utils import logging as ds_logging
+
     mteb_logger = logging.getLogger("mteb")
     old = mteb_logger.level
     mteb_logger.setLevel(max(old, logging.WARNING))
+    bars_were_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
     try:
         yield
     finally:
         mteb_logger.setLevel(old)
+        if bars_were_on:
+            ds_logging.enable_progress_bar()
 
 
 def _model_name(model: SentenceTransformer, given: str | None) -> str:

@@ -1,0 +1,90 @@
+"""`hybridembed eval MODEL --suite SUITE.yaml`: run a suite, write results.json/.md/.png; `eval compare A B`: deltas."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hybridembed.errors import HybridembedError
+
+
+def _parse_dims(text: str) -> list[int]:
+    try:
+        dims = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dims expects comma-separated integers, got {text!r}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"--dims expects positive integers, got {text!r}")
+    return dims
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a model on a suite of local / MTEB tasks (or: eval compare A.json B.json)",
+        description=(
+            "Evaluate MODEL (a model folder, a hub id or bundled:all-MiniLM-L6-v2) on every task of a suite with "
+            "mteb's metrics; write results.json, results.md and a dims plot into --out. "
+            "`hybridembed eval compare A.json B.json` prints per-task deltas."
+        ),
+    )
+    parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2 (or `compare`)")
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--suite", help="suite YAML (see suites/ and docs/evaluation.md)")
+    parser.add_argument("--dims", type=_parse_dims, help="Matryoshka dims to score, e.g. 384,256,64 (encodes once)")
+    parser.add_argument("--batch-size", type=int, default=64, help="encoding batch size (default 64)")
+    parser.add_argument("--out", help="output folder for results.json, results.md, results_dims.png")
+    parser.add_argument("--device", help="torch device (default: sentence-transformers' choice)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # `eval compare A B` shares the parser: argparse cannot have both a positional MODEL and child commands.
+    if args.model == "compare":
+        return run_compare(args.rest)
+    if args.rest:
+        raise HybridembedError(f"unexpected arguments: {' '.join(args.rest)}")
+    if not args.suite:
+        raise HybridembedError("eval needs --suite SUITE.yaml")
+    if not args.out:
+        raise HybridembedError("eval needs --out DIR")
+    if args.batch_size <= 0:
+        raise HybridembedError("--batch-size must be positive")
+
+    from hybridembed.evaluation import load_suite
+    from hybridembed.evaluation.report import render_markdown, write_report
+    from hybridembed.evaluation.runner import run_suite
+    from hybridembed.model import load_model
+
+    suite = load_suite(args.suite)  # validate before loading the model
+    try:
+        model = load_model(args.model, device=args.device)
+    except (OSError, ValueError) as err:
+        raise HybridembedError(f"cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
+    results = run_suite(
+        model,
+        suite,
+        dims=args.dims,
+        batch_size=args.batch_size,
+        model_name=args.model,
+        show_progress=not args.no_progress,
+    )
+    paths = write_report(results, args.out, plot=not args.no_plot)
+    print(render_markdown(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def run_compare(paths: list[str]) -> int:
+    if len(paths) != 2:
+        raise HybridembedError("usage: hybridembed eval compare A.json B.json")
+    from hybridembed.evaluation.report import compare, load_results, render_compare
+
+    a, b = (load_results(p) for p in paths)
+    rows = compare(a, b)
+    if not rows:
+        raise HybridembedError("the two results files share no task")
+    sys.stdout.write(render_compare(rows, f"{paths[0]} ({a.get('model')})", f"{paths[1]} ({b.get('model')})"))
+    return 0
