@@ -86,12 +86,11 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         title="hybridembed",
         summary="OpenAI-compatible text-embedding server",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.served = served
     app.state.batcher = batcher
     app.state.settings = settings
-    _install_error_handlers(app, settings)
+    _install_error_handlers(app)
     require_key = _auth_dependency(settings.api_key)
 
     @app.get("/health", summary="Liveness and batching statistics (no API key needed)")
@@ -125,7 +124,8 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         },
     )
     async def create_embeddings(request: Request) -> Response:
-        payload = _decode_json(request.headers.get("content-type"), await request.body())
+        raw = await _read_body(request, settings.max_body_bytes)
+        payload = _decode_json(request.headers.get("content-type"), raw)
         req = parse_embedding_request(
             payload, max_inputs=settings.max_inputs, max_chars=settings.max_chars, max_dim=served.dim
         )
@@ -154,6 +154,24 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         return Response(to_json(body), media_type="application/json", headers=headers)
 
     return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it (declared or streamed) passes `limit` bytes."""
+    too_large = ApiError(
+        413, f"The request body is larger than this server's limit of {limit} bytes", code="request_too_large"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode_json(content_type: str | None, raw: bytes) -> Any:
@@ -202,7 +220,7 @@ def _auth_dependency(api_key: str | None):
     return require_key
 
 
-def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
@@ -217,8 +235,6 @@ def _install_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
             message = f"Unknown path {request.url.path!r}; this server has POST /v1/embeddings, GET /v1/models, GET /health"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
-        elif exc.status_code == 413:
-            message = f"The request body is larger than this server's limit of {settings.max_body_bytes} bytes"
         return JSONResponse(
             error_body(message, type=kind, code=code), status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
