@@ -29,11 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Serve MODEL over HTTP: POST /v1/embeddings (OpenAI-compatible, with `dimensions` for Matryoshka "
             "prefixes), GET /v1/models, GET /health. Binds 127.0.0.1 unless --host says otherwise."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 exposes the server to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
     parser.add_argument(
         "--api-key-env",
         metavar="VAR",
@@ -41,21 +40,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model-name", help="the id clients send as `model` (default: folder name or hub id)")
     parser.add_argument("--device", help="torch device (default: what sentence-transformers picks)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads for encoding (default: torch's choice, one per core); 1 is much faster on a busy machine",
+    )
     group = parser.add_argument_group("batching")
-    group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts encoded in one forward pass")
+    group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts encoded in one forward pass (default: %(default)s)")
     group.add_argument(
-        "--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"], help="longest a text waits for others to fill its batch"
+        "--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"], help="longest a text waits for others to fill its batch (default: %(default)s)"
     )
     group.add_argument(
-        "--max-queue", type=int, default=DEFAULTS["max_queue"], help="texts allowed to wait; beyond this requests get 503"
+        "--max-queue", type=int, default=DEFAULTS["max_queue"], help="texts allowed to wait; beyond this requests get 503 (default: %(default)s)"
     )
     limits = parser.add_argument_group("request limits")
-    limits.add_argument("--max-inputs", type=int, default=DEFAULTS["max_inputs"], help="most inputs in one request")
-    limits.add_argument("--max-chars", type=int, default=DEFAULTS["max_chars"], help="most characters in one input")
-    limits.add_argument("--max-body-bytes", type=int, default=DEFAULTS["max_body_bytes"], help="largest request body")
+    limits.add_argument("--max-inputs", type=int, default=DEFAULTS["max_inputs"], help="most inputs in one request (default: %(default)s)")
+    limits.add_argument("--max-chars", type=int, default=DEFAULTS["max_chars"], help="most characters in one input (default: %(default)s)")
+    limits.add_argument("--max-body-bytes", type=int, default=DEFAULTS["max_body_bytes"], help="largest request body in bytes (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass before accepting requests")
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="server log level (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -97,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise HybridembedError(f"invalid serve option: {err}") from None
+    if args.threads is not None and args.threads < 1:
+        raise HybridembedError(f"--threads {args.threads}: must be >= 1")
     if not _is_loopback(args.host) and api_key is None:
         logger.warning("binding %s without --api-key-env: anyone who can reach this port can use the server", args.host)
 
@@ -105,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.serve.app import create_app
     from hybridembed.serve.engine import load_served_model
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         served = load_served_model(args.model, model_name=args.model_name, device=args.device)
     except OSError as err:
