@@ -21,6 +21,8 @@ class DatasetView:
     query_prefix: str = ""
     passage_prefix: str = ""
     label_pool: list[str] | None = None
+    # Hook for dynamic hard-negative mining: row index → the negatives currently active for that row.
+    active_negatives: Callable[[int], list[str]] | None = None
 
 
 @dataclass
@@ -64,6 +66,8 @@ class HybridCollator:
 
     @staticmethod
     def _negative_candidates(row: dict[str, Any], view: DatasetView) -> list[str]:
+        if view.active_negatives is not None:
+            return list(view.active_negatives(row["row_id"]))
         if row["negatives"]:
             return list(row["negatives"])
         if view.label_pool:

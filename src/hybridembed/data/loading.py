@@ -42,6 +42,7 @@ class TaskDataset:
             return Dataset.from_dict({k: [r[k] for r in self.rows] for k in ("text1", "text2", "score")})
         return Dataset.from_dict(
             {
+                "row_id": list(range(len(self.rows))),
                 "query": [r["query"] for r in self.rows],
                 "positives": [r["positives"] for r in self.rows],
                 "negatives": [r["negatives"] or [] for r in self.rows],
