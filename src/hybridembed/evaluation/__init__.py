@@ -1,6 +1,7 @@
 """Evaluation of embedding models on local or named MTEB tasks: suites, runs, Matryoshka sweeps, reports.
 
-Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=64)`.
+Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=64)`, `EvalConfig`
+(a recipe's `eval:` section) and `hybridembed.evaluation.callback.SuiteEvalCallback`.
 Heavy imports (torch, mteb) happen inside the functions.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hybridembed.evaluation.config import EvalConfig
 from hybridembed.evaluation.suite import Suite, SuiteError, TaskSpec, load_suite, parse_suite
 
 if TYPE_CHECKING:
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
 
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["Suite", "SuiteError", "TaskSpec", "load_suite", "main_scores", "parse_suite", "run_suite"]
+__all__ = ["EvalConfig", "Suite", "SuiteError", "TaskSpec", "load_suite", "main_scores", "parse_suite", "run_suite"]
 
 
 def run_suite(

@@ -86,7 +86,12 @@ def _reseed(task: Any) -> None:
 
 
 def _eval_split(task: Any, spec: TaskSpec) -> str:
-    if spec.is_named and spec.split not in task.eval_splits:
+    if not spec.is_named:
+        assert spec.split is not None
+        return spec.split
+    if spec.split is None:
+        return str(task.eval_splits[0])
+    if spec.split not in task.eval_splits:
         raise HybridembedError(f"task {spec.name!r}: split {spec.split!r} not in the mteb task's splits {list(task.eval_splits)}")
     return spec.split
 
@@ -156,7 +161,8 @@ def run_suite(
         model = load_model(model)
     full_dim = embedding_dim(model)
     dim_list = resolve_dims(dims, full_dim)
-    encoder = CachingTruncatingEncoder(model, full_dim=full_dim, show_progress_bar=show_progress)
+    with _quiet_mteb():
+        encoder = CachingTruncatingEncoder(model, full_dim=full_dim, show_progress_bar=show_progress)
     encode_kwargs = {"batch_size": batch_size, "show_progress_bar": show_progress}
     was_training = model.training
     model.eval()
@@ -172,16 +178,19 @@ def run_suite(
     progress = tqdm(total=len(suite.tasks) * len(dim_list), desc="eval", unit="task·dim", disable=not show_progress)
     try:
         with _quiet_mteb():
+            # Load every task's data first: a bad file or an unreachable named task fails before any encoding.
+            loaded = []
             for spec in suite.tasks:
-                progress.set_postfix_str(spec.name)
                 load_start = time.perf_counter()
                 task = _build_task(spec)
-                split = _eval_split(task, spec)
+                loaded.append((spec, task, _eval_split(task, spec), time.perf_counter() - load_start))
+            for spec, task, split, load_seconds in loaded:
+                progress.set_postfix_str(spec.name)
                 entry: dict[str, Any] = {
                     "type": str(task_type_of(task, spec)),
                     "split": split,
                     "main_metric": task.metadata.main_score,
-                    "load_seconds": round(time.perf_counter() - load_start, 3),
+                    "load_seconds": round(load_seconds, 3),
                     "dims": {},
                 }
                 for dim in dim_list:

@@ -57,7 +57,7 @@ class TaskSpec(BaseModel):
     format: Literal["auto", "tsv", "csv", "jsonl", "beir"] = "auto"
     header: bool = Field(True, description="false: csv/tsv columns are addressed by 0-based index")
     columns: dict[str, str | int] = Field(default_factory=dict, description="role -> column name or 0-based index")
-    split: str = Field("test", description="split label in the report (named tasks: the mteb split to run)")
+    split: str | None = Field(None, description="split label (default test); named tasks: the mteb split (default: its first)")
     score_range: tuple[float, float] | None = Field(None, description="STS gold score range; default: data min/max")
     label_map: dict[str, int] | None = Field(None, description="pair classification: raw label -> 0/1; others dropped")
     train_path: Path | None = Field(None, description="classification: training file, same format and columns")
@@ -93,6 +93,8 @@ class TaskSpec(BaseModel):
             if local_only:
                 raise ValueError(f"named task {self.name!r} takes no {', '.join(local_only)}")
             return self
+        if self.split is None:
+            self.split = "test"
         if self.type is None or self.path is None:
             raise ValueError(f"local task {self.name!r} needs `type` and `path` (or name it mteb:<TaskName>)")
         if self.format == "beir" or (self.format == "auto" and self.path.suffix == ""):
