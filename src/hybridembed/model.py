@@ -63,6 +63,7 @@ def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransfor
         pooling_mode = POOLING_MODES[cfg.pooling or "mean"]
     if cfg.max_seq_length:
         transformer.max_seq_length = cfg.max_seq_length
+    _freeze_unused_pooler(transformer)
     if pooling_mode == "lasttoken":
         _prepare_last_token_tokenizer(transformer)
     hidden = transformer.get_embedding_dimension()
@@ -96,6 +97,17 @@ def _identity_dense(in_features: int, out_features: int, seed: int) -> nn.Module
         init_weight=weight,
         init_bias=torch.zeros(out_features),
     )
+
+
+def _freeze_unused_pooler(transformer: nn.Module) -> None:
+    """BERT-style backbones carry a pooler our pooling never uses; DDP errors on trainable parameters without gradients.
+
+    Frozen (not removed), so the saved folder keeps its weights and reloads without warnings.
+    """
+    auto_model = getattr(transformer, "auto_model", None) or getattr(transformer, "model", None)
+    pooler = getattr(auto_model, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        pooler.requires_grad_(False)
 
 
 def _prepare_last_token_tokenizer(transformer: nn.Module) -> None:

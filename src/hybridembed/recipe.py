@@ -105,8 +105,6 @@ class TrainingConfig(Strict):
     seed: int = 42
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
-    mixing: MixingStrategy = MixingStrategy.PROPORTIONAL
-    mixing_temperature: float = Field(2.0, gt=0, description="temperature mixing: p ∝ size^(1/T)")
     logging_steps: int = Field(10, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     save_steps: int | None = Field(None, gt=0)
@@ -115,11 +113,26 @@ class TrainingConfig(Strict):
     dataloader_num_workers: int = 0
 
 
+class DistributedStrategy(StrEnum):
+    SYNCHRONIZED = "synchronized"
+    CBB = "cbb"
+
+
+class SamplingConfig(Strict):
+    mixing: MixingStrategy = MixingStrategy.PROPORTIONAL
+    temperature: float = Field(2.0, gt=0, description="temperature mixing: share ∝ (batches × weight)^(1/T)")
+    strategy: DistributedStrategy = Field(
+        DistributedStrategy.SYNCHRONIZED,
+        description="multi-process: every rank trains the same dataset per step (synchronized) or different task types (cbb)",
+    )
+
+
 class Recipe(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     datasets: list[DatasetConfig]
     losses: dict[TaskType, LossConfig] = Field(default_factory=dict, description="per task type loss override")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     # Sections owned by later features; kept as free-form mappings until their schema lands.
     eval: dict[str, Any] | None = None
 

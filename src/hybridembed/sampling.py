@@ -1,9 +1,12 @@
 """Task-homogeneous batch sampling: every batch comes from one dataset, datasets are mixed proportionally, round-robin or by temperature.
 
 What this adds over sentence-transformers' multi-dataset samplers: a batch size per dataset (per
-task type), dataset weights and repeats, temperature mixing, and duplicate-free batches only where
-the loss uses in-batch negatives — in one sampler whose epoch is deterministic given (seed, epoch),
-so a resumed run replays the same batch order.
+task type), dataset weights and repeats, temperature mixing, duplicate-free batches only where the
+loss uses in-batch negatives, and a rank-aware schedule for multi-process runs — either every rank
+trains the same dataset in a step (`synchronized`, so negatives can be gathered over all ranks) or
+Conan's Cross-GPU Batch Balance (`cbb`: the ranks of a step work on different task types). The
+schedule is a deterministic function of (seed, epoch), identical on every rank, so a resumed run
+replays the same order and every rank knows which ranks share a dataset in each step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from hybridembed.recipe import MixingStrategy
+from hybridembed.tasks import TaskType
 
 
 @dataclass
@@ -28,6 +32,7 @@ class DatasetPlan:
     weight: float = 1.0
     repeat: int = 1
     texts_of: Callable[[int], set[str]] | None = None  # set → batches without duplicate texts
+    task: TaskType | None = None  # CBB balances task types
 
     @property
     def batches_per_pass(self) -> int:
@@ -44,6 +49,9 @@ class TaskBatchSampler(Sampler[list[int]]):
         strategy: MixingStrategy = MixingStrategy.PROPORTIONAL,
         temperature: float = 2.0,
         seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        cross_device_balance: bool = False,
     ) -> None:
         if not plans:
             raise ValueError("TaskBatchSampler needs at least one dataset")
@@ -52,6 +60,9 @@ class TaskBatchSampler(Sampler[list[int]]):
         self.temperature = temperature
         self.seed = seed
         self.epoch = 0
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.cross_device_balance = cross_device_balance
         self.offsets = np.cumsum([0] + [p.size for p in plans[:-1]]).tolist()
         self.batch_counts = self._batch_counts()
 
@@ -74,7 +85,8 @@ class TaskBatchSampler(Sampler[list[int]]):
         raise ValueError(f"unknown mixing strategy {self.strategy}")
 
     def __len__(self) -> int:
-        return sum(self.batch_counts)
+        """Steps per epoch (each step is one batch on every rank)."""
+        return math.ceil(sum(self.batch_counts) / self.num_replicas)
 
     def dataset_order(self, rng: np.random.Generator) -> list[int]:
         """The dataset index of each batch in this epoch."""
@@ -133,9 +145,63 @@ class TaskBatchSampler(Sampler[list[int]]):
             yield batch
             pending = deferred
 
+    def schedule(self, epoch: int | None = None) -> Iterator[list[int]]:
+        """For each step, the dataset index every rank trains on (the same answer on every rank)."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        steps = len(self)
+        if not self.cross_device_balance:
+            order = self.dataset_order(rng)
+            for step in range(steps):
+                yield [order[(step * self.num_replicas) % len(order)]] * self.num_replicas
+            return
+        yield from self._balanced_schedule(steps, rng)
+
+    def _balanced_schedule(self, steps: int, rng: np.random.Generator) -> Iterator[list[int]]:
+        """Cross-GPU Batch Balance: per step, ranks get distinct task types while there are enough.
+
+        Credits (a smooth weighted round-robin) keep each task type's share of rank-steps equal
+        to its share of the epoch's batches; a task type with several ranks in a step (when there
+        are more ranks than types) gives them batches of one dataset, so they can share negatives.
+        """
+        tasks = sorted({p.task for p, c in zip(self.plans, self.batch_counts) if c}, key=str)
+        task_share = {t: sum(c for p, c in zip(self.plans, self.batch_counts) if p.task == t) for t in tasks}
+        total = sum(task_share.values())
+        task_credit = {t: 0.0 for t in tasks}
+        data_credit = [0.0] * len(self.plans)
+        for _ in range(steps):
+            for t in tasks:
+                task_credit[t] += self.num_replicas * task_share[t] / total
+            chosen: list[TaskType] = []
+            for slot in range(self.num_replicas):
+                fresh = [t for t in tasks if t not in chosen] or tasks
+                pick = max(fresh, key=lambda t: (task_credit[t], -tasks.index(t)))
+                task_credit[pick] -= 1.0
+                chosen.append(pick)
+            dataset_of_task = {}
+            for t in dict.fromkeys(chosen):
+                members = [d for d, p in enumerate(self.plans) if p.task == t and self.batch_counts[d]]
+                for d in members:
+                    data_credit[d] += self.batch_counts[d] / task_share[t]
+                best = max(members, key=lambda d: (data_credit[d], -d))
+                data_credit[best] -= 1.0
+                dataset_of_task[t] = best
+            yield [dataset_of_task[t] for t in chosen]
+
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
         streams = [self._dataset_batches(d) if count else None for d, count in enumerate(self.batch_counts)]
-        for d in self.dataset_order(rng):
-            offset = self.offsets[d]
-            yield [offset + i for i in next(streams[d])]
+        for assignment in self.schedule():
+            # Every rank draws every rank's batch so the streams stay aligned; it yields its own.
+            for r, d in enumerate(assignment):
+                batch = next(streams[d])
+                if r == self.rank:
+                    mine = [self.offsets[d] + i for i in batch]
+            yield mine
+
+    def sharing_ranks(self, epochs: int) -> set[frozenset[int]]:
+        """Every set of ranks that trains one dataset together in some step of the first `epochs` epochs."""
+        subsets: set[frozenset[int]] = set()
+        for epoch in range(epochs):
+            for assignment in self.schedule(epoch):
+                for d in set(assignment):
+                    subsets.add(frozenset(r for r, x in enumerate(assignment) if x == d))
+        return subsets

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -24,9 +25,10 @@ from transformers import TrainerCallback
 from hybridembed import __version__
 from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.collator import DatasetView, HybridCollator
+from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_over, is_distributed
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
-from hybridembed.recipe import Recipe
+from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.sampling import DatasetPlan, TaskBatchSampler
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 
@@ -45,37 +47,68 @@ class _SamplerEpochCallback(TrainerCallback):
 
 
 class HybridTrainer(SentenceTransformerTrainer):
-    """`SentenceTransformerTrainer` fed by the task-homogeneous sampler and collator, with per-task loss logs."""
+    """`SentenceTransformerTrainer` fed by the task-homogeneous sampler and collator, with per-task loss logs.
 
-    def __init__(self, *args: Any, task_sampler: TaskBatchSampler, dataset_tasks: dict[str, TaskType], **kwargs: Any) -> None:
+    In multi-process runs every rank follows the sampler's shared schedule (so the loader is not
+    re-sharded by accelerate); each step the ranks agree on who trains which dataset, the ranks
+    sharing a dataset gather their in-batch negatives over their process group, and each rank's
+    loss is scaled by world_size / (ranks sharing its dataset) so that, after DDP averages the
+    gradients, the step optimises the sum over the step's datasets of each dataset's mean loss.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        task_sampler: TaskBatchSampler,
+        dataset_tasks: dict[str, TaskType],
+        gather_groups: GatherGroups | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.task_sampler = task_sampler
         self.dataset_tasks = dataset_tasks
+        self.dataset_index = {name: i for i, name in enumerate(dataset_tasks)}
+        self.gather_groups = gather_groups or GatherGroups()
         self._task_loss_sum: dict[str, float] = defaultdict(float)
         self._task_loss_count: dict[str, int] = defaultdict(int)
-        self.task_batches: dict[str, int] = defaultdict(int)  # batches trained per task type, whole run
+        self.task_batches: dict[str, int] = defaultdict(int)  # batches trained per task type by this rank
+        self.step_tasks: list[str] = []  # this rank's task type at every training step (cheap; for logs and tests)
         kwargs.setdefault("callbacks", []).append(_SamplerEpochCallback(task_sampler))
         super().__init__(*args, **kwargs)
 
     def get_train_dataloader(self) -> DataLoader:
-        datasets = list(self.train_dataset.values())
         loader = DataLoader(
-            ConcatDataset(datasets),
+            ConcatDataset(list(self.train_dataset.values())),
             batch_sampler=self.task_sampler,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
         )
+        if self.args.world_size > 1:
+            # The sampler already gives each rank its own batches; the trainer moves them to the device.
+            return loader
         # Batches differ in size across tasks; accelerate must not pad them to equal sizes.
         self.accelerator.even_batches = False
         return self.accelerator.prepare(loader)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        task = self.dataset_tasks[inputs["dataset_name"]]
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        name = inputs["dataset_name"]
+        task = self.dataset_tasks[name]
+        group, scale = None, 1.0
+        if is_distributed():
+            datasets_of_ranks = all_gather_ints(self.dataset_index[name])
+            sharing = frozenset(r for r, d in enumerate(datasets_of_ranks) if d == self.dataset_index[name])
+            group = self.gather_groups.for_ranks(sharing)
+            scale = len(datasets_of_ranks) / len(sharing)
+        with gathering_over(group):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
         if model.training:
             self._task_loss_sum[task.value] += float(loss.detach())
             self._task_loss_count[task.value] += 1
             self.task_batches[task.value] += 1
+            self.step_tasks.append(task.value)
+        if scale != 1.0:
+            loss = loss * scale
+            result = (loss, result[1]) if return_outputs else loss
         return result
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -111,13 +144,18 @@ def _batch_plans(recipe: Recipe, datasets: list[TaskDataset]) -> list[DatasetPla
         if ds.task in IN_BATCH_NEGATIVE_TASKS:
             rows = ds.rows
             texts_of = lambda i, rows=rows: {rows[i]["query"], *rows[i]["positives"], *(rows[i]["negatives"] or [])}  # noqa: E731
-        plans.append(DatasetPlan(ds.name, len(ds), batch_size, ds.config.weight, ds.config.repeat, texts_of))
+        plans.append(DatasetPlan(ds.name, len(ds), batch_size, ds.config.weight, ds.config.repeat, texts_of, ds.task))
     return plans
 
 
 def _training_args(recipe: Recipe) -> SentenceTransformerTrainingArguments:
     t = recipe.training
+    # Without use_cpu, transformers does not set up multi-process CPU training under torchrun
+    # (each process would silently train alone); gloo is the CPU backend.
+    on_cpu = not torch.cuda.is_available()
     return SentenceTransformerTrainingArguments(
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         output_dir=t.output_dir,
         per_device_train_batch_size=t.batch_size,
         learning_rate=t.learning_rate,
@@ -160,18 +198,30 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         losses[ds.name] = build_loss(
             model, ds.task, loss_cfg, dims, recipe.model.matryoshka_weights, where=f"datasets[{ds.name}].loss"
         )
+    args = _training_args(recipe)
     sampler = TaskBatchSampler(
-        _batch_plans(recipe, datasets), recipe.training.mixing, recipe.training.mixing_temperature, recipe.training.seed
+        _batch_plans(recipe, datasets),
+        recipe.sampling.mixing,
+        recipe.sampling.temperature,
+        recipe.training.seed,
+        num_replicas=args.world_size,
+        rank=args.process_index,
+        cross_device_balance=recipe.sampling.strategy is DistributedStrategy.CBB,
     )
-    collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed)
+    gather_groups = None
+    if is_distributed():
+        epochs = math.ceil(recipe.training.max_steps / len(sampler)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)
+        gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
+    collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed + args.process_index)
     return HybridTrainer(
         model=model,
-        args=_training_args(recipe),
+        args=args,
         train_dataset={ds.name: ds.to_hf() for ds in datasets},
         loss=losses,
         data_collator=collator,
         task_sampler=sampler,
         dataset_tasks={ds.name: ds.task for ds in datasets},
+        gather_groups=gather_groups,
     )
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
+from hybridembed.distributed import active_group, gather_rows
 from hybridembed.tasks import RowShape
 
 
@@ -24,8 +25,10 @@ class InfoNCELoss(nn.Module):
 
     What it adds over sentence-transformers' ``MultipleNegativesRankingLoss``: the temperature and
     a loss ``weight`` are recipe parameters, the scope of negatives can be restricted to the row's
-    own candidates (``in_batch_negatives=False``, used by label-contrastive training), and the
-    cross-device gather hook used by distributed training.
+    own candidates (``in_batch_negatives=False``, used by label-contrastive training), and in
+    multi-process runs the positives and hard negatives of every rank sharing the step are
+    gathered with exact gradients (``hybridembed.distributed``), with each query's target offset
+    to its own rank's block — hard negatives included.
 
     Papers: Piccolo2 (arXiv 2405.06932); van den Oord et al., CPC (arXiv 1807.03748).
 
@@ -65,21 +68,22 @@ class InfoNCELoss(nn.Module):
         positives = F.normalize(positives.float(), dim=-1)
         negatives = [F.normalize(n.float(), dim=-1) for n in negatives]
         batch = queries.shape[0]
-        if self.in_batch_negatives:
-            candidates = torch.cat([positives, *negatives], dim=0)  # (B + kB, d)
-            logits = queries @ candidates.T / self.temperature
-            target = torch.arange(batch, device=queries.device)
-        else:
+        if not self.in_batch_negatives:
+            if self.bidirectional:
+                raise ValueError("bidirectional InfoNCE needs in-batch negatives")
             own = torch.stack([positives, *negatives], dim=1)  # (B, 1 + k, d)
             logits = torch.einsum("bd,bkd->bk", queries, own) / self.temperature
-            target = torch.zeros(batch, dtype=torch.long, device=queries.device)
-        loss = F.cross_entropy(logits, target)
+            return self.weight * F.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=queries.device))
+        # Candidates of every rank that shares this step's batch (see hybridembed.distributed);
+        # each query's target is its own positive, found at this rank's offset in the gathered rows.
+        group = active_group()
+        candidates, offset = gather_rows(torch.cat([positives, *negatives], dim=0), group)
+        target = offset + torch.arange(batch, device=queries.device)
+        loss = F.cross_entropy(queries @ candidates.T / self.temperature, target)
         if self.bidirectional:
-            if self.in_batch_negatives:
-                backward_logits = positives @ queries.T / self.temperature
-                loss = loss + F.cross_entropy(backward_logits, torch.arange(batch, device=queries.device))
-            else:
-                raise ValueError("bidirectional InfoNCE needs in-batch negatives")
+            all_queries, query_offset = gather_rows(queries, group)
+            backward_target = query_offset + torch.arange(batch, device=queries.device)
+            loss = loss + F.cross_entropy(positives @ all_queries.T / self.temperature, backward_target)
         return self.weight * loss
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -1,0 +1,94 @@
+"""Two-process tests (torchrun, gloo on CPU): gathered InfoNCE equals one process, CBB schedules, checkpoint/kill/resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("negatives", "sizes"), [(0, "4,4"), (2, "4,4"), (3, "5,3")])
+def test_gathered_infonce_matches_one_process_on_the_concatenated_batch(tmp_path, negatives, sizes):
+    out = tmp_path / "result.json"
+    result = torchrun(str(HERE / "distributed" / "gather_equivalence.py"), str(out), str(negatives), sizes)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    ranks = sorted(data["ranks"], key=lambda r: r["rank"])
+    rows = np.array([r["rows"] for r in ranks], dtype=float)
+    # Each rank's loss is the mean over its own queries: weighted by rows they give the global mean.
+    assert np.dot(rows, [r["loss"] for r in ranks]) / rows.sum() == pytest.approx(data["single_loss"], abs=1e-5)
+    if rows[0] != rows[1]:
+        return  # uneven shards: the loss check above is what pins the per-rank label offsets
+    # After the gather's summed backward each rank holds world × the one-process gradient of its rows;
+    # DDP's averaging over the 2 ranks turns that into exactly the one-process gradient.
+    start = 0
+    for rank in ranks:
+        stop = start + rank["rows"]
+        for key in ("grad_q", "grad_p"):
+            np.testing.assert_allclose(np.array(rank[key]) / 2, np.array(data["single_" + key])[start:stop], atol=1e-5)
+        for j in range(negatives):
+            np.testing.assert_allclose(np.array(rank["grad_n"][j]) / 2, np.array(data["single_grad_n"][j])[start:stop], atol=1e-5)
+        start = stop
+
+
+def _recipe(tmp_path: Path, backbone: Path, strategy: str, **training) -> Path:
+    import yaml
+
+    from conftest import QUICKSTART
+
+    recipe = {
+        "model": {"backbone": str(backbone), "max_seq_length": 32},
+        "datasets": [
+            {"path": str(QUICKSTART / "stsb_train.tsv"), "task": "sts", "max_samples": 96},
+            {"path": str(QUICKSTART / "stsb_paraphrase_pairs.jsonl"), "task": "retrieval", "max_samples": 96},
+            {"path": str(QUICKSTART / "banking77_train.csv"), "task": "classification", "max_samples": 192, "num_negatives": 4},
+        ],
+        "sampling": {"strategy": strategy},
+        "training": {"output_dir": str(tmp_path / "out"), "batch_size": 8, "max_steps": 12, "report_to": [], "logging_steps": 4, **training},
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _rank_logs(prefix: Path) -> list[dict]:
+    return [json.loads(Path(f"{prefix}.rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_cbb_gives_the_ranks_different_tasks_every_step_in_weighted_shares(tmp_path, tiny_bert_dir):
+    result = torchrun(str(HERE / "distributed" / "train_worker.py"), str(_recipe(tmp_path, tiny_bert_dir, "cbb")), str(tmp_path / "log"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (log["step_tasks"] for log in _rank_logs(tmp_path / "log"))
+    assert len(rank0) == len(rank1) == 12
+    assert all(a != b for a, b in zip(rank0, rank1))
+    counts = {t: rank0.count(t) + rank1.count(t) for t in ("sts", "retrieval", "classification")}
+    # Batches per epoch: sts 12, retrieval 12, classification 24 → shares 1/4, 1/4, 1/2 of 24 rank-steps.
+    assert counts == {"sts": 6, "retrieval": 6, "classification": 12}
+
+
+def test_synchronized_ranks_train_the_same_task_each_step(tmp_path, tiny_bert_dir):
+    result = torchrun(str(HERE / "distributed" / "train_worker.py"), str(_recipe(tmp_path, tiny_bert_dir, "synchronized")), str(tmp_path / "log"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (log["step_tasks"] for log in _rank_logs(tmp_path / "log"))
+    assert rank0 == rank1 and len(set(rank0)) > 1
