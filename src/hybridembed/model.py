@@ -3,7 +3,8 @@
 What this adds over sentence-transformers: one function that turns a recipe's `model:` section
 into Transformer → Pooling → (Dense projection, Identity activation) → (Normalize) whether the
 backbone is a raw Hugging Face checkpoint or an existing sentence-transformers folder, and a
-`hybridembed.json` beside the weights recording the trained Matryoshka dims.
+`hybridembed.json` beside the weights recording the trained Matryoshka dims. Decoder LLMs (last-token
+pooling, EOS), position-table extension and LoRA come from hybridembed.backbones, .positions, .lora.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+
+from hybridembed.backbones import is_decoder, prepare_decoder, use_mask_positions
+from hybridembed.lora import add_lora
+from hybridembed.positions import fit_max_seq_length
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -53,27 +58,34 @@ def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransfor
     model_kwargs: dict[str, Any] = {}
     if cfg.attn_implementation:
         model_kwargs["attn_implementation"] = cfg.attn_implementation
+    old_dense = None
     if _is_sentence_transformers_folder(backbone):
         source = SentenceTransformer(backbone, device="cpu", model_kwargs=model_kwargs or None)
         transformer = source[0]
         old_pooling = next((m for m in source if isinstance(m, Pooling)), None)
+        old_dense = next((m for m in source if isinstance(m, Dense)), None)
         pooling_mode = POOLING_MODES[cfg.pooling] if cfg.pooling else (old_pooling.pooling_mode if old_pooling else "mean")
     else:
         transformer = Transformer(backbone, model_kwargs=model_kwargs or None)
         pooling_mode = POOLING_MODES[cfg.pooling or "mean"]
     if cfg.max_seq_length:
-        transformer.max_seq_length = cfg.max_seq_length
+        fit_max_seq_length(transformer, cfg.max_seq_length, cfg.extend_positions, cfg.hierarchical_alpha)
     _freeze_unused_pooler(transformer)
     if pooling_mode == "lasttoken":
-        _prepare_last_token_tokenizer(transformer)
+        prepare_decoder(transformer)
     hidden = transformer.get_embedding_dimension()
     modules: list[nn.Module] = [transformer, Pooling(hidden, pooling_mode=pooling_mode)]
     if cfg.projection_dim:
-        modules.append(_identity_dense(hidden, cfg.projection_dim, seed=cfg.projection_seed))
+        # A projection trained by an earlier stage (or run) of the same shape carries on training.
+        same_shape = old_dense is not None and (old_dense.in_features, old_dense.out_features) == (hidden, cfg.projection_dim)
+        modules.append(old_dense if same_shape else _identity_dense(hidden, cfg.projection_dim, seed=cfg.projection_seed))
     if cfg.normalize:
         modules.append(Normalize())
     prompts = {k: v for k, v in (("query", cfg.query_prefix), ("document", cfg.passage_prefix)) if v}
+    prompts.update(cfg.prompts)
     model = SentenceTransformer(modules=modules, device=device, prompts=prompts or None)
+    if cfg.lora is not None:
+        add_lora(model, cfg.lora)
     return model
 
 
@@ -110,18 +122,15 @@ def _freeze_unused_pooler(transformer: nn.Module) -> None:
         pooler.requires_grad_(False)
 
 
-def _prepare_last_token_tokenizer(transformer: nn.Module) -> None:
-    """Last-token pooling needs a pad token; decoders often lack one, so reuse EOS."""
-    tokenizer = transformer.tokenizer
-    if tokenizer is not None and tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
 def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False) -> SentenceTransformer:
     """Load a sentence-transformers model folder or hub id (the bundled alias works too)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(resolve_backbone(name_or_path), device=device, trust_remote_code=trust_remote_code)
+    model = SentenceTransformer(resolve_backbone(name_or_path), device=device, trust_remote_code=trust_remote_code)
+    auto_model = getattr(model[0], "auto_model", None)
+    if auto_model is not None and is_decoder(auto_model.config):
+        use_mask_positions(auto_model)  # left-padded batches keep their unpadded positions
+    return model
 
 
 def embedding_dim(model: SentenceTransformer) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from hybridembed.errors import RecipeError
 from hybridembed.tasks import TaskType
@@ -39,6 +39,14 @@ class MixingStrategy(StrEnum):
     TEMPERATURE = "temperature"
 
 
+class LoraSettings(Strict):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    save: Literal["merged", "adapter"] = Field("merged", description="merged weights, or adapter files that reference the base")
+
+
 class ModelConfig(Strict):
     backbone: str = Field("bundled:all-MiniLM-L6-v2", description="local path, hub id, or bundled:all-MiniLM-L6-v2")
     pooling: Literal["cls", "mean", "last"] | None = Field(None, description="None keeps an ST backbone's own pooling, else mean")
@@ -51,6 +59,15 @@ class ModelConfig(Strict):
     query_prefix: str = ""
     passage_prefix: str = ""
     attn_implementation: str | None = None
+    instruction_template: str = Field(
+        "Instruct: {task}\nQuery: {text}", description="how a dataset's `instruction` becomes its query prefix; must end with {text}"
+    )
+    prompts: dict[str, str] = Field(default_factory=dict, description="named prompts saved with the model (encode(prompt_name=…))")
+    extend_positions: Literal["tile", "hierarchical"] | None = Field(
+        None, description="grow a learned position table to max_seq_length (docs/backbones.md)"
+    )
+    hierarchical_alpha: float = Field(0.4, gt=0, lt=1, description="α of the hierarchical position decomposition")
+    lora: LoraSettings | None = Field(None, description="train a LoRA adapter through peft instead of all backbone weights")
 
     @model_validator(mode="after")
     def _check_matryoshka(self) -> ModelConfig:
@@ -87,6 +104,7 @@ class DatasetConfig(Strict):
     batch_size: int | None = Field(None, gt=0)
     query_prefix: str | None = None
     passage_prefix: str | None = None
+    instruction: str | None = Field(None, description="task instruction put before queries via model.instruction_template")
     loss: LossConfig | None = None
 
 
@@ -127,9 +145,84 @@ class SamplingConfig(Strict):
     )
 
 
+class StageKind(StrEnum):
+    MLM = "mlm"
+    PAIRS = "pairs"
+    MULTITASK = "multitask"
+
+
+class TextsConfig(Strict):
+    """Raw text for an `mlm` stage: .txt (one text per line) or any data file (its text fields)."""
+
+    path: str
+    text_fields: list[str | int] | None = Field(None, description="fields holding text; default: every text field of the detected format")
+    header: bool = True
+    max_samples: int | None = Field(None, gt=0)
+
+
+def _override_model(base: type[BaseModel], name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A schema with the fields of `base`, all optional: a stage's partial override of the recipe's section."""
+    fields = {key: (field.annotation | None, None) for key, field in base.model_fields.items() if key not in exclude}
+    return create_model(name, __base__=Strict, **fields)
+
+
+ModelOverride = _override_model(ModelConfig, "ModelOverride")
+TrainingOverride = _override_model(TrainingConfig, "TrainingOverride", exclude=("output_dir", "resume"))
+
+
+class StageConfig(Strict):
+    """One stage of a multi-stage run; `model`/`training` override the recipe's sections for this stage only."""
+
+    name: str | None = None
+    kind: StageKind
+    datasets: list[DatasetConfig] | None = Field(None, description="pairs/multitask: default the recipe's datasets")
+    texts: list[TextsConfig] | None = Field(None, description="mlm: raw text files")
+    losses: dict[TaskType, LossConfig] | None = Field(None, description="default: pairs → bidirectional InfoNCE; multitask → the recipe's")
+    model: ModelOverride | None = None  # type: ignore[valid-type]
+    training: TrainingOverride | None = None  # type: ignore[valid-type]
+    mlm_probability: float = Field(0.30, gt=0, lt=1, description="mlm: share of tokens masked (Jina: 0.30)")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> StageConfig:
+        self.name = self.name or self.kind.value
+        if self.kind is StageKind.MLM:
+            if not self.texts:
+                raise ValueError("an mlm stage needs `texts:` (raw text files)")
+            if self.datasets or self.losses:
+                raise ValueError("an mlm stage takes `texts:`, not datasets/losses")
+        elif self.texts:
+            raise ValueError(f"a {self.kind} stage takes `datasets:`, not `texts:`")
+        return self
+
+
+def render_instruction(template: str, instruction: str) -> str:
+    """The query prefix a dataset's instruction makes: the template up to {text}, with {task} filled in."""
+    if not template.endswith("{text}"):
+        raise ValueError("model.instruction_template must end with {text} (the query goes last)")
+    return template[: -len("{text}")].replace("{task}", instruction)
+
+
+def name_datasets(datasets: list[DatasetConfig], model: ModelConfig) -> None:
+    """Give every dataset a unique name and turn instructions into query prefixes (also saved as named prompts)."""
+    seen: set[str] = set()
+    for ds in datasets:
+        ds.name = ds.name or Path(ds.path).stem.replace(".", "_")
+        base, n = ds.name, 2
+        while ds.name in seen:
+            ds.name, n = f"{base}_{n}", n + 1
+        seen.add(ds.name)
+        if ds.instruction is not None:
+            prefix = render_instruction(model.instruction_template, ds.instruction)
+            if ds.query_prefix is not None and ds.query_prefix != prefix:
+                raise ValueError(f"datasets[{ds.name}]: set either instruction or query_prefix, not both")
+            ds.query_prefix = prefix
+            model.prompts.setdefault(ds.name, prefix)
+
+
 class Recipe(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
-    datasets: list[DatasetConfig]
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    stages: list[StageConfig] | None = Field(None, description="multi-stage run (docs/stages.md); without it, one multitask run")
     losses: dict[TaskType, LossConfig] = Field(default_factory=dict, description="per task type loss override")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -138,15 +231,17 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:
-        if not self.datasets:
+        if not self.datasets and not self.stages:
             raise ValueError("datasets: at least one dataset is required")
-        seen: set[str] = set()
-        for ds in self.datasets:
-            ds.name = ds.name or Path(ds.path).stem.replace(".", "_")
-            base, n = ds.name, 2
-            while ds.name in seen:
-                ds.name, n = f"{base}_{n}", n + 1
-            seen.add(ds.name)
+        name_datasets(self.datasets, self.model)
+        names: set[str] = set()
+        for i, stage in enumerate(self.stages or []):
+            if stage.kind is not StageKind.MLM and not (stage.datasets or self.datasets):
+                raise ValueError(f"stages[{i}] ({stage.name}): no datasets here nor at the top level")
+            if stage.name in names:
+                raise ValueError(f"stages[{i}]: duplicate stage name {stage.name!r}")
+            names.add(stage.name)
+            name_datasets(stage.datasets or [], self.model)
         return self
 
 
@@ -170,9 +265,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise RecipeError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping with model/datasets/training/losses keys")
-    for dataset in raw.get("datasets") or []:
-        if isinstance(dataset, dict) and "path" in dataset:
-            dataset["path"] = str(resolve_relative(dataset["path"], path.parent))
+    stages = [s for s in raw.get("stages") or [] if isinstance(s, dict)]
+    for entry in [*(raw.get("datasets") or []), *(e for s in stages for key in ("datasets", "texts") for e in s.get(key) or [])]:
+        if isinstance(entry, dict) and "path" in entry:
+            entry["path"] = str(resolve_relative(entry["path"], path.parent))
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -181,6 +277,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+        if parents == ["training"] and leaf not in ("output_dir", "resume"):
+            for stage in stages:  # a command-line override beats every stage's own setting
+                if isinstance(stage.get("training"), dict):
+                    stage["training"][leaf] = value
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:

@@ -1,4 +1,4 @@
-"""Tiny random backbones (BERT-style encoder, Qwen2-style decoder) with tokenizers trained on the fly, for tests and smoke runs offline."""
+"""Tiny random backbones of every supported family (BERT, RoBERTa, XLM-R, ModernBERT encoders; Qwen2, LLaMA, GPT-2 decoders) with tokenizers trained on the fly, for tests and smoke runs offline."""
 
 from __future__ import annotations
 
@@ -32,23 +32,47 @@ def _bert_tokenizer(corpus: list[str], vocab_size: int, max_length: int):
     )
 
 
-def _bpe_tokenizer(corpus: list[str], vocab_size: int, max_length: int):
+def _bpe_tokenizer(corpus: list[str], vocab_size: int, max_length: int, style: str = "eos"):
+    """Byte-level BPE. `style` picks the special-token convention of a real family:
+
+    eos: Qwen2-like, ``$A <eos>`` (the tokenizer appends EOS itself); bos: LLaMA-like, ``<s> $A``
+    (BOS only, no pad token); plain: GPT-2-like, no special tokens added, EOS ``<|endoftext|>``, no pad
+    token; roberta: ``<s> $A </s>`` with ``<pad>`` and ``<mask>`` (RoBERTa / XLM-R).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    specials = {
+        "eos": ["<pad>", "<unk>", "<eos>"],
+        "bos": ["<unk>", "<s>", "</s>"],
+        "plain": ["<|endoftext|>"],
+        "roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    }[style]
+    tok = Tokenizer(models.BPE(unk_token=None if style == "plain" else "<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=style == "roberta")
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<unk>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
-    eos_id = tok.token_to_id("<eos>")
-    # Decoder embedders pool the last token, so every input ends with EOS.
-    tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", eos_id)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", model_max_length=max_length
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    ids = {name: tok.token_to_id(name) for name in specials}
+    match style:
+        case "eos":
+            tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", ids["<eos>"])])
+            names = {"unk_token": "<unk>", "pad_token": "<pad>", "eos_token": "<eos>"}
+        case "bos":
+            tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", ids["<s>"])])
+            names = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+        case "plain":
+            names = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+        case "roberta":
+            tok.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+            names = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                     "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **names)
+
+
+ENCODER_KINDS = ("bert", "roberta", "xlm-roberta", "modernbert")
+DECODER_KINDS = ("qwen2", "llama", "gpt2")
+TINY_KINDS = ENCODER_KINDS + DECODER_KINDS
 
 
 def build_tiny_backbone(
@@ -62,44 +86,61 @@ def build_tiny_backbone(
     max_positions: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Save a random-weight Hugging Face backbone plus tokenizer to `out_dir` and return the path."""
+    """Save a random-weight Hugging Face backbone plus tokenizer to `out_dir` and return the path.
+
+    Kinds (one per family hybridembed supports): encoders ``bert``, ``roberta``, ``xlm-roberta``,
+    ``modernbert``; decoders ``qwen2`` (tokenizer appends EOS, left padding), ``llama`` (BOS only,
+    no pad token) and ``gpt2`` (no special tokens, no pad token, absolute positions) — the last two
+    leave EOS and padding to hybridembed, as their real checkpoints do.
+    """
     import torch
-    from transformers import AutoModel, BertConfig, Qwen2Config
+    import transformers
 
     corpus = list(corpus)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    sizes = {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
+             "intermediate_size": hidden_size * 4}  # fmt: skip
     match kind:
-        case "bert":
+        case "bert" | "modernbert":
             tokenizer = _bert_tokenizer(corpus, vocab_size, max_positions)
-            config = BertConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=hidden_size,
-                num_hidden_layers=num_layers,
-                num_attention_heads=num_heads,
-                intermediate_size=hidden_size * 4,
-                max_position_embeddings=max_positions,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        case "qwen2":
-            tokenizer = _bpe_tokenizer(corpus, vocab_size, max_positions)
-            tokenizer.padding_side = "left"
-            config = Qwen2Config(
-                vocab_size=len(tokenizer),
-                hidden_size=hidden_size,
-                num_hidden_layers=num_layers,
-                num_attention_heads=num_heads,
-                num_key_value_heads=max(1, num_heads // 2),
-                intermediate_size=hidden_size * 4,
-                max_position_embeddings=max_positions,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.eos_token_id,
-            )
+            ids = {"pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
+            if kind == "bert":
+                config = transformers.BertConfig(max_position_embeddings=max_positions, **ids, **sizes)
+            else:
+                special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id,
+                           "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id}  # fmt: skip
+                config = transformers.ModernBertConfig(
+                    max_position_embeddings=max_positions, local_attention=16, global_attn_every_n_layers=2, **ids, **special, **sizes
+                )
+        case "roberta" | "xlm-roberta":
+            tokenizer = _bpe_tokenizer(corpus, vocab_size, max_positions, style="roberta")
+            config_class = transformers.RobertaConfig if kind == "roberta" else transformers.XLMRobertaConfig
+            # RoBERTa numbers positions from padding_idx + 1, so its table has two extra rows.
+            config = config_class(
+                vocab_size=len(tokenizer), max_position_embeddings=max_positions + 2, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **sizes,
+            )  # fmt: skip
+        case "qwen2" | "llama":
+            tokenizer = _bpe_tokenizer(corpus, vocab_size, max_positions, style="eos" if kind == "qwen2" else "bos")
+            config_class = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
+            if kind == "qwen2":
+                tokenizer.padding_side = "left"
+            config = config_class(
+                vocab_size=len(tokenizer), num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=max_positions,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id or tokenizer.eos_token_id, **sizes,
+            )  # fmt: skip
+        case "gpt2":
+            tokenizer = _bpe_tokenizer(corpus, vocab_size, max_positions, style="plain")
+            config = transformers.GPT2Config(
+                vocab_size=len(tokenizer), n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_positions=max_positions,
+                bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
         case _:
-            raise ValueError(f"unknown tiny backbone kind {kind!r} (expected 'bert' or 'qwen2')")
-    model = AutoModel.from_config(config)
+            raise ValueError(f"unknown tiny backbone kind {kind!r} (expected one of {TINY_KINDS})")
+    model = transformers.AutoModel.from_config(config)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

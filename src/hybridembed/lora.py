@@ -1,0 +1,96 @@
+"""LoRA for large backbones through peft: add the adapter before training, then merge it into the weights or keep it as adapter + base reference.
+
+What this adds over peft / sentence-transformers: sentence-transformers' ``add_adapter`` (peft's
+injection through transformers) trains the adapter and saves it as ``adapter_config.json`` +
+``adapter_model.safetensors`` that name the base model — the ``save: adapter`` layout, which
+``SentenceTransformer(path)`` loads back on top of the base. For ``save: merged`` (the default)
+``merge_adapters`` folds each LoRA layer into its base layer and removes the adapter, so the
+folder is an ordinary model that needs neither peft nor the base checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from hybridembed.errors import RecipeError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from hybridembed.recipe import LoraSettings
+
+logger = logging.getLogger(__name__)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _require_peft():
+    try:
+        import peft
+    except ImportError as err:
+        raise RecipeError("model.lora needs the `peft` package: pip install peft (see docs/backbones.md)") from err
+    return peft
+
+
+def add_lora(model: SentenceTransformer, settings: LoraSettings) -> None:
+    """Inject a fresh LoRA adapter into the backbone; only adapter weights (and later modules such as Dense) train."""
+    peft = _require_peft()
+    config = peft.LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        bias="none",
+    )
+    model.add_adapter(config)
+    trainable = sum(p.numel() for p in model[0].parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model[0].parameters())
+    logger.info("LoRA r=%d on %s: %d of %d backbone parameters train", settings.r, settings.target_modules, trainable, total)
+
+
+def merge_adapters(hf_model: nn.Module) -> int:
+    """Fold every LoRA layer into its base layer and drop the adapter bookkeeping; returns how many layers merged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    merged = 0
+    for parent in list(hf_model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                child.merge()
+                setattr(parent, child_name, child.get_base_layer())
+                merged += 1
+    if hasattr(hf_model, "peft_config"):
+        del hf_model.peft_config
+    hf_model._hf_peft_config_loaded = False
+    # Loading an adapter folder registers key renamings (base_model.model.*, lora_*) that saving would
+    # apply in reverse; the merged model has plain keys.
+    conversions = getattr(hf_model, "_weight_conversions", None)
+    if conversions:
+        hf_model._weight_conversions = [c for c in conversions if not _is_adapter_renaming(c)]
+    return merged
+
+
+def _is_adapter_renaming(conversion: object) -> bool:
+    patterns = " ".join(str(p) for p in getattr(conversion, "source_patterns", []) or [])
+    return "base_model.model." in patterns or "lora_" in patterns
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def merge_saved_adapter(model_dir: str | Path) -> None:
+    """Rewrite a saved adapter-layout model folder as a merged, ordinary one (in place)."""
+    from sentence_transformers import SentenceTransformer
+
+    _require_peft()
+    model_dir = Path(model_dir)
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    count = merge_adapters(model[0].auto_model)
+    for name in ADAPTER_FILES:
+        (model_dir / name).unlink(missing_ok=True)
+    model.save(str(model_dir))
+    logger.info("merged %d LoRA layers into %s", count, model_dir)
