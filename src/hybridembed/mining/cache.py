@@ -1,0 +1,127 @@
+"""A disk cache of corpus embeddings: a float32 memmap filled chunk by chunk, keyed by (model weights, prefix, corpus content).
+
+Memory stays bounded by one chunk of texts and embeddings; a run that is interrupted resumes at
+its last completed chunk, and a re-run with the same model and corpus reads the file without
+encoding anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """`$HYBRIDEMBED_CACHE/embeddings`, else `~/.cache/hybridembed/embeddings`."""
+    root = os.environ.get("HYBRIDEMBED_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hybridembed")
+    return Path(root) / "embeddings"
+
+
+def model_fingerprint(model: SentenceTransformer) -> str:
+    """A digest of everything that decides an embedding: every weight's bytes, the module stack, the sequence limit."""
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(repr([type(m).__name__ for m in model]).encode())
+    digest.update(str(getattr(model, "max_seq_length", None)).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        digest.update(str(len(tokenizer)).encode() + str(getattr(tokenizer, "do_lower_case", "")).encode())
+    return digest.hexdigest()
+
+
+def corpus_fingerprint(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+@dataclass
+class CachedEmbeddings:
+    """Unit-length float32 embeddings of a corpus, read-only from the memmap."""
+
+    vectors: np.memmap
+    path: Path
+    reused_rows: int  # rows found already encoded on disk (== len(vectors) for a full cache hit)
+
+    @property
+    def hit(self) -> bool:
+        return self.reused_rows == len(self.vectors)
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path)
+
+
+def embed_corpus(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    prefix: str = "",
+    cache_dir: str | Path | None = None,
+    chunk_size: int = 8192,
+    batch_size: int = 64,
+    progress: bool = True,
+    fingerprint: str | None = None,
+) -> CachedEmbeddings:
+    """Encode `texts` (each with `prefix`) into the cache, reusing whatever an earlier run already wrote."""
+    if not texts:
+        raise ValueError("embed_corpus: no texts")
+    fingerprint = fingerprint or model_fingerprint(model)
+    key = hashlib.sha256(f"{FORMAT_VERSION}|{fingerprint}|{prefix}|{corpus_fingerprint(texts)}".encode()).hexdigest()[:24]
+    folder = Path(cache_dir or default_cache_dir()) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path, data_path = folder / "meta.json", folder / "embeddings.f32"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    n = len(texts)
+    if meta is None or meta.get("rows") != n or not data_path.exists():
+        dim = model.get_embedding_dimension() or int(model.encode(["x"]).shape[1])
+        meta = {"version": FORMAT_VERSION, "rows": n, "dim": int(dim), "done": 0, "prefix": prefix}
+        np.memmap(data_path, dtype=np.float32, mode="w+", shape=(n, meta["dim"])).flush()
+        _write_meta(meta_path, meta)
+    dim, done = int(meta["dim"]), int(meta["done"])
+    reused = done
+    if done < n:
+        if done:
+            logger.info("embedding cache %s: resuming at row %d of %d", folder, done, n)
+        vectors = np.memmap(data_path, dtype=np.float32, mode="r+", shape=(n, dim))
+        with tqdm(total=n, initial=done, desc="embedding corpus", unit="text", disable=not progress) as bar:
+            for start in range(done, n, chunk_size):
+                chunk = [prefix + t for t in texts[start : start + chunk_size]]
+                vectors[start : start + len(chunk)] = model.encode(
+                    chunk, batch_size=batch_size, prompt="", normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                ).astype(np.float32)
+                vectors.flush()
+                meta["done"] = start + len(chunk)
+                _write_meta(meta_path, meta)
+                bar.update(len(chunk))
+        del vectors
+    else:
+        logger.info("embedding cache hit: %s (%d x %d)", folder, n, dim)
+    return CachedEmbeddings(np.memmap(data_path, dtype=np.float32, mode="r", shape=(n, dim)), folder, reused)
+
+
+__all__ = ["CachedEmbeddings", "corpus_fingerprint", "default_cache_dir", "embed_corpus", "model_fingerprint"]

@@ -1,0 +1,261 @@
+"""Offline hard-negative mining: embed queries and a corpus, search with faiss, sample negatives from a rank window, write our retrieval format with scores.
+
+sentence-transformers has `util.mine_hard_negatives` (rank window, margins, optional faiss). What
+this module adds:
+
+* **a bounded-memory, reusable embedding cache** (hybridembed.mining.cache): the corpus is encoded
+  chunk by chunk into a float32 memmap keyed by the model's *weights*, the passage prefix and the
+  corpus content (sentence-transformers keys its `.npy` cache by the model's name, keeps the whole
+  corpus in memory and writes it only at the end); an interrupted run resumes at its last chunk,
+  and exact search streams the memmap instead of loading it;
+* **IVF / HNSW indexes** beside exact inner-product search (hybridembed.mining.index);
+* **rows with several positives** (none is ever written as a negative) read from every input
+  format our readers accept (ours, FlagEmbedding, Piccolo, sentence-transformers columns, …)
+  with the same `file:line` validation as training;
+* **rank-window sampling with a false-negative guard** measured against the query's *weakest*
+  positive (`margin`: drop candidates scoring ≥ positive − margin; `max_ratio`: drop those
+  scoring ≥ ratio × positive, NV-Retriever's "TopK-PercPos");
+* **our retrieval format** with each negative's score and rank, so training (and dynamic
+  mining, whose candidate pool is the row's negatives) reads it directly.
+
+Ranks follow FlagEmbedding's convention: 1-based positions in the query's full ranking of the
+corpus, positives included, so `rank_range=(50, 100)` is the same slice whatever the positives;
+a positive (or the query's own text) inside the slice is skipped. Scores are cosine similarities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hybridembed.errors import HybridembedError
+from hybridembed.mining.cache import embed_corpus
+from hybridembed.mining.index import IndexKind, Searcher
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from hybridembed.data import TaskDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MiningOptions:
+    rank_range: tuple[int, int] = (50, 100)  # 1-based, inclusive
+    num_negatives: int = 7
+    index: IndexKind = "flat"
+    margin: float | None = None  # keep a candidate only if score < weakest positive − margin
+    max_ratio: float | None = None  # keep a candidate only if score < max_ratio × weakest positive
+    sampling: Literal["random", "top"] = "random"
+    seed: int = 0
+    batch_size: int = 64  # texts per forward pass
+    chunk_size: int = 8192  # corpus texts per cache chunk
+    query_block: int = 1024  # queries encoded and searched together
+    query_prefix: str | None = None  # None: the model's "query" prompt, if any
+    passage_prefix: str | None = None  # None: the model's "document" prompt, if any
+    nprobe: int = 16
+
+    def check(self) -> None:
+        lo, hi = self.rank_range
+        if lo < 1 or hi < lo:
+            raise HybridembedError(f"--range {lo} {hi}: need 1 <= FIRST <= LAST (1-based ranks, inclusive)")
+        if self.num_negatives < 1:
+            raise HybridembedError(f"--num-negatives {self.num_negatives}: must be at least 1")
+        if self.max_ratio is not None and self.max_ratio <= 0:
+            raise HybridembedError(f"--max-ratio {self.max_ratio}: must be positive")
+
+
+@dataclass
+class MiningReport:
+    rows: int = 0
+    corpus_size: int = 0
+    negatives_written: int = 0
+    short_rows: int = 0  # rows that got fewer than num_negatives
+    empty_rows: int = 0  # rows that got none
+    positives_in_window: int = 0  # skipped: a positive (or the query itself) ranked inside the window
+    dropped_by_guard: int = 0
+    cache_path: str = ""
+    cache_hit: bool = False
+    embed_seconds: float = 0.0
+    search_seconds: float = 0.0  # query encoding + search + sampling
+    out: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def queries_per_second(self) -> float:
+        return self.rows / self.search_seconds if self.search_seconds else float("nan")
+
+
+def unique(texts: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(texts))
+
+
+def read_corpus(path: str | Path, text_field: str = "text") -> list[str]:
+    """Corpus texts, deduplicated in first-seen order: `.txt` one per line, else `text_field` of each record."""
+    from hybridembed.data.readers import read_records
+
+    path = Path(path)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        texts = [line.rstrip("\n") for line in path.open(encoding="utf-8")]
+        texts = [t for t in texts if t.strip()]
+    else:
+        texts = []
+        for record in read_records(path):
+            value = record.fields.get(text_field)
+            if not isinstance(value, str) or not value.strip():
+                raise HybridembedError(f"{path}:{record.line}: {text_field}: missing or empty text (choose the field with --corpus-field)")
+            texts.append(value)
+    if not texts:
+        raise HybridembedError(f"{path}: the corpus is empty")
+    return unique(texts)
+
+
+def load_queries(path: str | Path, fmt: str = "auto") -> TaskDataset:
+    """Read retrieval rows (query, positives, negatives) with the training readers and validation."""
+    from hybridembed.data import load_dataset
+    from hybridembed.recipe import DatasetConfig
+    from hybridembed.tasks import TaskType
+
+    dataset = load_dataset(DatasetConfig(path=str(path), task=TaskType.RETRIEVAL, format=fmt))
+    if not dataset.rows:
+        raise HybridembedError(f"{path}: no rows to mine for")
+    return dataset
+
+
+def _prefixes(model: SentenceTransformer, options: MiningOptions) -> tuple[str, str]:
+    prompts = getattr(model, "prompts", None) or {}
+    query = options.query_prefix if options.query_prefix is not None else prompts.get("query", "")
+    passage = options.passage_prefix if options.passage_prefix is not None else prompts.get("document", prompts.get("passage", ""))
+    return query, passage
+
+
+def _encode(model: SentenceTransformer, texts: Sequence[str], prefix: str, batch_size: int) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension() or 1), dtype=np.float32)
+    return model.encode(
+        [prefix + t for t in texts], batch_size=batch_size, prompt="", normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    ).astype(np.float32)
+
+
+def select_negatives(
+    scores: np.ndarray,
+    ids: np.ndarray,
+    excluded: set[int],
+    weakest_positive: float,
+    options: MiningOptions,
+    rng: np.random.Generator,
+    report: MiningReport,
+) -> list[tuple[int, float, int]]:
+    """(corpus id, score, rank) of the negatives chosen from one query's ranking (best first)."""
+    lo, hi = options.rank_range
+    limit = np.inf
+    if options.margin is not None:
+        limit = min(limit, weakest_positive - options.margin)
+    if options.max_ratio is not None:
+        limit = min(limit, options.max_ratio * weakest_positive)
+    window: list[tuple[int, float, int]] = []
+    for position in range(lo - 1, min(hi, len(ids))):
+        corpus_id = int(ids[position])
+        if corpus_id < 0:
+            break
+        if corpus_id in excluded:
+            report.positives_in_window += 1
+            continue
+        score = float(scores[position])
+        if score >= limit:
+            report.dropped_by_guard += 1
+            continue
+        window.append((corpus_id, score, position + 1))
+    if len(window) > options.num_negatives:
+        if options.sampling == "random":
+            keep = rng.choice(len(window), size=options.num_negatives, replace=False)
+            window = [window[i] for i in sorted(keep)]
+        else:
+            window = window[: options.num_negatives]
+    return window
+
+
+def mine_hard_negatives(
+    model: SentenceTransformer,
+    dataset: TaskDataset,
+    out: str | Path,
+    corpus: Sequence[str] | None = None,
+    options: MiningOptions | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> MiningReport:
+    """Mine `options.num_negatives` negatives per row of `dataset` from `corpus` (default: all its positives and negatives) into `out`."""
+    options = options or MiningOptions()
+    options.check()
+    rows = dataset.rows
+    corpus = unique(corpus) if corpus is not None else unique(t for r in rows for t in [*r["positives"], *(r["negatives"] or [])])
+    report = MiningReport(rows=len(rows), corpus_size=len(corpus), out=str(out))
+    if options.rank_range[0] > len(corpus):
+        report.notes.append(f"the corpus has {len(corpus)} texts, fewer than the first rank {options.rank_range[0]}: nothing can be mined")
+    query_prefix, passage_prefix = _prefixes(model, options)
+
+    started = time.perf_counter()
+    cached = embed_corpus(model, corpus, passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress)
+    report.cache_path, report.cache_hit = str(cached.path), cached.hit
+    vectors = cached.vectors
+    position_of = {text: i for i, text in enumerate(corpus)}
+    # Positives missing from the corpus still need a score for the guard.
+    missing = unique(p for r in rows for p in r["positives"] if p not in position_of)
+    extra = dict(zip(missing, _encode(model, missing, passage_prefix, options.batch_size)))
+    searcher = Searcher(vectors, options.index, chunk_size=max(options.chunk_size, 4096), nprobe=options.nprobe, seed=options.seed)
+    report.embed_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    k = min(options.rank_range[1], len(corpus))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as sink, tqdm(total=len(rows), desc="mining", unit="query", disable=not progress) as bar:
+        for start in range(0, len(rows), options.query_block):
+            block = rows[start : start + options.query_block]
+            query_vectors = _encode(model, [r["query"] for r in block], query_prefix, options.batch_size)
+            all_scores, all_ids = searcher.search(query_vectors, k)
+            for offset, row in enumerate(block):
+                index = start + offset
+                positive_vectors = np.stack([vectors[position_of[p]] if p in position_of else extra[p] for p in row["positives"]])
+                positive_scores = positive_vectors @ query_vectors[offset]
+                excluded = {position_of[t] for t in (*row["positives"], row["query"]) if t in position_of}
+                chosen = select_negatives(
+                    all_scores[offset], all_ids[offset], excluded, float(positive_scores.min()), options,
+                    np.random.default_rng([options.seed, index]), report,
+                )  # fmt: skip
+                chosen.sort(key=lambda c: -c[1])
+                sink.write(json.dumps(_output_row(row, chosen, corpus, positive_scores), ensure_ascii=False) + "\n")
+                report.negatives_written += len(chosen)
+                report.short_rows += len(chosen) < options.num_negatives
+                report.empty_rows += not chosen
+            bar.update(len(block))
+    report.search_seconds = time.perf_counter() - started
+    if report.short_rows:
+        report.notes.append(
+            f"{report.short_rows} row(s) got fewer than {options.num_negatives} negatives ({report.empty_rows} none): "
+            "widen --range, relax --margin/--max-ratio, or use a larger --corpus"
+        )
+    return report
+
+
+def _output_row(row: dict[str, Any], chosen: list[tuple[int, float, int]], corpus: Sequence[str], positive_scores: np.ndarray) -> dict[str, Any]:
+    return {
+        "query": row["query"],
+        "positives": row["positives"],
+        "negatives": [corpus[i] for i, _, _ in chosen],
+        "negative_scores": [round(s, 6) for _, s, _ in chosen],
+        "negative_ranks": [r for _, _, r in chosen],
+        "positive_scores": [round(float(s), 6) for s in positive_scores],
+    }
+
+
+__all__ = ["MiningOptions", "MiningReport", "load_queries", "mine_hard_negatives", "read_corpus", "select_negatives"]
