@@ -104,13 +104,12 @@ def _set_config_positions(model: nn.Module, size: int) -> None:
             setattr(config, key, size)
 
 
-def fit_max_seq_length(transformer: Any, max_seq_length: int, method: str | None, alpha: float = 0.4) -> None:
-    """Let a sentence-transformers Transformer module take `max_seq_length` tokens.
+def fit_positions(model: nn.Module, tokenizer: Any, max_seq_length: int, method: str | None, alpha: float = 0.4) -> None:
+    """Let a Hugging Face model and its tokenizer take `max_seq_length` tokens.
 
     A learned table shorter than that is extended with `method` (an error without one); a
-    RoPE/ALiBi backbone passes through, with its tokenizer limit raised.
+    RoPE/ALiBi backbone passes through, with its config and tokenizer limits raised.
     """
-    model = transformer.auto_model
     found = find_position_table(model)
     if found is not None:
         table = found[2]
@@ -129,7 +128,11 @@ def fit_max_seq_length(transformer: Any, max_seq_length: int, method: str | None
         if isinstance(trained, int) and 0 < trained < max_seq_length:
             logger.warning("max_seq_length %d is beyond the %d positions %s was trained on", max_seq_length, trained, type(model).__name__)
             _set_config_positions(model, max_seq_length)  # so a reload does not clamp the length back
-    tokenizer = transformer.tokenizer
     if tokenizer is not None and tokenizer.model_max_length < max_seq_length:
         tokenizer.model_max_length = max_seq_length
+
+
+def fit_max_seq_length(transformer: Any, max_seq_length: int, method: str | None, alpha: float = 0.4) -> None:
+    """`fit_positions` for a sentence-transformers Transformer module, then set its max_seq_length."""
+    fit_positions(transformer.auto_model, transformer.tokenizer, max_seq_length, method, alpha)
     transformer.max_seq_length = max_seq_length

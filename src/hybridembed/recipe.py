@@ -47,6 +47,14 @@ class LoraSettings(Strict):
     save: Literal["merged", "adapter"] = Field("merged", description="merged weights, or adapter files that reference the base")
 
 
+class LoraSettings(Strict):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    save: Literal["merged", "adapter"] = Field("merged", description="merged weights, or adapter files that reference the base")
+
+
 class ModelConfig(Strict):
     backbone: str = Field("bundled:all-MiniLM-L6-v2", description="local path, hub id, or bundled:all-MiniLM-L6-v2")
     pooling: Literal["cls", "mean", "last"] | None = Field(None, description="None keeps an ST backbone's own pooling, else mean")
@@ -166,7 +174,7 @@ def _override_model(base: type[BaseModel], name: str, exclude: tuple[str, ...] =
     return create_model(name, __base__=Strict, **fields)
 
 
-ModelOverride = _override_model(ModelConfig, "ModelOverride")
+ModelOverride = _override_model(ModelConfig, "ModelOverride", exclude=("backbone",))  # a stage starts from the stage before it
 TrainingOverride = _override_model(TrainingConfig, "TrainingOverride", exclude=("output_dir", "resume"))
 
 

@@ -1,4 +1,4 @@
-"""`hybridembed train RECIPE`: validate the data, then train as the recipe says."""
+"""`hybridembed train RECIPE`: validate the data, then train as the recipe says (every stage of it); `--dry-run` checks a recipe end to end in 2 steps."""
 
 from __future__ import annotations
 
@@ -19,12 +19,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", nargs="?", const=True, default=None, help="resume from the last checkpoint in output_dir (or from the given checkpoint)"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the recipe, build everything and train 2 steps per stage (stand-in data for files that are not here)",
+    )
+    parser.add_argument("--tiny", action="store_true", help="with --dry-run: a tiny random backbone of the same family stands in")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from hybridembed.recipe import load_recipe
-    from hybridembed.train import run_training
+    from hybridembed.stages import run_recipe
 
     overrides = {
         "training.max_steps": args.max_steps,
@@ -33,6 +39,22 @@ def run(args: argparse.Namespace) -> int:
         "training.resume": args.resume,
     }
     recipe = load_recipe(args.recipe, overrides)
-    out = run_training(recipe, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
+    if args.dry_run or args.tiny:
+        return _dry_run(recipe, args)
+    out = run_recipe(recipe, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
     print(f"model saved to {out}")
+    return 0
+
+
+def _dry_run(recipe, args: argparse.Namespace) -> int:
+    import tempfile
+
+    from hybridembed.dryrun import dry_run_recipe
+    from hybridembed.stages import run_recipe
+
+    with tempfile.TemporaryDirectory(prefix="hybridembed-dry-run-") as tmp:
+        workdir = Path(args.output_dir) if args.output_dir else Path(tmp)
+        out = run_recipe(dry_run_recipe(recipe, workdir, tiny=args.tiny))
+        stages = len(recipe.stages or []) or 1
+        print(f"dry run ok: {args.recipe}: {stages} stage(s), {out} ({'kept' if args.output_dir else 'removed'})")
     return 0

@@ -1,0 +1,132 @@
+"""The `mlm` stage: masked-language-model pre-training of an encoder backbone on raw text, saved as a Hugging Face checkpoint the next stage loads.
+
+What this adds over transformers (whose ``Trainer`` + ``DataCollatorForLanguageModeling`` do the
+training): reading raw text from the same files and formats the other stages use (``.txt`` one
+text per line, or the text fields of any supported data file), exact-duplicate removal with a
+count, the stage's schema (Jina's 30% mask rate by default) and position extension before
+pre-training so that long-input backbones learn their new positions here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hybridembed.data.formats import canonical_fields, detect_format
+from hybridembed.data.readers import read_records
+from hybridembed.errors import DataError, RecipeError
+from hybridembed.model import resolve_backbone
+from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
+
+logger = logging.getLogger(__name__)
+TEXT_FIELDS = ("query", "positive", "positives", "negative", "negatives", "text1", "text2", "text")
+DEFAULT_MLM_LENGTH = 512
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
+def read_texts(config: TextsConfig) -> list[str]:
+    """Every text of one `texts:` entry, in file order; a record without any text is an error with its line."""
+    path = Path(config.path)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        with open(path, encoding="utf-8") as f:
+            texts = [line.strip() for line in f if line.strip()]
+        if not texts:
+            raise DataError([f"{path}: empty file (no text lines)"])
+        return texts[: config.max_samples]
+    texts, problems = [], []
+    fmt = None
+    for record in read_records(path, header=config.header):
+        if config.text_fields:
+            found = [t for key in config.text_fields for t in _strings(record.fields.get(key))]
+        else:
+            fmt = fmt or detect_format(record.fields, has_columns=False)
+            if fmt is None:
+                raise DataError([f"{path}:{record.line}: text_fields: cannot tell which fields hold text; set `text_fields:`"])
+            fields = canonical_fields(record.fields, fmt, None)
+            found = [t for key in TEXT_FIELDS for t in _strings(fields.get(key))]
+        if not found:
+            problems.append(f"{path}:{record.line}: text_fields: no text in this record")
+            continue
+        texts.extend(found)
+        if config.max_samples is not None and len(texts) >= config.max_samples:
+            break
+    if problems:
+        raise DataError(problems, summary=f"{path}: {len(problems)} record(s) without text")
+    return texts[: config.max_samples]
+
+
+def load_texts(configs: list[TextsConfig]) -> list[str]:
+    """All texts of an mlm stage, exact duplicates removed (the count is logged)."""
+    texts = [t for cfg in configs for t in read_texts(cfg)]
+    unique = list(dict.fromkeys(texts))
+    logger.info("mlm texts: %d read, %d exact duplicates removed, %d kept", len(texts), len(texts) - len(unique), len(unique))
+    return unique
+
+
+def _mlm_arguments(training: TrainingConfig):
+    from transformers import TrainingArguments
+
+    t = training
+    return TrainingArguments(
+        output_dir=t.output_dir, per_device_train_batch_size=t.batch_size, learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay, warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_grad_norm=t.max_grad_norm, seed=t.seed, bf16=t.precision == "bf16", fp16=t.precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps, logging_first_step=True,
+        report_to=t.report_to or "none", save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit, dataloader_num_workers=t.dataloader_num_workers,
+    )  # fmt: skip
+
+
+def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: TrainingConfig, mlm_probability: float, resume: bool) -> Path:
+    """Pre-train `model_cfg.backbone` with masked LM on `texts`; save model + tokenizer to training.output_dir."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from hybridembed.backbones import is_decoder
+    from hybridembed.positions import fit_positions
+
+    backbone = resolve_backbone(model_cfg.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    if tokenizer.mask_token is None:
+        raise RecipeError(f"stage mlm: {model_cfg.backbone} has no mask token; MLM needs an encoder (BERT, RoBERTa, XLM-R, ModernBERT)")
+    kwargs = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
+    torch.manual_seed(training.seed)
+    model = AutoModelForMaskedLM.from_pretrained(backbone, **kwargs)
+    if is_decoder(model.config):
+        raise RecipeError(f"stage mlm: {model_cfg.backbone} is a decoder; masked-LM pre-training needs an encoder")
+    max_length = model_cfg.max_seq_length or min(tokenizer.model_max_length, DEFAULT_MLM_LENGTH)
+    fit_positions(model, tokenizer, max_length, model_cfg.extend_positions, model_cfg.hierarchical_alpha)
+    corpus = Dataset.from_dict({"text": load_texts(texts)})
+    tokenized = corpus.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length, return_special_tokens_mask=True),
+        batched=True,
+        remove_columns=["text"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=_mlm_arguments(training),
+        train_dataset=tokenized,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability),
+    )
+    out = Path(training.output_dir)
+    checkpoint = get_last_checkpoint(str(out)) if resume and out.is_dir() else None
+    if checkpoint:
+        logger.info("resuming from checkpoint %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    with open(out / "training_log.jsonl", "w", encoding="utf-8") as f:
+        for entry in trainer.state.log_history:
+            f.write(json.dumps(entry) + "\n")
+    return out
