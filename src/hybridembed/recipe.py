@@ -47,14 +47,6 @@ class LoraSettings(Strict):
     save: Literal["merged", "adapter"] = Field("merged", description="merged weights, or adapter files that reference the base")
 
 
-class LoraSettings(Strict):
-    r: int = Field(16, gt=0)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    save: Literal["merged", "adapter"] = Field("merged", description="merged weights, or adapter files that reference the base")
-
-
 class ModelConfig(Strict):
     backbone: str = Field("bundled:all-MiniLM-L6-v2", description="local path, hub id, or bundled:all-MiniLM-L6-v2")
     pooling: Literal["cls", "mean", "last"] | None = Field(None, description="None keeps an ST backbone's own pooling, else mean")
