@@ -52,6 +52,17 @@ def test_gathered_infonce_matches_one_process_on_the_concatenated_batch(tmp_path
         start = stop
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun's workers run in their own process groups)."""
+    import signal
+
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    os.kill(pid, signal.SIGSTOP)  # no new workers while the tree is taken down
+    for child in children:
+        _kill_tree(int(child))
+    os.kill(pid, signal.SIGKILL)
+
+
 def _recipe(tmp_path: Path, backbone: Path, strategy: str, **training) -> Path:
     import yaml
 
@@ -92,3 +103,25 @@ def test_synchronized_ranks_train_the_same_task_each_step(tmp_path, tiny_bert_di
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (log["step_tasks"] for log in _rank_logs(tmp_path / "log"))
     assert rank0 == rank1 and len(set(rank0)) > 1
+
+
+def test_two_process_run_checkpoints_is_killed_resumes_and_finishes(tmp_path, tiny_bert_dir):
+    import time
+
+    recipe = _recipe(tmp_path, tiny_bert_dir, "synchronized", save_steps=3, max_steps=100, save_total_limit=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "hybridembed.cli", "train", str(recipe)]  # fmt: skip
+    process = subprocess.Popen(launch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "out").glob("checkpoint-*/trainer_state.json")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    _kill_tree(process.pid)
+    process.wait()
+    assert list((tmp_path / "out").glob("checkpoint-*/trainer_state.json")), "no checkpoint was written before the kill"
+    assert not (tmp_path / "out" / "hybridembed.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run([*launch[:6], str(_free_port()), *launch[7:], "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_from = int(resumed.stderr.split("resuming from checkpoint ")[1].split("checkpoint-")[1].split()[0])
+    assert 3 <= resumed_from < 100
+    meta = json.loads((tmp_path / "out" / "hybridembed.json").read_text())
+    assert meta["global_step"] == 100

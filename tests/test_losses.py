@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,3 +128,34 @@ def test_default_weights_and_temperatures_follow_piccolo2():
     assert (InfoNCELoss(None).temperature, InfoNCELoss(None).weight) == (0.01, 1.0)
     assert (CoSENTLoss(_Identity()).temperature, CoSENTLoss(_Identity()).weight) == (0.05, 0.04)
     assert (LabelContrastiveLoss(None).temperature, LabelContrastiveLoss(None).weight) == (0.05, 0.2)
+
+
+@pytest.mark.parametrize(
+    ("task", "loss_name", "matryoshka"),
+    [("retrieval", "infonce", None), ("retrieval", "infonce", [64, 32]), ("sts", "cosent", [64, 16]), ("sts", "pearson", None),
+     ("classification", "label_contrastive", None)],
+)  # fmt: skip
+def test_gradcache_equals_the_uncached_loss_and_gradients(tiny_model_dir, task, loss_name, matryoshka):
+    from sentence_transformers import SentenceTransformer
+
+    from hybridembed.tasks import RowShape
+
+    model = SentenceTransformer(str(tiny_model_dir))
+    model.eval()  # no dropout: the uncached and cached passes see identical networks
+    rng = np.random.default_rng(0)
+    words = "a man woman dog cat plays runs guitar piano the on in park street".split()
+    sentences = [" ".join(rng.choice(words, size=rng.integers(3, 9))) for _ in range(40)]
+    columns = 2 if TaskType(task).shape is RowShape.SCORED_PAIR else 4
+    features = [model.preprocess(sentences[i * 10 : (i + 1) * 10]) for i in range(columns)]
+    labels = torch.tensor(rng.uniform(0, 5, size=10), dtype=torch.float32)
+    results = []
+    for cache in (None, 3):
+        model.zero_grad()
+        loss = build_loss(model, TaskType(task), LossConfig(name=LossName(loss_name)), matryoshka, cache_minibatch_size=cache)
+        value = loss([dict(f) for f in features], labels)
+        value.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((value.item(), grads))
+    (plain, plain_grads), (cached, cached_grads) = results
+    assert cached == pytest.approx(plain, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(cached_grads, plain_grads, rtol=1e-4, atol=1e-5)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from hybridembed.errors import RecipeError
+from hybridembed.mining.config import MiningConfig
 from hybridembed.tasks import TaskType
 
 
@@ -123,6 +124,7 @@ class TrainingConfig(Strict):
     seed: int = 42
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
+    cache_minibatch_size: int | None = Field(None, gt=0, description="GradCache: embed batches in chunks of this many rows")
     logging_steps: int = Field(10, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     save_steps: int | None = Field(None, gt=0)
@@ -226,6 +228,10 @@ class Recipe(Strict):
     losses: dict[TaskType, LossConfig] = Field(default_factory=dict, description="per task type loss override")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    deepspeed: str | dict[str, Any] | None = Field(
+        None, description="DeepSpeed config (a JSON path or the mapping itself), passed to the HF trainer; needs `pip install .[deepspeed]`"
+    )
+    mining: MiningConfig | None = Field(None, description="hard-negative mining: `dynamic` re-mining during training (docs/mining.md)")
     # Sections owned by later features; kept as free-form mappings until their schema lands.
     eval: dict[str, Any] | None = None
 

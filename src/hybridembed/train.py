@@ -176,6 +176,8 @@ def _training_args(recipe: Recipe) -> SentenceTransformerTrainingArguments:
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
+        deepspeed=recipe.deepspeed,
+        ddp_find_unused_parameters=False,  # the unused BERT pooler is frozen (model.py), so every trainable parameter gets a gradient
         disable_tqdm=False,
     )
 
@@ -196,7 +198,13 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     for ds in datasets:
         loss_cfg = resolve_loss_config(ds.task, recipe.losses, ds.config.loss)
         losses[ds.name] = build_loss(
-            model, ds.task, loss_cfg, dims, recipe.model.matryoshka_weights, where=f"datasets[{ds.name}].loss"
+            model,
+            ds.task,
+            loss_cfg,
+            dims,
+            recipe.model.matryoshka_weights,
+            where=f"datasets[{ds.name}].loss",
+            cache_minibatch_size=recipe.training.cache_minibatch_size,
         )
     args = _training_args(recipe)
     sampler = TaskBatchSampler(
@@ -213,7 +221,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         epochs = math.ceil(recipe.training.max_steps / len(sampler)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)
         gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
     collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed + args.process_index)
-    return HybridTrainer(
+    trainer = HybridTrainer(
         model=model,
         args=args,
         train_dataset={ds.name: ds.to_hf() for ds in datasets},
@@ -223,6 +231,13 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         dataset_tasks={ds.name: ds.task for ds in datasets},
         gather_groups=gather_groups,
     )
+    # --- dynamic hard-negative mining (hybridembed.mining.dynamic): active-negative hooks + callback ---
+    if recipe.mining is not None and recipe.mining.dynamic is not None:
+        from hybridembed.mining.dynamic import attach_dynamic_mining
+
+        attach_dynamic_mining(trainer, recipe.mining.dynamic, datasets)
+    # --- end dynamic mining ---
+    return trainer
 
 
 def _resume_checkpoint(recipe: Recipe) -> str | bool | None:

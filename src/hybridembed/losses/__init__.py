@@ -11,6 +11,7 @@ import inspect
 from torch import nn
 
 from hybridembed.errors import RecipeError
+from hybridembed.losses.cached import CachedLoss
 from hybridembed.losses.cosent import CoSENTLoss
 from hybridembed.losses.infonce import InfoNCELoss
 from hybridembed.losses.label_contrastive import LabelContrastiveLoss
@@ -48,8 +49,9 @@ def build_loss(
     matryoshka_dims: list[int] | None = None,
     matryoshka_weights: list[float] | None = None,
     where: str = "losses",
+    cache_minibatch_size: int | None = None,
 ) -> nn.Module:
-    """Instantiate the configured loss for `task`, wrapped in sentence-transformers' MatryoshkaLoss if dims are given."""
+    """Instantiate the configured loss for `task`: optionally gradient-cached, then wrapped in MatryoshkaLoss if dims are given."""
     loss_class = LOSS_CLASSES[config.name]
     if loss_class.accepts is not task.shape:
         raise RecipeError(f"{where}: loss {config.name} trains on {loss_class.accepts} rows, but task {task} has {task.shape} rows")
@@ -62,6 +64,8 @@ def build_loss(
             raise RecipeError(f"{where}: loss {config.name} has no parameter {key!r}")
         kwargs[key] = value
     loss = loss_class(model, **kwargs)
+    if cache_minibatch_size:
+        loss = CachedLoss(loss, mini_batch_size=cache_minibatch_size)
     if matryoshka_dims:
         from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
@@ -70,6 +74,7 @@ def build_loss(
 
 
 __all__ = [
+    "CachedLoss",
     "CoSENTLoss",
     "DEFAULT_LOSS_FOR_TASK",
     "InfoNCELoss",

@@ -39,5 +39,9 @@ class CoSENTLoss(_STCoSENTLoss):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         return self.weight * super().forward(sentence_features, labels.float())
 
+    def loss_from_columns(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        """The loss from per-column embeddings (the entry point GradCache uses)."""
+        return self.weight * self.compute_loss_from_embeddings(embeddings, labels.float())
+
     def get_config_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "weight": self.weight}

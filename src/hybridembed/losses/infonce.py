@@ -62,6 +62,10 @@ class InfoNCELoss(nn.Module):
         embeddings = embed_columns(self.model, sentence_features)
         return self.loss_from_embeddings(embeddings[0], embeddings[1], embeddings[2:])
 
+    def loss_from_columns(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
+        """The loss from per-column embeddings (the entry point GradCache uses)."""
+        return self.loss_from_embeddings(embeddings[0], embeddings[1], embeddings[2:])
+
     def loss_from_embeddings(self, queries: Tensor, positives: Tensor, negatives: list[Tensor]) -> Tensor:
         """queries, positives: (B, d); negatives: k tensors of (B, d), the j-th hard negative of every row."""
         queries = F.normalize(queries.float(), dim=-1)

@@ -44,6 +44,10 @@ class PearsonLoss(nn.Module):
         text1, text2 = embed_columns(self.model, sentence_features)
         return self.loss_from_embeddings(text1, text2, labels)
 
+    def loss_from_columns(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        """The loss from per-column embeddings (the entry point GradCache uses)."""
+        return self.loss_from_embeddings(embeddings[0], embeddings[1], labels)
+
     def loss_from_embeddings(self, text1: Tensor, text2: Tensor, scores: Tensor) -> Tensor:
         predicted = F.cosine_similarity(text1.float(), text2.float(), dim=-1)
         gold = scores.to(predicted.device, torch.float32).view(-1)
