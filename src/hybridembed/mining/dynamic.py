@@ -1,0 +1,350 @@
+"""Dynamic hard-negative mining during training (Conan-embedding): re-score the upcoming batches' active negatives every N steps and replace the ones that became easy.
+
+Each row of a retrieval/reranking dataset keeps a **candidate pool** (its first `pool_size`
+negatives — e.g. from `hybridembed mine`, hardest first) and **active negatives** (the first k
+of the pool, k = the dataset's `num_negatives`) with the score each had when it was activated.
+The collator draws the row's negatives from the active ones (`DatasetView.active_negatives`).
+
+Every `every_steps` optimizer steps the miner computes, from the sampler's deterministic
+(seed, epoch) schedule, the rows this process will train in the next `every_steps` steps, and
+scores their active negatives with the current model (eval mode, no grad, batched; the training
+mode is restored). Conan's rule: a negative whose score × `ratio` fell below its score at
+activation has become easy, and is replaced by the hardest *unused* candidate of the pool that
+scores below `max_score` (higher ones may be unlabelled positives).
+
+Refinements (documented in docs/mining.md): a replacement must also score *higher* than the
+easy negative it replaces (otherwise the swap would make the row easier, and the easy one
+stays); a retired negative never comes back; initial scores are taken with the starting model
+for every row of the first epoch (`init: start`) or at a row's first check (`init: lazy`).
+
+Each event is logged through the trainer (`mining/checked`, `mining/replaced`, `mining/score_before`,
+`mining/score_after`, …, so TensorBoard gets it). The state (active indices, activation scores,
+used candidates) is written to `dynamic_mining.npz` in every checkpoint folder and read back on
+resume. In multi-process runs each rank scores the rows of its own batches and the ranks
+exchange their row updates with `torch.distributed.all_gather_object`, so every rank holds the
+same state and rank 0 saves it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from hybridembed.errors import HybridembedError
+from hybridembed.mining.config import DynamicMiningConfig
+from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from hybridembed.data import TaskDataset
+    from hybridembed.data.collator import DatasetView
+    from hybridembed.sampling import TaskBatchSampler
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "dynamic_mining.npz"
+
+
+@dataclass
+class MiningEvent:
+    """What one re-scoring event did on this process (or, after `gather`, on all of them)."""
+
+    step: int = 0
+    rows: int = 0
+    initialized: int = 0  # negatives that got their activation score now (no judgement yet)
+    checked: int = 0  # negatives judged against their activation score
+    easy: int = 0
+    replaced: int = 0
+    exhausted: int = 0  # easy negatives left in place: no unused candidate below max_score scored higher
+    sum_before: float = 0.0  # over the checked negatives, their current scores ...
+    sum_after: float = 0.0  # ... and the scores of whatever occupies their slots after the event
+
+    def logs(self) -> dict[str, float]:
+        out = {f"mining/{k}": float(getattr(self, k)) for k in ("rows", "initialized", "checked", "easy", "replaced", "exhausted")}
+        if self.checked:
+            out["mining/score_before"] = round(self.sum_before / self.checked, 5)
+            out["mining/score_after"] = round(self.sum_after / self.checked, 5)
+        return out
+
+
+class _Table:
+    """Dynamic state of one dataset: per row, k active slots (pool index, activation score) and the pool's used flags."""
+
+    def __init__(self, dataset: TaskDataset, k: int, pool_size: int) -> None:
+        self.dataset = dataset
+        self.pools = [list((row["negatives"] or [])[:pool_size]) for row in dataset.rows]
+        self.k, self.pool_size = k, pool_size
+        n = len(self.pools)
+        self.active = np.full((n, k), -1, dtype=np.int32)
+        self.initial = np.full((n, k), np.nan, dtype=np.float32)
+        self.used = np.zeros((n, pool_size), dtype=bool)
+        for i, pool in enumerate(self.pools):
+            m = min(k, len(pool))
+            self.active[i, :m] = np.arange(m)
+            self.used[i, :m] = True
+
+    def active_texts(self, row: int) -> list[str]:
+        return [self.pools[row][j] for j in self.active[row] if j >= 0]
+
+    def row_update(self, row: int) -> tuple:
+        return row, self.active[row].copy(), self.initial[row].copy(), self.used[row].copy()
+
+    def apply(self, update: tuple) -> None:
+        row, active, initial, used = update
+        self.active[row], self.initial[row], self.used[row] = active, initial, used
+
+
+class DynamicMiner:
+    """Holds the pools and active negatives of the triplet datasets and runs Conan's re-mining events."""
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        config: DynamicMiningConfig,
+        datasets: Sequence[TaskDataset],
+        views: dict[str, DatasetView],
+        sampler: TaskBatchSampler,
+        gradient_accumulation_steps: int = 1,
+    ) -> None:
+        self.model, self.config, self.views, self.sampler = model, config, views, sampler
+        self.accumulation = gradient_accumulation_steps
+        self.tables: dict[str, _Table] = {}
+        for ds in datasets:
+            k = views[ds.name].num_negatives
+            if ds.task in IN_BATCH_NEGATIVE_TASKS and k > 0 and any(row["negatives"] for row in ds.rows):
+                self.tables[ds.name] = _Table(ds, k, config.pool_size)
+        self.plan_names = [plan.name for plan in sampler.plans]
+        self.events = 0
+        self.history: list[MiningEvent] = []  # this run's events, for callers and tests
+        self._epoch_cache: dict[int, list[list[int]]] = {}
+
+    # --- hooks -------------------------------------------------------------------------------
+    def active_negatives(self, name: str) -> Callable[[int], list[str]]:
+        table = self.tables[name]
+        return table.active_texts
+
+    # --- which rows come next ----------------------------------------------------------------
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epoch_cache:
+            replay = copy.copy(self.sampler)  # same plans, seed and rank; its own epoch
+            replay.set_epoch(epoch)
+            self._epoch_cache = {e: b for e, b in self._epoch_cache.items() if e >= epoch - 1}
+            self._epoch_cache[epoch] = list(iter(replay))
+        return self._epoch_cache[epoch]
+
+    def upcoming_rows(self, global_step: int, steps: int) -> dict[str, list[int]]:
+        """Row ids, per mined dataset, of the batches this process trains in optimizer steps global_step+1 … global_step+steps."""
+        batches_per_epoch = len(self.sampler)
+        steps_per_epoch = max(1, -(-batches_per_epoch // self.accumulation))
+        rows: dict[str, set[int]] = defaultdict(set)
+        for step in range(global_step, global_step + steps):
+            epoch, within = divmod(step, steps_per_epoch)
+            for batch in self._epoch_batches(epoch)[within * self.accumulation : (within + 1) * self.accumulation]:
+                for index in batch:
+                    d = bisect.bisect_right(self.sampler.offsets, index) - 1
+                    name = self.plan_names[d]
+                    if name in self.tables:
+                        rows[name].add(index - self.sampler.offsets[d])
+        return {name: sorted(ids) for name, ids in rows.items()}
+
+    def epoch_rows(self, epoch: int) -> dict[str, list[int]]:
+        return self.upcoming_rows(epoch * max(1, -(-len(self.sampler) // self.accumulation)), -(-len(self.sampler) // self.accumulation))
+
+    # --- scoring -----------------------------------------------------------------------------
+    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if not texts:
+            return {}
+        vectors = self.model.encode(
+            texts, batch_size=self.config.batch_size, prompt="", convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+        )
+        return dict(zip(texts, vectors.float()))
+
+    def score(self, name: str, pairs: list[tuple[int, list[str]]]) -> list[np.ndarray]:
+        """Cosine of each row's query with each of its given passages, under the current model (eval mode, no grad)."""
+        view, rows = self.views[name], self.tables[name].dataset.rows
+        queries = [view.query_prefix + rows[r]["query"] for r, _ in pairs]
+        passages = [view.passage_prefix + t for _, texts in pairs for t in texts]
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                vectors = self._encode(list(dict.fromkeys(queries + passages)))
+        finally:
+            self.model.train(was_training)
+        out = []
+        for query, (_, texts) in zip(queries, pairs):
+            if not texts:
+                out.append(np.zeros(0, dtype=np.float32))
+                continue
+            stacked = torch.stack([vectors[view.passage_prefix + t] for t in texts])
+            out.append((stacked @ vectors[query]).cpu().numpy().astype(np.float32))
+        return out
+
+    # --- events ------------------------------------------------------------------------------
+    def refresh(self, rows_by_dataset: dict[str, list[int]], step: int = 0, judge: bool = True) -> MiningEvent:
+        """Score the active negatives of these rows; set missing activation scores; if `judge`, replace the easy ones."""
+        event = MiningEvent(step=step)
+        updates: dict[str, list[tuple]] = {}
+        for name, row_ids in rows_by_dataset.items():
+            table = self.tables[name]
+            row_ids = [r for r in row_ids if (table.active[r] >= 0).any()]
+            event.rows += len(row_ids)
+            current = self.score(name, [(r, table.active_texts(r)) for r in row_ids])
+            easy_rows: dict[int, list[tuple[int, float]]] = {}  # row → (slot, current score), easiest first
+            for r, scores in zip(row_ids, current):
+                slots = np.flatnonzero(table.active[r] >= 0)
+                fresh = np.isnan(table.initial[r, slots])
+                table.initial[r, slots[fresh]] = scores[fresh]
+                event.initialized += int(fresh.sum())
+                if not judge:
+                    continue
+                judged = [(int(slot), float(score)) for slot, score in zip(slots[~fresh], scores[~fresh])]
+                easy = sorted(((slot, score) for slot, score in judged if score * self.config.ratio < table.initial[r, slot]), key=lambda x: x[1])
+                event.checked += len(judged)
+                event.sum_before += sum(score for _, score in judged)
+                event.sum_after += sum(score for _, score in judged) - sum(score for _, score in easy)
+                if easy:
+                    easy_rows[r] = easy
+                    event.easy += len(easy)
+            self._replace(name, table, easy_rows, event)
+            updates[name] = [table.row_update(r) for r in row_ids]
+        self._share(updates, event)
+        self.history.append(event)
+        return event
+
+    def _replace(self, name: str, table: _Table, easy_rows: dict[int, list[tuple[int, float]]], event: MiningEvent) -> None:
+        """Swap each easy slot for the hardest unused candidate below max_score that beats the slot's current score."""
+        unused = {r: [j for j in range(len(table.pools[r])) if not table.used[r, j]] for r in easy_rows}
+        candidate_scores = self.score(name, [(r, [table.pools[r][j] for j in unused[r]]) for r in easy_rows])
+        for (r, easy), scores in zip(easy_rows.items(), candidate_scores):
+            ranked = [(s, j) for s, j in sorted(zip(scores.tolist(), unused[r]), reverse=True) if s < self.config.max_score]
+            for slot, before in easy:
+                if ranked and ranked[0][0] > before:
+                    score, j = ranked.pop(0)
+                    table.active[r, slot], table.initial[r, slot], table.used[r, j] = j, score, True
+                    event.replaced += 1
+                    event.sum_after += score
+                else:
+                    event.exhausted += 1
+                    event.sum_after += before
+
+    def _share(self, updates: dict[str, list[tuple]], event: MiningEvent) -> None:
+        """Multi-process: every rank applies every rank's row updates and the event counts are summed."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+            return
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, (updates, asdict(event)))
+        rank = torch.distributed.get_rank()
+        totals = defaultdict(float)
+        for other, (other_updates, other_event) in enumerate(gathered):
+            for key, value in other_event.items():
+                totals[key] += value
+            if other != rank:
+                for name, rows in other_updates.items():
+                    for update in rows:
+                        self.tables[name].apply(update)
+        for key, value in totals.items():
+            if key != "step":
+                setattr(event, key, type(getattr(event, key))(value))
+
+    # --- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        meta = {
+            "version": 1,
+            "events": self.events,
+            "config": self.config.model_dump(),
+            "datasets": {n: {"rows": len(t.pools), "k": t.k, "pool_size": t.pool_size} for n, t in self.tables.items()},
+        }
+        arrays = {"meta": np.array(json.dumps(meta))}
+        for i, (name, table) in enumerate(self.tables.items()):
+            arrays.update({f"{i}.active": table.active, f"{i}.initial": table.initial, f"{i}.used": table.used})
+        return arrays
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], source: str = "state") -> None:
+        meta = json.loads(str(arrays["meta"]))
+        expected = {n: {"rows": len(t.pools), "k": t.k, "pool_size": t.pool_size} for n, t in self.tables.items()}
+        if meta["datasets"] != expected:
+            raise HybridembedError(
+                f"{source}: dynamic-mining state was saved for datasets {meta['datasets']}, this run has {expected}; "
+                "resume with the same data, num_negatives and mining.dynamic.pool_size"
+            )
+        for i, table in enumerate(self.tables.values()):
+            table.active, table.initial, table.used = (np.array(arrays[f"{i}.{key}"]) for key in ("active", "initial", "used"))
+        self.events = int(meta["events"])
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **self.state_dict())
+        return path
+
+    def load(self, folder: str | Path) -> bool:
+        path = Path(folder) / STATE_FILE
+        if not path.is_file():
+            return False
+        with np.load(path, allow_pickle=False) as arrays:
+            self.load_state_dict(dict(arrays), source=str(path))
+        return True
+
+
+class DynamicMiningCallback(TrainerCallback):
+    """Runs the miner's events on the trainer's schedule, logs them through the trainer, saves/restores its state with checkpoints."""
+
+    def __init__(self, miner: DynamicMiner, trainer: Any) -> None:
+        self.miner, self.trainer = miner, trainer
+        self.restored_from: str | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0:
+            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if self.miner.load(checkpoint):
+                self.restored_from = checkpoint
+                logger.info("dynamic mining: restored pools and active negatives from %s", checkpoint)
+                return
+            logger.warning("dynamic mining: no %s in %s; starting from the rows' own negatives", STATE_FILE, checkpoint)
+        if self.miner.config.init == "start":
+            steps_per_epoch = max(1, -(-len(self.miner.sampler) // self.miner.accumulation))
+            epoch = state.global_step // steps_per_epoch
+            event = self.miner.refresh(self.miner.epoch_rows(epoch), step=state.global_step, judge=False)
+            logger.info("dynamic mining: activation scores for %d negatives of %d rows", event.initialized, event.rows)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.miner.config.every_steps
+        if state.global_step % every or (state.max_steps and state.global_step >= state.max_steps):
+            return
+        event = self.miner.refresh(self.miner.upcoming_rows(state.global_step, every), step=state.global_step)
+        self.miner.events += 1
+        self.trainer.log(event.logs())
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.miner.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
+
+def attach_dynamic_mining(trainer: Any, config: DynamicMiningConfig, datasets: Sequence[TaskDataset]) -> DynamicMiner | None:
+    """Set the collator's `active_negatives` hooks of the retrieval/reranking datasets and register the callback."""
+    views = trainer.data_collator.views
+    miner = DynamicMiner(trainer.model, config, datasets, views, trainer.task_sampler, trainer.args.gradient_accumulation_steps)
+    if not miner.tables:
+        logger.warning("mining.dynamic: no retrieval/reranking dataset with negatives; nothing to re-mine")
+        return None
+    for name in miner.tables:
+        views[name].active_negatives = miner.active_negatives(name)
+    trainer.add_callback(DynamicMiningCallback(miner, trainer))
+    trainer.dynamic_miner = miner
+    return miner
+
+
+__all__ = ["DynamicMiner", "DynamicMiningCallback", "MiningEvent", "attach_dynamic_mining"]
