@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 QUICKSTART = Path(__file__).resolve().parents[2] / "data" / "quickstart"
 DRY_STEPS = 2
 DRY_BATCH = 8
+DRY_TEXTS = 256  # raw texts read per mlm file
 TINY_MAX_POSITIONS = 512
 STAND_INS: dict[TaskType | None, dict[str, Any]] = {
     TaskType.RETRIEVAL: {"path": "stsb_paraphrase_pairs.jsonl", "task": "retrieval"},
@@ -47,9 +48,9 @@ def _stand_in_dataset(entry: dict[str, Any]) -> dict[str, Any]:
 
 def _stand_in_texts(entry: dict[str, Any]) -> dict[str, Any]:
     if Path(entry["path"]).exists():
-        return entry
+        return {**entry, "max_samples": min(entry.get("max_samples") or DRY_TEXTS, DRY_TEXTS)}
     logger.info("dry run: %s is not here; using the STS-B sentences of data/quickstart", entry["path"])
-    return {**TEXTS_STAND_IN, "path": str(QUICKSTART / TEXTS_STAND_IN["path"]), "max_samples": 256}
+    return {**TEXTS_STAND_IN, "path": str(QUICKSTART / TEXTS_STAND_IN["path"]), "max_samples": DRY_TEXTS}
 
 
 def _small_training(section: dict[str, Any] | None, cpu_only: bool) -> dict[str, Any]:

@@ -206,9 +206,15 @@ def render_instruction(template: str, instruction: str) -> str:
 
 def name_datasets(datasets: list[DatasetConfig], model: ModelConfig) -> None:
     """Give every dataset a unique name and turn instructions into query prefixes (also saved as named prompts)."""
+    from torch import nn
+
     seen: set[str] = set()
     for ds in datasets:
-        ds.name = ds.name or Path(ds.path).stem.replace(".", "_")
+        if ds.name is None:
+            path = Path(ds.path)
+            ds.name = path.stem.replace(".", "_")
+            if hasattr(nn.Module, ds.name):  # `train`, `eval`, …: a loss-module key must not shadow a Module attribute
+                ds.name = f"{path.parent.name}_{ds.name}"
         base, n = ds.name, 2
         while ds.name in seen:
             ds.name, n = f"{base}_{n}", n + 1

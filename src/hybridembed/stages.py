@@ -36,7 +36,7 @@ from hybridembed.tasks import TaskType
 
 logger = logging.getLogger(__name__)
 MARKER = "stage_done.json"
-PAIRS_TEMPERATURE = 0.05  # Jina's pair-training temperature
+PAIRS_TEMPERATURE = 0.05  # default InfoNCE temperature of a pairs stage
 # Training settings that change how a run is watched or stored, not what it learns.
 UNTRACKED_TRAINING = {"output_dir", "resume", "logging_steps", "report_to", "save_steps", "save_total_limit", "dataloader_num_workers"}
 
