@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-arg", action="append", default=[], help="extra `hybridembed serve` option (repeatable)")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()[0]
     port = free_port()
     model_name = "bench-model"
     cmd = [sys.executable, "-m", "hybridembed.cli", "serve", args.model, "--host", "127.0.0.1", "--port", str(port),
@@ -227,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                 server.kill()
     shown = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"`{f'python benchmarks/serve_load.py {shown}'.strip()}`")
-    print(f"Model: {args.model}, one sentence per request (STS-B train), server defaults; client and server share the machine.")
-    print(f"Machine: {machine()}")
+    options = " ".join(args.server_arg) or "none"
+    print(f"Model: {args.model}; one STS-B sentence per request; extra server options: {options}; "
+          "client and server share the machine.")
+    print(f"Machine: {machine()}; 1-minute load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after.")
     print()
     print(table(phases, rss))
     return 1 if any(p.five_xx for p in phases) else 0

@@ -302,6 +302,47 @@ def test_right_key_is_accepted_and_health_is_open(auth_url):
     assert httpx.get(f"{auth_url}/health").status_code == 200
 
 
+# --- prompts (input_type) ----------------------------------------------------------------------
+
+
+def test_input_type_applies_the_models_prompts(model_dir, reference):
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    prompted = load_served_model(str(model_dir), model_name=MODEL)
+    prompted.model.prompts = {"query": "query: ", "document": "passage: "}
+    texts = ["how do I cook rice", "Rice is cooked in water.", "boil the water first"]
+    kinds = [None, "query", "document"]
+    want = {
+        None: reference.encode(texts),
+        "query": reference.encode(["query: " + t for t in texts]),
+        "document": reference.encode(["passage: " + t for t in texts]),
+    }
+    with running_server(create_app(prompted, ServeSettings(warmup=False, max_wait_ms=20))) as url:
+
+        async def main():
+            async with AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as c:
+                calls = [
+                    c.embeddings.create(
+                        model=MODEL, input=texts, encoding_format="float",
+                        extra_body={"input_type": kind} if kind else None,
+                    )
+                    for kind in kinds * 2  # sent concurrently: batches must not mix prompts
+                ]
+                return await asyncio.gather(*calls)
+
+        responses = asyncio.run(main())
+        info = httpx.get(f"{url}/v1/models").json()["data"][0]
+    assert info["prompts"] == {"query": "query: ", "document": "passage: "}
+    for kind, resp in zip(kinds * 2, responses):
+        got = np.array([d.embedding for d in resp.data], dtype=np.float32)
+        np.testing.assert_allclose(got, want[kind], atol=1e-5)
+    assert not np.allclose(want["query"], want[None], atol=1e-3)
+    query_tokens = sum(len(ids) for ids in reference.tokenizer(["query: " + t for t in texts])["input_ids"])
+    assert responses[1].usage.prompt_tokens == query_tokens
+
+
 # --- responsiveness ---------------------------------------------------------------------------
 
 
@@ -309,9 +350,9 @@ def test_health_answers_while_a_slow_batch_encodes(model_dir):
     slow = load_served_model(str(model_dir), model_name=MODEL)
     original = slow.encode
 
-    def slow_encode(texts, prompt_name=None):
+    def slow_encode(texts, prompt_name=None, batch_size=None):
         time.sleep(1.0)
-        return original(texts, prompt_name)
+        return original(texts, prompt_name, batch_size)
 
     slow.encode = slow_encode
     with running_server(create_app(slow, ServeSettings(warmup=False))) as url:

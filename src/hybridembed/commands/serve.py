@@ -51,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"], help="longest a text waits for others to fill its batch (default: %(default)s)"
     )
     group.add_argument(
+        "--encode-batch-size",
+        type=int,
+        help="texts per forward pass within a batch, sorted by length (default: 8 on CPU, else --max-batch-size)",
+    )
+    group.add_argument(
         "--max-queue", type=int, default=DEFAULTS["max_queue"], help="texts allowed to wait; beyond this requests get 503 (default: %(default)s)"
     )
     limits = parser.add_argument_group("request limits")
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         settings = ServeSettings(
             max_batch_size=args.max_batch_size,
             max_wait_ms=args.max_wait_ms,
+            encode_batch_size=args.encode_batch_size,
             max_inputs=args.max_inputs,
             max_chars=args.max_chars,
             max_body_bytes=args.max_body_bytes,

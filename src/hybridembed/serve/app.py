@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hybridembed.model import truncate_embeddings
 from hybridembed.serve.batching import BatcherClosed, MicroBatcher, QueueFull
 from hybridembed.serve.engine import ServedModel
 from hybridembed.serve.schemas import ApiError, EmbeddingRequest, embeddings_response, error_body, parse_embedding_request
@@ -23,6 +24,7 @@ from hybridembed.serve.schemas import ApiError, EmbeddingRequest, embeddings_res
 logger = logging.getLogger(__name__)
 
 TRUNCATED_HEADER = "x-hybridembed-truncated-inputs"
+CPU_FORWARD_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class ServeSettings:
 
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
+    encode_batch_size: int | None = None  # texts per forward pass inside a batch; None: 8 on CPU, else max_batch_size
     max_inputs: int = 2048
     max_chars: int = 32768
     max_body_bytes: int = 8 * 1024 * 1024
@@ -39,13 +42,20 @@ class ServeSettings:
     warmup: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes", "max_queue"):
-            if getattr(self, name) < 1:
+        for name in ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes", "max_queue", "encode_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.max_queue < self.max_inputs:
             raise ValueError(f"max_queue ({self.max_queue}) must be >= max_inputs ({self.max_inputs})")
+
+    def forward_batch_size(self, device_type: str) -> int:
+        """Texts per forward pass. On a CPU, length-sorted passes of 8 beat one padded pass of 32
+        (1.7x faster on all-MiniLM-L6-v2, see docs/serving.md); accelerators want the whole batch."""
+        if self.encode_batch_size is not None:
+            return min(self.encode_batch_size, self.max_batch_size)
+        return min(CPU_FORWARD_BATCH, self.max_batch_size) if device_type == "cpu" else self.max_batch_size
 
     def public(self) -> dict[str, Any]:
         data = asdict(self)
@@ -64,8 +74,13 @@ _STATUS_TYPES = {
 def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
     """Build the ASGI app serving `served`; the micro-batcher starts and stops with the app's lifespan."""
     settings = settings or ServeSettings()
+    forward_batch = settings.forward_batch_size(served.device_type)
+
+    def encode(texts: list[str], prompt_name: str | None):
+        return served.encode(texts, prompt_name, batch_size=forward_batch)
+
     batcher = MicroBatcher(
-        served.encode,
+        encode,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
@@ -75,8 +90,11 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     async def lifespan(app: FastAPI):
         await batcher.start()
         if settings.warmup:  # the first pass with new shapes is slow; pay it before the first client
-            await batcher.run_in_worker(served.encode, ["warm-up", "a second, somewhat longer warm-up input"], None)
-        logger.info("serving %r (%d dims) with %s", served.name, served.dim, settings.public())
+            await batcher.run_in_worker(encode, ["warm-up", "a second, somewhat longer warm-up input"], None)
+        logger.info(
+            "serving %r (%d dims, %d texts per forward pass) with %s",
+            served.name, served.dim, forward_batch, settings.public(),
+        )
         try:
             yield
         finally:
@@ -138,8 +156,6 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         except BatcherClosed as err:
             raise ApiError(503, str(err), type="server_error", code="shutting_down") from None
         if req.dimensions is not None:
-            from hybridembed.model import truncate_embeddings
-
             embeddings = truncate_embeddings(embeddings, req.dimensions)
         body = embeddings_response(
             embeddings,

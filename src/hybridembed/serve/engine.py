@@ -49,10 +49,14 @@ class ServedModel:
         candidates = {"query": ("query",), "document": ("document", "passage", "corpus")}.get(input_type or "", ())
         return next((name for name in candidates if prompts.get(name)), None)
 
-    def encode(self, texts: list[str], prompt_name: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Embed `texts` in one call; also return token counts (as the model saw them) and truncation flags.
+    def encode(
+        self, texts: list[str], prompt_name: str | None = None, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Embed `texts`; also return token counts (as the model saw them) and truncation flags.
 
-        Without `prompt_name` the model's own default prompt (if any) applies, as in `model.encode`.
+        sentence-transformers sorts the texts by length and runs forward passes of `batch_size`
+        (default: all at once), so smaller passes pad less. Without `prompt_name` the model's own
+        default prompt (if any) applies, as in `model.encode`.
         Runs on the batcher's worker thread only: the fast tokenizer is not safe to call from two
         threads at once with different truncation settings.
         """
@@ -61,7 +65,7 @@ class ServedModel:
         embeddings = self.model.encode(
             texts,
             prompt_name=prompt_name,
-            batch_size=max(1, len(texts)),
+            batch_size=max(1, batch_size or len(texts)),
             convert_to_numpy=True,
             show_progress_bar=False,
         )
@@ -86,6 +90,11 @@ class ServedModel:
         if not self.max_seq_length:
             return lengths, np.zeros(n, dtype=bool)
         return np.minimum(lengths, self.max_seq_length), lengths > self.max_seq_length
+
+    @property
+    def device_type(self) -> str:
+        device = getattr(self.model, "device", None)
+        return getattr(device, "type", "cpu")
 
     def describe(self) -> dict[str, Any]:
         """The entry of GET /v1/models (OpenAI's model object plus our embedding facts)."""
