@@ -2,8 +2,8 @@
 
 What it keeps: the schema checks, every stage and its kind, losses, projection, Matryoshka, LoRA,
 instructions, position extension, and validation of every data file that exists. What it swaps:
-missing data files → small shipped files of the same task type (data/quickstart, logged), batch
-sizes → at most 8, steps → 2, logging → none, precision → fp32 without a GPU, and with ``tiny`` the
+missing data files → small shipped files of the same task type (data/quickstart, logged), rows kept
+per dataset → 256 (all still validated), batch sizes → at most 8, steps → 2, logging → none, precision → fp32 without a GPU, and with ``tiny`` the
 backbone → a random tiny model of the same family (decoder when pooling is ``last``).
 """
 
@@ -21,6 +21,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "data" / "quickstart"
 DRY_STEPS = 2
 DRY_BATCH = 8
 DRY_TEXTS = 256  # raw texts read per mlm file
+DRY_ROWS = 256  # rows kept per dataset
 TINY_MAX_POSITIONS = 512
 STAND_INS: dict[TaskType | None, dict[str, Any]] = {
     TaskType.RETRIEVAL: {"path": "stsb_paraphrase_pairs.jsonl", "task": "retrieval"},
@@ -37,10 +38,10 @@ KEPT_KEYS = ("name", "weight", "num_negatives", "instruction", "loss", "query_pr
 
 
 def _stand_in_dataset(entry: dict[str, Any]) -> dict[str, Any]:
-    if Path(entry["path"]).exists():
-        return entry
+    if Path(entry["path"]).exists():  # every record is still read and validated; only the first rows are kept
+        return {**entry, "max_samples": min(entry.get("max_samples") or DRY_ROWS, DRY_ROWS)}
     task = TaskType(entry["task"]) if entry.get("task") else None
-    stand_in = {**STAND_INS[task], "max_samples": 64, **{k: entry[k] for k in KEPT_KEYS if entry.get(k) is not None}}
+    stand_in = {**STAND_INS[task], "max_samples": DRY_ROWS, **{k: entry[k] for k in KEPT_KEYS if entry.get(k) is not None}}
     stand_in["path"] = str(QUICKSTART / stand_in["path"])
     logger.info("dry run: %s is not here; using %s (%s)", entry["path"], stand_in["path"], stand_in["task"])
     return stand_in

@@ -164,12 +164,13 @@ def read_instruction_pairs(path: str | Path, fmt: InstructionFormat = Instructio
             record_format = fmt if fmt is not InstructionFormat.AUTO else detect_instruction_format(record)
             if record_format is None:
                 found.append(f"(record): not alpaca (instruction/output), ShareGPT (conversations) or OpenAI chat (messages); keys {sorted(record)}")
-        if record_format is InstructionFormat.ALPACA:
-            exchanges = _alpaca(record, found)
-        elif record_format is not None:
-            exchanges = _exchanges(_turns(record, record_format, found), turns == "all")
-        else:
-            exchanges = []
+        match record_format:
+            case InstructionFormat.ALPACA:
+                exchanges = _alpaca(record, found)
+            case InstructionFormat.SHAREGPT | InstructionFormat.OPENAI:
+                exchanges = _exchanges(_turns(record, record_format, found), turns == "all")
+            case _:
+                exchanges = []
         if found:
             problems.extend(f"{path}:{line}: {p}" for p in found[: MAX_PROBLEMS - len(problems)])
             continue
