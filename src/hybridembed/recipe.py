@@ -125,6 +125,9 @@ class TrainingConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
     cache_minibatch_size: int | None = Field(None, gt=0, description="GradCache: embed batches in chunks of this many rows")
+    forward_chunk_rows: int | None = Field(
+        32, gt=0, description="embed each batch's texts sorted by length in chunks of this many rows (less padding); null: one forward"
+    )
     logging_steps: int = Field(10, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     save_steps: int | None = Field(None, gt=0)
@@ -183,6 +186,7 @@ class StageConfig(Strict):
     model: ModelOverride | None = None  # type: ignore[valid-type]
     training: TrainingOverride | None = None  # type: ignore[valid-type]
     mlm_probability: float = Field(0.30, gt=0, lt=1, description="mlm: share of tokens masked (Jina: 0.30)")
+    mining: MiningConfig | None = Field(None, description="this stage's hard-negative mining; default the recipe's `mining:`")
 
     @model_validator(mode="after")
     def _check_kind(self) -> StageConfig:

@@ -205,6 +205,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
             recipe.model.matryoshka_weights,
             where=f"datasets[{ds.name}].loss",
             cache_minibatch_size=recipe.training.cache_minibatch_size,
+            forward_chunk_rows=recipe.training.forward_chunk_rows,
         )
     args = _training_args(recipe)
     sampler = TaskBatchSampler(

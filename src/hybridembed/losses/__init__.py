@@ -13,6 +13,7 @@ from torch import nn
 from hybridembed.errors import RecipeError
 from hybridembed.losses.cached import CachedLoss
 from hybridembed.losses.cosent import CoSENTLoss
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS
 from hybridembed.losses.infonce import InfoNCELoss
 from hybridembed.losses.label_contrastive import LabelContrastiveLoss
 from hybridembed.losses.pearson import PearsonLoss
@@ -50,6 +51,7 @@ def build_loss(
     matryoshka_weights: list[float] | None = None,
     where: str = "losses",
     cache_minibatch_size: int | None = None,
+    forward_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
 ) -> nn.Module:
     """Instantiate the configured loss for `task`: optionally gradient-cached, then wrapped in MatryoshkaLoss if dims are given."""
     loss_class = LOSS_CLASSES[config.name]
@@ -63,7 +65,7 @@ def build_loss(
         if key not in accepted:
             raise RecipeError(f"{where}: loss {config.name} has no parameter {key!r}")
         kwargs[key] = value
-    loss = loss_class(model, **kwargs)
+    loss = loss_class(model, chunk_rows=forward_chunk_rows, **kwargs)
     if cache_minibatch_size:
         loss = CachedLoss(loss, mini_batch_size=cache_minibatch_size)
     if matryoshka_dims:

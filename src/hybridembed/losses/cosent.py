@@ -8,6 +8,7 @@ from typing import Any
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss as _STCoSENTLoss
 from torch import Tensor, nn
 
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, embed_columns
 from hybridembed.tasks import RowShape
 
 
@@ -31,13 +32,16 @@ class CoSENTLoss(_STCoSENTLoss):
 
     accepts = RowShape.SCORED_PAIR
 
-    def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 0.04) -> None:
+    def __init__(
+        self, model: nn.Module, temperature: float = 0.05, weight: float = 0.04, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
+    ) -> None:
         super().__init__(model, scale=1.0 / temperature)
         self.temperature = temperature
         self.weight = weight
+        self.chunk_rows = chunk_rows
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        return self.weight * super().forward(sentence_features, labels.float())
+        return self.loss_from_columns(embed_columns(self.model, sentence_features, self.chunk_rows), labels)
 
     def loss_from_columns(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
         """The loss from per-column embeddings (the entry point GradCache uses)."""

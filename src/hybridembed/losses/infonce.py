@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from hybridembed.distributed import active_group, gather_rows
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, embed_columns
 from hybridembed.tasks import RowShape
 
 
@@ -50,6 +50,7 @@ class InfoNCELoss(nn.Module):
         weight: float = 1.0,
         bidirectional: bool = False,
         in_batch_negatives: bool = True,
+        chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     ) -> None:
         super().__init__()
         self.model = model
@@ -57,9 +58,10 @@ class InfoNCELoss(nn.Module):
         self.weight = weight
         self.bidirectional = bidirectional
         self.in_batch_negatives = in_batch_negatives
+        self.chunk_rows = chunk_rows
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
-        embeddings = embed_columns(self.model, sentence_features)
+        embeddings = embed_columns(self.model, sentence_features, self.chunk_rows)
         return self.loss_from_embeddings(embeddings[0], embeddings[1], embeddings[2:])
 
     def loss_from_columns(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, embed_columns
 from hybridembed.tasks import RowShape
 
 
@@ -33,15 +33,18 @@ class PearsonLoss(nn.Module):
 
     accepts = RowShape.SCORED_PAIR
 
-    def __init__(self, model: nn.Module, weight: float = 1.0, temperature: float | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, weight: float = 1.0, temperature: float | None = None, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
+    ) -> None:
         super().__init__()
         if temperature is not None:
             raise ValueError("the Pearson loss has no temperature (it is invariant to score scale)")
         self.model = model
         self.weight = weight
+        self.chunk_rows = chunk_rows
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
-        text1, text2 = embed_columns(self.model, sentence_features)
+        text1, text2 = embed_columns(self.model, sentence_features, self.chunk_rows)
         return self.loss_from_embeddings(text1, text2, labels)
 
     def loss_from_columns(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
