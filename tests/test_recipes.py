@@ -25,8 +25,14 @@ def test_recipe_validates(path):
         case "piccolo2.yaml":
             assert recipe.model.projection_dim == 1792 and recipe.model.matryoshka_dims[0] == 256
             assert recipe.losses["sts"].weight == 0.04 and recipe.losses["classification"].weight == 0.2
+            assert recipe.deepspeed["zero_optimization"]["stage"] == 1
         case "conan.yaml":
             assert [s.kind for s in recipe.stages] == ["pairs", "multitask"]
+            from hybridembed.stages import plan_stages, stage_recipe
+
+            pretrain, finetune = (stage_recipe(recipe, plan, "backbone", resume=False) for plan in plan_stages(recipe))
+            assert pretrain.mining is None and finetune.mining.dynamic.every_steps == 100  # Conan mines while fine-tuning
+            assert finetune.model.projection_dim == 1792 and pretrain.model.projection_dim is None
         case "jina-bilingual.yaml":
             assert [s.kind for s in recipe.stages] == ["mlm", "pairs", "multitask"]
             assert recipe.stages[0].mlm_probability == 0.30 and recipe.stages[2].losses["sts"].name == "pearson"

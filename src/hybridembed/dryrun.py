@@ -74,6 +74,9 @@ def dry_run_recipe(recipe: Recipe, workdir: Path, tiny: bool = False) -> Recipe:
     cpu_only = not torch.cuda.is_available()
     raw = recipe.model_dump(mode="json", exclude_unset=True)  # a stage override lists only what it changes
     raw["eval"] = None
+    if raw.get("deepspeed"):
+        logger.info("dry run: deepspeed section not used (it needs the deepspeed launcher)")
+        raw["deepspeed"] = None
     raw["training"] = {**_small_training(raw.get("training"), cpu_only), "output_dir": str(workdir / "run"), "resume": False}
     raw["datasets"] = [_stand_in_dataset(d) for d in raw.get("datasets") or []]
     for stage in raw.get("stages") or []:

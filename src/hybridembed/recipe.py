@@ -187,6 +187,7 @@ class StageConfig(Strict):
     training: TrainingOverride | None = None  # type: ignore[valid-type]
     mlm_probability: float = Field(0.30, gt=0, lt=1, description="mlm: share of tokens masked (Jina: 0.30)")
     mining: MiningConfig | None = Field(None, description="this stage's hard-negative mining; default the recipe's `mining:`")
+    mining: MiningConfig | None = Field(None, description="this stage's hard-negative mining; default the recipe's `mining:`")
 
     @model_validator(mode="after")
     def _check_kind(self) -> StageConfig:

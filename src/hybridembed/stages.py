@@ -88,6 +88,8 @@ def stage_recipe(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool) -
         if stage.losses is None:
             losses = {TaskType.RETRIEVAL: LossConfig(name=LossName.INFONCE, bidirectional=True, temperature=PAIRS_TEMPERATURE)}
     rest = recipe.model_dump(exclude={"model", "datasets", "losses", "training", "stages"})
+    if stage.mining is not None:
+        rest["mining"] = stage.mining.model_dump()
     return Recipe.model_validate(
         {
             **rest,
