@@ -93,7 +93,13 @@ def test_training_with_dynamic_mining_logs_replacements_and_resume_restores_the_
     recipe = _recipe(tiny_bert_dir, pool_data, out)
     recipe.training.save_steps = 6
     trainer = prepare_training(recipe)
+    view = trainer.data_collator.views["pool"]
+    collated, active = [], view.active_negatives
+    view.active_negatives = lambda row_id: collated.append(row_id) or active(row_id)
     trainer.train()
+    sizes = [len(b) for b in trainer.dynamic_miner._epoch_batches(0)]
+    # The event after step 3 scored exactly the rows the collator then fed to steps 4-6.
+    assert set(collated[sum(sizes[:3]) : sum(sizes[:6])]) == set(trainer.dynamic_miner.upcoming_rows(3, 3)["pool"])
     events = [e for e in trainer.state.log_history if "mining/checked" in e]
     assert [e["step"] for e in events] == [3]  # every 3 steps, none after the last step
     assert events[0]["mining/checked"] > 0 and events[0]["mining/replaced"] > 0
@@ -125,3 +131,49 @@ def test_upcoming_rows_follow_the_sampler(tiny_bert_dir, pool_data, tmp_path):
     steps = len(sampler)
     assert miner.upcoming_rows(steps + 2, 3) == {"pool": sorted({i for b in epoch1[2:5] for i in b})}
     assert sampler.epoch == 1  # the replay does not move the live sampler
+
+
+WORKER = '''
+import json, sys
+import torch.distributed as dist
+from hybridembed.recipe import Recipe
+from hybridembed.train import prepare_training
+
+trainer = prepare_training(Recipe.model_validate(json.load(open(sys.argv[1]))))
+trainer.train()
+miner, rank = trainer.dynamic_miner, dist.get_rank()
+table = miner.tables["pool"]
+result = {
+    "active": table.active.tolist(),
+    "initial": [[None if x != x else float(x) for x in row] for row in table.initial],
+    "events": [e for e in trainer.state.log_history if "mining/checked" in e],
+    "local": [e.__dict__ for e in miner.history],
+    "own_rows": miner.upcoming_rows(3, 3).get("pool", []),
+}
+json.dump(result, open(f"{sys.argv[2]}.rank{rank}.json", "w"))
+'''
+
+
+def test_two_processes_share_one_mining_state(tiny_bert_dir, pool_data, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    recipe = _recipe(tiny_bert_dir, pool_data, tmp_path / "ddp")
+    (tmp_path / "recipe.json").write_text(recipe.model_dump_json())
+    (tmp_path / "worker.py").write_text(WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(tmp_path / "worker.py"), str(tmp_path / "recipe.json"), str(tmp_path / "out")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["active"] == ranks[1]["active"] and ranks[0]["initial"] == ranks[1]["initial"]  # one shared state
+    assert not set(ranks[0]["own_rows"]) & set(ranks[1]["own_rows"])  # each rank scored its own rows
+    local = [r["local"][-1] for r in ranks]  # the step-3 event as each rank computed it, summed over ranks
+    assert local[0]["rows"] == len(ranks[0]["own_rows"]) + len(ranks[1]["own_rows"]) == local[1]["rows"]
+    assert ranks[0]["events"] and ranks[0]["events"][0]["mining/checked"] == local[0]["checked"]

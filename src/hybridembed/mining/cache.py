@@ -110,14 +110,17 @@ def embed_corpus(
         vectors = np.memmap(data_path, dtype=np.float32, mode="r+", shape=(n, dim))
         with tqdm(total=n, initial=done, desc="embedding corpus", unit="text", disable=not progress) as bar:
             for start in range(done, n, chunk_size):
-                chunk = [prefix + t for t in texts[start : start + chunk_size]]
-                vectors[start : start + len(chunk)] = model.encode(
-                    chunk, batch_size=batch_size, prompt="", normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-                ).astype(np.float32)
+                end = min(n, start + chunk_size)
+                step = batch_size * 8  # the bar moves within a chunk; the chunk is the unit of resumption
+                for block in range(start, end, step):
+                    texts_block = [prefix + t for t in texts[block : min(end, block + step)]]
+                    vectors[block : block + len(texts_block)] = model.encode(
+                        texts_block, batch_size=batch_size, prompt="", normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                    ).astype(np.float32)
+                    bar.update(len(texts_block))
                 vectors.flush()
-                meta["done"] = start + len(chunk)
+                meta["done"] = end
                 _write_meta(meta_path, meta)
-                bar.update(len(chunk))
         del vectors
     else:
         logger.info("embedding cache hit: %s (%d x %d)", folder, n, dim)

@@ -167,7 +167,12 @@ class DynamicMiner:
         if not texts:
             return {}
         vectors = self.model.encode(
-            texts, batch_size=self.config.batch_size, prompt="", convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+            texts,
+            batch_size=self.config.batch_size,
+            prompt="",
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=len(texts) > 20 * self.config.batch_size,  # e.g. the activation scores of a whole epoch
         )
         return dict(zip(texts, vectors.float()))
 
