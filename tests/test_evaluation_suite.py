@@ -103,3 +103,17 @@ def test_shipped_shared_data_suites_load(shared_data, name):
     for task in suite.tasks:  # nothing that the training recipes use
         assert "train" not in task.path.name
         assert "bge_finetune_data" not in str(task.path)
+
+
+def test_data_errors_name_file_and_line(tmp_path):
+    from hybridembed.errors import DataError
+    from hybridembed.evaluation.local_tasks import build_local_task
+
+    path = tmp_path / "sts.tsv"
+    path.write_text("s1\ts2\tscore\na\tb\t1.0\nc\td\tfive\n", encoding="utf-8")
+    suite = parse_suite([{"name": "s", "type": "sts", "path": str(path), "columns": {"text1": "s1", "text2": "s2", "score": "score"}}])
+    with pytest.raises(DataError, match=r"sts.tsv:3: score: expected a number, got 'five'"):
+        build_local_task(suite.tasks[0]).load_data()
+    path.write_text("s1\ts2\na\tb\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"sts.tsv:2: column 'score' \(score\) missing"):
+        build_local_task(suite.tasks[0]).load_data()

@@ -35,9 +35,10 @@ def _rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, dict[str | 
         quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
         reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
         names: list[str] | None = next(reader, None) if header else None
-        for number, cells in enumerate(reader, start=2 if header else 1):
+        for cells in reader:
             if not cells:
                 continue
+            number = reader.line_num  # the physical line where this record ends
             if names is None:
                 yield number, dict(enumerate(cells))
             else:
@@ -45,14 +46,14 @@ def _rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, dict[str | 
 
 
 def read_columns(spec: TaskSpec, path: Path | None = None) -> list[dict[str, Any]]:
-    """Rows of `path` (default: spec.path) as {role: value} for the roles in spec.columns."""
+    """Rows of `path` (default: spec.path) as {role: value} for the roles in spec.columns, plus `_line`."""
     path = path or spec.path
     assert path is not None
     fmt = spec.resolved_format
     out: list[dict[str, Any]] = []
     problems: list[str] = []
     for number, record in _rows(path, fmt, spec.header):
-        row: dict[str, Any] = {}
+        row: dict[str, Any] = {"_line": number}
         for role, column in spec.columns.items():
             if column not in record or record[column] is None:
                 problems.append(f"{path}:{number}: column {column!r} ({role}) missing")
@@ -143,7 +144,7 @@ def read_ranking_rows(spec: TaskSpec) -> RetrievalData:
     def doc_id(text: str) -> str:
         return doc_ids.setdefault(text, f"d{len(doc_ids)}")
 
-    for number, row in enumerate(rows, start=1):
+    for row in rows:
         query = str(row["query"])
         qid = str(row["query_id"]) if "query_id" in row else query_ids.setdefault(query, f"q{len(query_ids)}")
         data.queries[qid] = query
@@ -151,7 +152,7 @@ def read_ranking_rows(spec: TaskSpec) -> RetrievalData:
         rels = data.qrels.setdefault(qid, {})
         if "document" in spec.columns:
             did = doc_id(str(row["document"]))
-            grade = int(to_float(row["label"], f"{spec.path}: row {number}: label"))
+            grade = int(to_float(row["label"], f"{spec.path}:{row['_line']}: label"))
             cands.append(did)
             if grade > 0:
                 rels[did] = grade

@@ -50,8 +50,8 @@ def _fingerprint(spec: TaskSpec) -> str:
     return h.hexdigest()[:12]
 
 
-def task_metadata(spec: TaskSpec, eval_splits: list[str] | None = None) -> TaskMetadata:
-    assert spec.type is not None
+def task_metadata(spec: TaskSpec) -> TaskMetadata:
+    assert spec.type is not None and spec.split is not None
     return TaskMetadata(
         name=spec.name,
         description=f"Local {spec.type} task read from {spec.path}",
@@ -59,7 +59,7 @@ def task_metadata(spec: TaskSpec, eval_splits: list[str] | None = None) -> TaskM
         type=MTEB_TYPE[spec.type],
         category="t2t",
         modalities=["text"],
-        eval_splits=eval_splits or [spec.split],
+        eval_splits=[spec.split],
         eval_langs=[spec.language],
         main_score=spec.main_score or DEFAULT_MAIN_SCORE[spec.type],
     )
@@ -92,7 +92,7 @@ def _scored_pairs(spec: TaskSpec) -> tuple[list[str], list[str], list[float]]:
     key = "score" if spec.type == TaskType.STS else "label"
     text1, text2, values = [], [], []
     dropped = 0
-    for number, row in enumerate(rows, start=1):
+    for row in rows:
         raw = row[key]
         if spec.label_map is not None:
             if str(raw) not in spec.label_map:
@@ -100,7 +100,7 @@ def _scored_pairs(spec: TaskSpec) -> tuple[list[str], list[str], list[float]]:
                 continue
             value = float(spec.label_map[str(raw)])
         else:
-            value = to_float(raw, f"{spec.path}: row {number}: {key}")
+            value = to_float(raw, f"{spec.path}:{row['_line']}: {key}")
         text1.append(str(row["text1"]))
         text2.append(str(row["text2"]))
         values.append(value)

@@ -86,7 +86,7 @@ def plot_dims(results: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     avg = results.get("averages", {})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for task_type, by_dim in sorted(avg.get("by_type", {}).items()):
         dims = sorted(by_dim, key=int)
         ax.plot([int(d) for d in dims], [100 * by_dim[d] for d in dims], marker="o", label=task_type)
@@ -102,7 +102,7 @@ def plot_dims(results: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("main score ×100")
     ax.set_title(f"{results.get('model')} · {results.get('suite')}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
