@@ -154,3 +154,22 @@ def test_encode_cli_truncates_and_renormalizes(tmp_path, tiny_model_dir, capsys)
     assert b.shape == (2, 16)
     np.testing.assert_allclose(b, a[:, :16] / np.linalg.norm(a[:, :16], axis=1, keepdims=True), atol=1e-6)
     assert _cli_inprocess(capsys, "encode", str(tiny_model_dir), "--input", str(texts), "--output", str(short), "--dim", "999")[0] == 2
+
+
+def test_recipe_eval_section_runs_the_suite_during_training_and_writes_the_report(tmp_path, tiny_bert_dir):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump({"tasks": [{"name": "stsb-dev", "type": "sts", "path": str(QUICKSTART / "stsb_dev.tsv"), "max_samples": 200,
+                                    "columns": {"text1": "sentence1", "text2": "sentence2", "score": "score"}}]})  # fmt: skip
+    )
+    recipe = yaml.safe_load(_recipe(tmp_path, tiny_bert_dir, max_steps=4).read_text())
+    recipe["eval"] = {"suite": "suite.yaml", "every_steps": 2, "dims": [96, 32]}  # relative to the recipe's folder
+    path = tmp_path / "with_eval.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = _cli("train", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    evaluated = [e for e in _log(out) if any(k.startswith("eval/") for k in e)]
+    assert [e["step"] for e in evaluated][:2] == [2, 4]
+    report = json.loads((out / "eval" / "results.json").read_text())
+    assert set(report["tasks"]["stsb-dev"]["dims"]) == {"96", "32"}

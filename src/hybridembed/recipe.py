@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from hybridembed.errors import RecipeError
+from hybridembed.evaluation.config import EvalConfig
 from hybridembed.mining.config import MiningConfig
 from hybridembed.tasks import TaskType
 
@@ -187,7 +188,6 @@ class StageConfig(Strict):
     training: TrainingOverride | None = None  # type: ignore[valid-type]
     mlm_probability: float = Field(0.30, gt=0, lt=1, description="mlm: share of tokens masked (Jina: 0.30)")
     mining: MiningConfig | None = Field(None, description="this stage's hard-negative mining; default the recipe's `mining:`")
-    mining: MiningConfig | None = Field(None, description="this stage's hard-negative mining; default the recipe's `mining:`")
 
     @model_validator(mode="after")
     def _check_kind(self) -> StageConfig:
@@ -243,8 +243,7 @@ class Recipe(Strict):
         None, description="DeepSpeed config (a JSON path or the mapping itself), passed to the HF trainer; needs `pip install .[deepspeed]`"
     )
     mining: MiningConfig | None = Field(None, description="hard-negative mining: `dynamic` re-mining during training (docs/mining.md)")
-    # Sections owned by later features; kept as free-form mappings until their schema lands.
-    eval: dict[str, Any] | None = None
+    eval: EvalConfig | None = Field(None, description="evaluate a suite during and after training (docs/evaluation.md)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:
@@ -286,6 +285,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     for entry in [*(raw.get("datasets") or []), *(e for s in stages for key in ("datasets", "texts") for e in s.get(key) or [])]:
         if isinstance(entry, dict) and "path" in entry:
             entry["path"] = str(resolve_relative(entry["path"], path.parent))
+    if isinstance(raw.get("eval"), dict) and "suite" in raw["eval"]:
+        raw["eval"]["suite"] = str(resolve_relative(raw["eval"]["suite"], path.parent))
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

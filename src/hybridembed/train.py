@@ -232,6 +232,8 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         dataset_tasks={ds.name: ds.task for ds in datasets},
         gather_groups=gather_groups,
     )
+    if recipe.eval is not None:
+        recipe.eval.build_callback(trainer)
     # --- dynamic hard-negative mining (hybridembed.mining.dynamic): active-negative hooks + callback ---
     if recipe.mining is not None and recipe.mining.dynamic is not None:
         from hybridembed.mining.dynamic import attach_dynamic_mining
