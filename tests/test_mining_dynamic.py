@@ -59,7 +59,7 @@ def test_easy_negatives_are_replaced_by_harder_unused_candidates(tiny_bert_dir, 
         table.initial[r, 0] = current[r][0] * ratio + 1e-3
         table.initial[r, 1] = current[r][1] * ratio - 1e-3
     trainer.model.train()
-    event = miner.refresh({"pool": rows}, step=3)
+    event = miner.refresh({"pool": rows}, step=3, chunk_rows=5)  # three chunks
     assert trainer.model.training  # the training mode is restored after scoring
     assert event.checked == 24 and event.easy == 12 and event.replaced + event.exhausted == 12 and event.replaced > 0
     replaced = 0

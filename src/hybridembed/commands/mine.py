@@ -20,7 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
     parser.add_argument("--data", required=True, help="retrieval rows in any supported format (ours, FlagEmbedding, Piccolo, ...)")
-    parser.add_argument("--format", default="auto", help="force the data format (default: detect)")
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "hybridembed", "piccolo", "flagembedding", "sentence_transformers"],
+        help="force the data format (default: detect)",
+    )
     parser.add_argument("--corpus", help="candidate texts: .txt (one per line) or records with a text field")
     parser.add_argument("--corpus-field", default="text", help="field holding the text in --corpus records (default: text)")
     parser.add_argument("--range", nargs=2, type=int, default=[50, 100], metavar=("FIRST", "LAST"), help="rank window (default: 50 100)")

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from hybridembed.errors import HybridembedError
@@ -172,7 +173,7 @@ class DynamicMiner:
             prompt="",
             convert_to_tensor=True,
             normalize_embeddings=True,
-            show_progress_bar=len(texts) > 20 * self.config.batch_size,  # e.g. the activation scores of a whole epoch
+            show_progress_bar=False,
         )
         return dict(zip(texts, vectors.float()))
 
@@ -198,36 +199,46 @@ class DynamicMiner:
         return out
 
     # --- events ------------------------------------------------------------------------------
-    def refresh(self, rows_by_dataset: dict[str, list[int]], step: int = 0, judge: bool = True) -> MiningEvent:
-        """Score the active negatives of these rows; set missing activation scores; if `judge`, replace the easy ones."""
+    def refresh(self, rows_by_dataset: dict[str, list[int]], step: int = 0, judge: bool = True, chunk_rows: int = 2048) -> MiningEvent:
+        """Score the active negatives of these rows; set missing activation scores; if `judge`, replace the easy ones.
+
+        Rows are handled `chunk_rows` at a time, so memory holds one chunk's embeddings.
+        """
         event = MiningEvent(step=step)
         updates: dict[str, list[tuple]] = {}
-        for name, row_ids in rows_by_dataset.items():
-            table = self.tables[name]
-            row_ids = [r for r in row_ids if (table.active[r] >= 0).any()]
-            event.rows += len(row_ids)
-            current = self.score(name, [(r, table.active_texts(r)) for r in row_ids])
-            easy_rows: dict[int, list[tuple[int, float]]] = {}  # row → (slot, current score), easiest first
-            for r, scores in zip(row_ids, current):
-                slots = np.flatnonzero(table.active[r] >= 0)
-                fresh = np.isnan(table.initial[r, slots])
-                table.initial[r, slots[fresh]] = scores[fresh]
-                event.initialized += int(fresh.sum())
-                if not judge:
-                    continue
-                judged = [(int(slot), float(score)) for slot, score in zip(slots[~fresh], scores[~fresh])]
-                easy = sorted(((slot, score) for slot, score in judged if score * self.config.ratio < table.initial[r, slot]), key=lambda x: x[1])
-                event.checked += len(judged)
-                event.sum_before += sum(score for _, score in judged)
-                event.sum_after += sum(score for _, score in judged) - sum(score for _, score in easy)
-                if easy:
-                    easy_rows[r] = easy
-                    event.easy += len(easy)
-            self._replace(name, table, easy_rows, event)
-            updates[name] = [table.row_update(r) for r in row_ids]
+        total = sum(len(ids) for ids in rows_by_dataset.values())
+        with tqdm(total=total, desc="dynamic mining: scoring", unit="row", disable=total <= 2 * chunk_rows, leave=False) as bar:
+            for name, row_ids in rows_by_dataset.items():
+                table = self.tables[name]
+                row_ids = [r for r in row_ids if (table.active[r] >= 0).any()]
+                event.rows += len(row_ids)
+                for start in range(0, len(row_ids), chunk_rows):
+                    self._refresh_rows(name, table, row_ids[start : start + chunk_rows], judge, event)
+                    bar.update(len(row_ids[start : start + chunk_rows]))
+                updates[name] = [table.row_update(r) for r in row_ids]
         self._share(updates, event)
         self.history.append(event)
         return event
+
+    def _refresh_rows(self, name: str, table: _Table, row_ids: list[int], judge: bool, event: MiningEvent) -> None:
+        current = self.score(name, [(r, table.active_texts(r)) for r in row_ids])
+        easy_rows: dict[int, list[tuple[int, float]]] = {}  # row → (slot, current score), easiest first
+        for r, scores in zip(row_ids, current):
+            slots = np.flatnonzero(table.active[r] >= 0)
+            fresh = np.isnan(table.initial[r, slots])
+            table.initial[r, slots[fresh]] = scores[fresh]
+            event.initialized += int(fresh.sum())
+            if not judge:
+                continue
+            judged = [(int(slot), float(score)) for slot, score in zip(slots[~fresh], scores[~fresh])]
+            easy = sorted(((slot, score) for slot, score in judged if score * self.config.ratio < table.initial[r, slot]), key=lambda x: x[1])
+            event.checked += len(judged)
+            event.sum_before += sum(score for _, score in judged)
+            event.sum_after += sum(score for _, score in judged) - sum(score for _, score in easy)
+            if easy:
+                easy_rows[r] = easy
+                event.easy += len(easy)
+        self._replace(name, table, easy_rows, event)
 
     def _replace(self, name: str, table: _Table, easy_rows: dict[int, list[tuple[int, float]]], event: MiningEvent) -> None:
         """Swap each easy slot for the hardest unused candidate below max_score that beats the slot's current score."""

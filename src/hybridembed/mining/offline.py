@@ -105,8 +105,8 @@ def read_corpus(path: str | Path, text_field: str = "text") -> list[str]:
 
     path = Path(path)
     if path.suffix.lower() == ".txt" and path.is_file():
-        texts = [line.rstrip("\n") for line in path.open(encoding="utf-8")]
-        texts = [t for t in texts if t.strip()]
+        with open(path, encoding="utf-8") as f:
+            texts = [line.rstrip("\n") for line in f if line.strip()]
     else:
         texts = []
         for record in read_records(path):
