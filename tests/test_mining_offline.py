@@ -146,3 +146,17 @@ def test_mine_cli_reads_flagembedding_and_writes_our_format(tiny_model_dir, tmp_
     assert "reused" in printed  # the second index kind reused the first one's embeddings
     assert main(["mine", "--model", str(tiny_model_dir), "--data", str(source), "--range", "9", "3", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "--range 9 3" in capsys.readouterr().err
+
+
+def test_read_corpus_takes_txt_lines_or_a_record_field_deduplicated(tmp_path):
+    from hybridembed.errors import HybridembedError
+    from hybridembed.mining.offline import read_corpus
+
+    txt = tmp_path / "c.txt"
+    txt.write_text("alpha beta\n\ngamma delta\nalpha beta\n")
+    assert read_corpus(txt) == ["alpha beta", "gamma delta"]
+    beir = tmp_path / "corpus.jsonl"
+    beir.write_text('{"_id": "1", "title": "", "text": "first passage"}\n{"_id": "2", "body": "x"}\n')
+    with pytest.raises(HybridembedError, match=r"corpus.jsonl:2: text: missing"):
+        read_corpus(beir)
+    assert read_corpus(beir, text_field="_id") == ["1", "2"]
