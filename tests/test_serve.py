@@ -420,3 +420,16 @@ def test_cli_refuses_inconsistent_limits(capsys):
 
     assert main(["serve", "some-model", "--max-inputs", "100", "--max-queue", "10"]) == 2
     assert "max_queue" in capsys.readouterr().err
+
+
+def test_cpu_threads_default_leaves_a_core_free():
+    import torch
+
+    from hybridembed.commands.serve import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(None) == max(1, before - 1) == torch.get_num_threads()
+        assert set_cpu_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

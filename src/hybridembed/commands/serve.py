@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        help="torch CPU threads for encoding (default: torch's choice, one per core); 1 is much faster on a busy machine",
+        help="torch CPU threads for encoding on CPU (default: one per core minus one, leaving a core for HTTP work)",
     )
     group = parser.add_argument_group("batching")
     group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts encoded in one forward pass (default: %(default)s)")
@@ -87,6 +87,23 @@ def read_api_key(var: str | None) -> str | None:
     return value
 
 
+def set_cpu_threads(threads: int | None) -> int:
+    """Torch's intra-op threads for CPU encoding; by default one fewer than torch's one-per-core.
+
+    The server's own process also needs a core for HTTP and JSON work: with every core given to
+    torch, its spinning worker threads collide with it (and with any other busy process): on a
+    shared 2-core machine that made all-MiniLM-L6-v2 several times slower, and on an idle one
+    it was no faster (docs/serving.md).
+    """
+    import torch
+
+    if threads is None:
+        threads = max(1, torch.get_num_threads() - 1)
+    torch.set_num_threads(threads)
+    logger.info("encoding on CPU with %d torch thread(s)", threads)
+    return threads
+
+
 def run(args: argparse.Namespace) -> int:
     from hybridembed.serve.app import ServeSettings
 
@@ -117,14 +134,12 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.serve.app import create_app
     from hybridembed.serve.engine import load_served_model
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         served = load_served_model(args.model, model_name=args.model_name, device=args.device)
     except OSError as err:
         raise HybridembedError(f"cannot load model {args.model!r}: {err}") from None
+    if served.device_type == "cpu":
+        set_cpu_threads(args.threads)
     app = create_app(served, settings)
     uvicorn.run(
         app,
