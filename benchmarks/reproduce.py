@@ -58,27 +58,27 @@ ALL_ARMS = ["base-en", "a-infonce", "a-cosent", "a-hybrid", "b-nomrl", "c-noproj
 def sizes(quick: bool, steps: int | None, batch: int | None) -> dict[str, Any]:
     """Steps, batch size and evaluation slices; --quick is plumbing only."""
     s = {
-        "steps": 4 if quick else 60,
+        "steps": 4 if quick else 45,
         "batch": 8 if quick else 16,
         "max_seq_length": 128,
         "lr": 3e-5,
         # evaluation slices (seeded subsamples)
-        "stsb": 60 if quick else 600,
-        "mrpc": 60 if quick else 400,
-        "banking_test": 80 if quick else 600,
-        "banking_train_per_label": 2 if quick else 10,
-        "wikiqa": 10 if quick else 100,
-        "msmarco_queries": 2 if quick else 8,
-        "msmarco_corpus": 100 if quick else 800,
-        "zh_pairs": 60 if quick else 500,
-        "zh_cls": 80 if quick else 500,
-        "cmrc_queries": 10 if quick else 150,
+        "stsb": 60 if quick else 400,
+        "mrpc": 60 if quick else 250,
+        "banking_test": 80 if quick else 400,
+        "banking_train_per_label": 2 if quick else 6,
+        "wikiqa": 10 if quick else 40,
+        "msmarco_queries": 2 if quick else 5,
+        "msmarco_corpus": 100 if quick else 500,
+        "zh_pairs": 60 if quick else 300,
+        "zh_cls": 80 if quick else 300,
+        "cmrc_queries": 10 if quick else 80,
         # mining (arm f)
-        "mine_rows": 40 if quick else 1000,
-        "mine_corpus": 300 if quick else 4000,
+        "mine_rows": 40 if quick else 720,
+        "mine_corpus": 300 if quick else 3000,
         "mine_range": (5, 30) if quick else (10, 60),
         "pool": 10 if quick else 20,
-        "every": 2 if quick else 15,
+        "every": 2 if quick else 10,
     }
     if steps:
         s["steps"] = steps
@@ -294,7 +294,9 @@ def arm_recipe(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dic
     f = data["files"]
     model: dict[str, Any] = {"backbone": backbone, "max_seq_length": sz["max_seq_length"], "projection_dim": 768, "matryoshka_dims": EN_DIMS}
     mining = None
-    hybrid = [_ds(f["sts"], "sts", score_range=[0, 5]), _ds(f["mrpc"], "pair_classification", score_range=[0, 1]), _ds(f["bank"], "classification", num_negatives=10)]
+    hybrid = []
+    if "sts" in f:  # the English multi-task set (arms a/b/c/e)
+        hybrid = [_ds(f["sts"], "sts", score_range=[0, 5]), _ds(f["mrpc"], "pair_classification", score_range=[0, 1]), _ds(f["bank"], "classification", num_negatives=10)]
     if arm == "a-infonce":
         datasets = [_ds(f["sts_pairs"], "retrieval", num_negatives=0), _ds(f["mrpc_pairs"], "retrieval", num_negatives=0), _ds(f["bank_pairs"], "retrieval", num_negatives=0)]
     elif arm == "a-cosent":
@@ -343,12 +345,26 @@ def arm_recipe(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dic
     return recipe
 
 
+CLUSTER_SAMPLE = 2048
+
+
 def evaluate(model_path: str, suite: Path, dims: list[int], sz: dict[str, Any]) -> dict[str, Any]:
+    from mteb.abstasks.clustering import AbsTaskClustering
+
     from hybridembed.evaluation import run_suite
+
+    # mteb's clustering draws 10 bootstrap samples of 16,384 documents (with replacement) and runs k-means on each:
+    # ~40 s per dim on this CPU for a 400-text set. 2,048 draws from the same few hundred texts keep the protocol's
+    # shape at 1/8 of the cost (same for every arm and the base model).
+    AbsTaskClustering.max_documents_per_cluster = CLUSTER_SAMPLE
     from hybridembed.model import load_model
+
+    from hybridembed.model import embedding_dim
 
     model = load_model(model_path)
     model.max_seq_length = sz["max_seq_length"]  # the same truncation for the base model and every fine-tuned one
+    full = embedding_dim(model)
+    dims = [d for d in dims if d <= full] or [full]  # a tiny test backbone has fewer dims than MiniLM
     return run_suite(model, suite, dims=dims, batch_size=64, show_progress=False)
 
 
@@ -422,7 +438,7 @@ def _md(header: list[str], rows: list[list[str]]) -> str:
 def build_tables(res: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Each table: id, title, markdown, and the numbers its plot draws."""
     tables = []
-    common = f"steps {meta['steps']} × batch {meta['batch']}, max_seq_length {meta['max_seq_length']}, lr {meta['lr']}, all-MiniLM-L6-v2; machine: {meta['machine']}"
+    common = f"steps {meta['steps']} × batch {meta['batch']}, max_seq_length {meta['max_seq_length']}, lr {meta['lr']}, backbone {meta['backbone']}; machine: {meta['machine']}"
 
     def seeds_of(arm: str) -> list[int]:
         return [e["seed"] for e in res.get(arm, [])]
@@ -509,8 +525,8 @@ def build_tables(res: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
             b, f = _score(base, task, 384), _score(ft, task, 384)
             rows.append([task, base["eval"]["tasks"][task]["main_metric"], _fmt(b), _fmt(f), _fmt(None if b is None or f is None else f - b)])
             plot[task] = {"base": b, "fine-tuned": f}
-        b, f = _type_scores(base, 384)["avg"], _type_scores(ft, 384)["avg"]
-        rows.append(["**average** (of task types)", "", _fmt(b), _fmt(f), _fmt(f - b)])
+        b, f = _type_scores(base, 384).get("avg"), _type_scores(ft, 384).get("avg")
+        rows.append(["**average** (of task types)", "", _fmt(b), _fmt(f), _fmt(None if b is None or f is None else f - b)])
         md = _md(["task", "metric", "base", "fine-tuned", "Δ"], rows)
         tables.append({
             "id": "d_chinese",
@@ -523,9 +539,9 @@ def build_tables(res: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
     if res.get("e-pearson") and res.get("a-hybrid"):
         rows, plot = [], {}
         for arm, label in (("a-hybrid", "CoSENT on STS (τ 0.05, weight 0.04)"), ("e-pearson", "Pearson on STS (weight 1)")):
-            sts = [_score(e, "stsb-dev", 768) for e in res[arm]]
-            avg = [_type_scores(e, 768)["avg"] for e in res[arm]]
-            pc = [_score(e, "mrpc-test", 768) for e in res[arm]]
+            sts = [_score(e, "stsb-dev", 768) or float("nan") for e in res[arm]]
+            avg = [_type_scores(e, 768).get("avg", float("nan")) for e in res[arm]]
+            pc = [_score(e, "mrpc-test", 768) or float("nan") for e in res[arm]]
             rows.append([label, ",".join(map(str, seeds_of(arm))), _fmt(statistics.mean(sts)), _fmt(statistics.mean(pc)), _fmt(statistics.mean(avg))])
             plot[label] = {"STS-B dev": statistics.mean(sts), "MRPC": statistics.mean(pc), "avg": statistics.mean(avg)}
         md = _md(["STS loss (rest of the hybrid recipe unchanged)", "seed(s)", "STS-B dev Spearman", "MRPC max AP", "en-bench avg"], rows)
@@ -536,12 +552,12 @@ def build_tables(res: dict[str, list[dict[str, Any]]], meta: dict[str, Any]) -> 
         rows, plot = [], {}
         if res.get("base-en"):
             e = res["base-en"][0]
-            rows.append(["base (no training)", "–"] + [_fmt(_score(e, k, 384)) for k in keys] + [_fmt(_type_scores(e, 384)["avg"]), "–"])
+            rows.append(["base (no training)", "–"] + [_fmt(_score(e, k, 384)) for k in keys] + [_fmt(_type_scores(e, 384).get("avg")), "–"])
         for arm, label in (("f-static", "static negatives (mined once, ranks from the base model)"), ("f-dynamic", "dynamic mining (Conan rule)")):
             e = res[arm][0]
             m = e.get("mining") or {}
             events = f"{int(m.get('mining/replaced', 0))} / {int(m.get('mining/checked', 0))}" if arm == "f-dynamic" else "–"
-            rows.append([label, str(e["seed"])] + [_fmt(_score(e, k, 384)) for k in keys] + [_fmt(_type_scores(e, 384)["avg"]), events])
+            rows.append([label, str(e["seed"])] + [_fmt(_score(e, k, 384)) for k in keys] + [_fmt(_type_scores(e, 384).get("avg")), events])
             plot[label] = {k: _score(e, k, 384) for k in keys}
         md = _md(["negatives", "seed", "STS-B dev", "WikiQA MAP", "MS MARCO nDCG@10", "en-bench avg", "replaced / checked"], rows)
         tables.append({
@@ -619,11 +635,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="tiny steps and slices: checks the plumbing in a few minutes")
     p.add_argument("--only", default=None, help=f"comma-separated arms to run (default all): {','.join(ALL_ARMS)}")
     p.add_argument("--seeds", default="0,1", help="seeds of the a-* ablation arms (other arms use the first)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per arm (default 60; --quick 4)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per arm (default 45; --quick 4)")
     p.add_argument("--batch", type=int, default=None, help="rows per batch (default 16; --quick 8)")
     p.add_argument("--backbone", default="bundled:all-MiniLM-L6-v2", help="backbone (tests pass a tiny random BERT)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="re-run arms whose cached result exists")
+    p.add_argument("--budget-min", type=float, default=None, help="start no new arm after this many minutes (cut arms are listed)")
     args = p.parse_args(argv)
 
     import torch
@@ -632,7 +649,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     wall0 = time.perf_counter()
     started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sz = sizes(args.quick, args.steps, args.batch)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -650,17 +667,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if any(a in ("base-zh", "d-zh") for a in arms):
         data["zh"] = prepare_chinese(work, sz)
 
+    # Job order: the base model, the ablation's first seed, its other seeds, then the other arms —
+    # so that a run cut by --budget-min loses the least important work first.
+    jobs = [(a, seeds[0]) for a in arms if not a.startswith("a-") and a.startswith("base-en")]
+    jobs += [(a, s) for s in seeds for a in arms if a.startswith("a-")]
+    jobs += [(a, seeds[0]) for a in arms if not a.startswith("a-") and a != "base-en"]
     res: dict[str, list[dict[str, Any]]] = {}
-    for arm in arms:
-        arm_seeds = seeds if arm.startswith("a-") else seeds[:1]
-        for seed in arm_seeds:
+    cut: list[str] = []
+    failed: list[str] = []
+    for arm, seed in jobs:
+        cached = (out / "arms" / f"{arm}-s{seed}.json").exists() and not args.force
+        if args.budget_min and not cached and time.perf_counter() - wall0 > 60 * args.budget_min:
+            cut.append(f"{arm}-s{seed}")
+            continue
+        try:
             res.setdefault(arm, []).append(run_arm(arm, seed, args.backbone, data, sz, out, args.force))
+        except Exception as err:  # one broken arm must not lose the others; it is listed and re-runs next time
+            if not res.get(arm):
+                res.pop(arm, None)
+            failed.append(f"{arm}-s{seed}: {type(err).__name__}: {err}")
+            print(f"[{arm} seed {seed}] FAILED: {failed[-1]}", flush=True)
+            import traceback
+
+            traceback.print_exc()
+    for entries in res.values():
+        entries.sort(key=lambda e: e["seed"])
 
     wall = time.perf_counter() - wall0
     meta = {
         **{k: sz[k] for k in ("steps", "batch", "max_seq_length", "lr", "pool", "every", "mine_range")},
         "slices": {k: v for k, v in sz.items() if k not in ("steps", "batch", "max_seq_length", "lr")},
         "seeds": seeds,
+        "clustering_bootstrap_sample": CLUSTER_SAMPLE,
+        "cut_by_budget": cut,
+        "failed": failed,
         "quick": args.quick,
         "backbone": args.backbone,
         "machine": machine(),
@@ -678,8 +718,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"command: `{meta['command']}`",
         f"machine: {meta['machine']}; started {started_at}; wall time of this invocation {wall / 60:.1f} min "
         f"(sum over arms, incl. cached ones: {meta['arms_total_seconds'] / 60:.1f} min)",
-        "",
     ]
+    if cut:
+        printed.append(f"**cut by --budget-min {args.budget_min}: {', '.join(cut)} (not run)**")
+    if failed:
+        printed.append(f"**failed: {'; '.join(failed)}**")
+    printed.append("")
     for t in tables:
         png = out / f"{t['id']}.png"
         plot_table(t, png)
