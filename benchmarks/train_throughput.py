@@ -4,14 +4,22 @@ Both arms train all-MiniLM-L6-v2 (384→768 projection, Matryoshka dims) on the 
 multi-task data. The stock arm gets the closest stock losses: CoSENTLoss for STS,
 MultipleNegativesRankingLoss for retrieval and for classification (text → label text), each in
 MatryoshkaLoss, with ST's proportional multi-dataset sampler. The first `--warmup` steps of each
-arm are not timed (new tensor shapes cost seconds on CPU). Prints a table and, last,
-`speedup: X.XX` (ours ÷ stock pairs/s). Run it alone: two jobs on two cores slow each other.
+arm are not timed (new tensor shapes cost seconds on CPU).
+
+Reported per arm: rows ("pairs") per second, non-padding tokens per second of the batches' texts,
+training FLOP/s actually executed (6 × non-embedding parameters × non-padding tokens that went
+through the network, plus 12 × layers × hidden × L² per text for attention; a text embedded once
+for several uses counts once) as a fraction of the fp32 matmul peak measured in the same run
+(best of several 2048² matmul timings), and STS-B dev cosine Spearman after the run. The last line reads
+`speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock rows/s; our FLOP/s ÷ peak;
+our Spearman − stock's, 0–1 scale). Run it alone: two jobs on two cores slow each other.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 from pathlib import Path
 
@@ -20,60 +28,134 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class RowCounter:
-    """Wrap a collator to count rows per batch; the trainer callback reads it at step boundaries."""
+    """Wrap a collator to count the rows and non-padding tokens of every collated batch (the work asked for)."""
 
     def __init__(self, collate):
         self.collate = collate
         self.rows = 0
+        self.tokens = 0
+        self.executed_flops = 0.0  # filled by the model hook: what actually ran through the network
         self.valid_label_columns = getattr(collate, "valid_label_columns", None)
 
     def __call__(self, batch):
         self.rows += len(batch)
-        return self.collate(batch)
+        collated = self.collate(batch)
+        self.tokens += sum(int(v.sum()) for k, v in collated.items() if k.endswith("attention_mask"))
+        return collated
+
+    def count_executed(self, model) -> None:
+        """Add the training FLOPs of every forward the model runs: 6 × params × tokens + 12 × layers × hidden × L²."""
+        import torch
+
+        hidden, layers, params = _shape(model)
+
+        def hook(module, args):
+            lengths = args[0]["attention_mask"].sum(dim=1).double()
+            if torch.is_grad_enabled():
+                self.executed_flops += float(6 * params * lengths.sum() + 12 * layers * hidden * (lengths**2).sum())
+
+        model[0].register_forward_pre_hook(hook)
 
 
 def make_timer(counter: RowCounter, warmup: int):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        start_time = start_rows = None
-        end_time = end_rows = None
+        """Snapshots the counters when step `warmup` ends and at every later step end."""
+
+        start = end = None
 
         def on_step_end(self, args, state, control, **kwargs):
+            snapshot = (time.perf_counter(), counter.rows, counter.tokens, counter.executed_flops)
             if state.global_step == warmup:
-                self.start_time, self.start_rows = time.perf_counter(), counter.rows
-            self.end_time, self.end_rows = time.perf_counter(), counter.rows
+                self.start = snapshot
+            self.end = snapshot
 
-        def pairs_per_second(self) -> float:
-            # Rows collated after step `warmup` ended belong to the timed steps (the loader may prefetch one batch).
-            return (self.end_rows - self.start_rows) / (self.end_time - self.start_time)
+        def rates(self) -> tuple[float, float, float]:
+            """(rows/s, batch tokens/s, executed training FLOP/s) over the timed steps."""
+            seconds = self.end[0] - self.start[0]
+            return tuple((self.end[i] - self.start[i]) / seconds for i in (1, 2, 3))
 
     return StepTimer()
 
 
 def recipe(steps: int, batch_size: int, out: str):
+    """The quickstart recipe with one batch size for every dataset (the stock sampler has only one)."""
     from hybridembed.recipe import load_recipe
 
-    return load_recipe(
+    loaded = load_recipe(
         REPO / "recipes" / "quickstart.yaml",
         {"training.max_steps": steps, "training.batch_size": batch_size, "training.output_dir": out, "training.report_to": []},
     )
+    for dataset in loaded.datasets:
+        dataset.batch_size = None
+    return loaded
 
 
-def run_ours(steps: int, warmup: int, batch_size: int, out: str) -> tuple[float, float]:
-    from hybridembed.train import prepare_training
+def stock_columns(ds, num_negatives: int, rng) -> dict[str, list]:
+    """The dataset in sentence-transformers' column convention, with the same number of negatives ours draws per row."""
+    from hybridembed.tasks import RowShape
 
-    trainer = prepare_training(recipe(steps, batch_size, out))
+    if ds.task.shape is RowShape.SCORED_PAIR:
+        return {"sentence1": [x["text1"] for x in ds.rows], "sentence2": [x["text2"] for x in ds.rows], "score": [x["score"] for x in ds.rows]}
+    candidates = [x["negatives"] or [label for label in ds.label_pool or [] if label not in x["positives"]] for x in ds.rows]
+    k = min([num_negatives, *map(len, candidates)])
+    columns = {"anchor": [x["query"] for x in ds.rows], "positive": [x["positives"][0] for x in ds.rows]}
+    drawn = [rng.sample(c, k) for c in candidates]
+    for j in range(k):
+        columns[f"negative_{j + 1}"] = [negatives[j] for negatives in drawn]
+    return columns
+
+
+def _shape(model) -> tuple[int, int, int]:
+    """(hidden size, layers, non-embedding parameters incl. the projection) of a sentence-transformers model."""
+    config = model[0].auto_model.config
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    return config.hidden_size, config.num_hidden_layers, sum(p.numel() for p in model.parameters()) - embedding
+
+
+def timed_train(trainer, warmup: int) -> dict:
     counter = RowCounter(trainer.data_collator)
+    counter.count_executed(trainer.model)
     trainer.data_collator = counter
     timer = make_timer(counter, warmup)
     trainer.add_callback(timer)
     started = time.perf_counter()
     trainer.train()
-    return timer.pairs_per_second(), time.perf_counter() - started
+    rows, tokens, flops = timer.rates()
+    return {"rows": rows, "tokens": tokens, "flops": flops, "wall": time.perf_counter() - started,
+            "spearman": stsb_dev_spearman(trainer.model)}  # fmt: skip
 
 
-def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> tuple[float, float]:
+def stsb_dev_spearman(model) -> float:
+    from hybridembed.evaluation import load_suite, run_suite
+
+    results = run_suite(model, load_suite(REPO / "suites" / "quickstart.yaml"))
+    return next(iter(results["tasks"].values()))["dims"].popitem()[1]["main_score"]
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
+    """Best of several timings of dense fp32 2048² matmuls (the best trial is the least disturbed)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = 0.0
+    for _ in range(trials):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - started))
+    return best
+
+
+def run_ours(steps: int, warmup: int, batch_size: int, out: str) -> dict:
+    from hybridembed.train import prepare_training
+
+    return timed_train(prepare_training(recipe(steps, batch_size, out)), warmup)
+
+
+def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> dict:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CoSENTLoss, MatryoshkaLoss, MultipleNegativesRankingLoss
@@ -81,19 +163,16 @@ def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> tuple[float
     from hybridembed.data import load_datasets
     from hybridembed.model import build_model
     from hybridembed.tasks import RowShape
+    from hybridembed.train import DEFAULT_NEGATIVES
 
     r = recipe(steps, batch_size, out)
     model = build_model(r.model)
     datasets, losses = {}, {}
+    rng = random.Random(r.training.seed)
     for ds in load_datasets(r.datasets):
-        if ds.task.shape is RowShape.SCORED_PAIR:
-            datasets[ds.name] = Dataset.from_dict(
-                {"sentence1": [x["text1"] for x in ds.rows], "sentence2": [x["text2"] for x in ds.rows], "score": [x["score"] for x in ds.rows]}
-            )
-            base = CoSENTLoss(model)
-        else:
-            datasets[ds.name] = Dataset.from_dict({"anchor": [x["query"] for x in ds.rows], "positive": [x["positives"][0] for x in ds.rows]})
-            base = MultipleNegativesRankingLoss(model)
+        k = ds.config.num_negatives if ds.config.num_negatives is not None else DEFAULT_NEGATIVES.get(ds.task, 0)
+        datasets[ds.name] = Dataset.from_dict(stock_columns(ds, k, rng))
+        base = CoSENTLoss(model) if ds.task.shape is RowShape.SCORED_PAIR else MultipleNegativesRankingLoss(model)
         losses[ds.name] = MatryoshkaLoss(model, base, r.model.matryoshka_dims)
     args = SentenceTransformerTrainingArguments(
         output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=r.training.learning_rate,
@@ -101,13 +180,7 @@ def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> tuple[float
         multi_dataset_batch_sampler="proportional",
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=losses)
-    counter = RowCounter(trainer.data_collator)
-    trainer.data_collator = counter
-    timer = make_timer(counter, warmup)
-    trainer.add_callback(timer)
-    started = time.perf_counter()
-    trainer.train()
-    return timer.pairs_per_second(), time.perf_counter() - started
+    return timed_train(trainer, warmup)
 
 
 def main() -> None:
@@ -116,21 +189,28 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
+    peak = matmul_peak()
     with tempfile.TemporaryDirectory() as tmp:
-        ours, ours_wall = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours")
-        stock, stock_wall = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock")
+        ours = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours")
+        stock = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock")
+    peak = max(peak, matmul_peak())
     print()
     print(f"model: all-MiniLM-L6-v2 → 768 (Matryoshka 5 dims), data: recipes/quickstart.yaml, batch {args.batch_size}, "
-          f"{args.steps} steps ({args.warmup} untimed), torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
-    print("| trainer | pairs/s (timed steps) | wall time (s) |")
-    print("|---|---|---|")
-    print(f"| hybridembed | {ours:.1f} | {ours_wall:.0f} |")
-    print(f"| stock SentenceTransformerTrainer | {stock:.1f} | {stock_wall:.0f} |")
-    print(f"speedup: {ours / stock:.2f}")
+          f"{args.steps} steps ({args.warmup} untimed), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
+    print("| trainer | pairs/s | batch tokens/s | executed GFLOP/s | fraction of peak | STS-B dev Spearman | wall (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, arm in (("hybridembed", ours), ("stock SentenceTransformerTrainer", stock)):
+        print(f"| {name} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peak:.2f} | "
+              f"{arm['spearman']:.4f} | {arm['wall']:.0f} |")  # fmt: skip
+    print(
+        f"speedup: {ours['rows'] / stock['rows']:.2f} peak_fraction: {ours['flops'] / peak:.2f} "
+        f"quality_delta: {ours['spearman'] - stock['spearman']:.3f}"
+    )
 
 
 if __name__ == "__main__":
