@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--field", default="text", help="jsonl field holding the text (default: text)")
     parser.add_argument("--output", required=True, help="output .npy path")
     parser.add_argument("--dim", type=int, help="keep the first DIM coordinates and re-normalize")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32, as sentence-transformers)")
     parser.add_argument("--as-query", action="store_true", help="apply the model's query prompt")
     parser.set_defaults(func=run)
 

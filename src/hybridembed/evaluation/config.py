@@ -25,7 +25,7 @@ class EvalConfig(BaseModel):
     every_steps: int | None = Field(None, gt=0, description="evaluate every N optimizer steps (None: only at the end)")
     at_end: bool = Field(True, description="evaluate after the last step and write the report")
     dims: list[int] | None = Field(None, description="Matryoshka dims to score (None: the model's full dim)")
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(32, gt=0)
     out_dir: Path | None = Field(None, description="report folder (default: <training output_dir>/eval)")
 
     def resolve(self, base_dir: str | Path) -> EvalConfig:

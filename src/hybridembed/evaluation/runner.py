@@ -138,7 +138,7 @@ def run_suite(
     model: SentenceTransformer | str,
     suite: Suite | str | Path,
     dims: Sequence[int] | None = None,
-    batch_size: int = 64,
+    batch_size: int = 32,
     *,
     model_name: str | None = None,
     show_progress: bool = True,
