@@ -1,6 +1,6 @@
 """Cross-device pieces torch.distributed lacks for contrastive training: an all-gather with exact gradients and per-step process groups.
 
-What this adds: `gather_with_grad` concatenates a tensor from every rank of a group (rows may
+What this adds: `gather_rows` concatenates a tensor from every rank of a group (rows may
 differ per rank) and back-propagates by summing each rank's gradient for its own rows, so a loss
 computed on gathered embeddings gives the same gradients as one process on the concatenated batch
 (after DDP's averaging). `GatherGroups` holds the process groups of the rank subsets that run a
@@ -115,3 +115,4 @@ def _cpu_group():
     if _CPU_GROUP is None:
         _CPU_GROUP = dist.new_group(backend="gloo")
     return _CPU_GROUP
+

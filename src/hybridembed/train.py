@@ -68,7 +68,7 @@ class HybridTrainer(SentenceTransformerTrainer):
         self.dataset_tasks = dataset_tasks
         self.dataset_index = {name: i for i, name in enumerate(dataset_tasks)}
         self.gather_groups = gather_groups or GatherGroups()
-        self._task_loss_sum: dict[str, float] = defaultdict(float)
+        self._task_loss_sum: dict[str, torch.Tensor | float] = defaultdict(float)  # tensors: no device sync per step
         self._task_loss_count: dict[str, int] = defaultdict(int)
         self.task_batches: dict[str, int] = defaultdict(int)  # batches trained per task type by this rank
         self.step_tasks: list[str] = []  # this rank's task type at every training step (cheap; for logs and tests)
@@ -102,7 +102,7 @@ class HybridTrainer(SentenceTransformerTrainer):
             result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         loss = result[0] if return_outputs else result
         if model.training:
-            self._task_loss_sum[task.value] += float(loss.detach())
+            self._task_loss_sum[task.value] += loss.detach()
             self._task_loss_count[task.value] += 1
             self.task_batches[task.value] += 1
             self.step_tasks.append(task.value)
@@ -115,7 +115,7 @@ class HybridTrainer(SentenceTransformerTrainer):
         if "loss" in logs:
             for task, count in self._task_loss_count.items():
                 if count:
-                    logs[f"loss_{task}"] = round(self._task_loss_sum[task] / count, 5)
+                    logs[f"loss_{task}"] = round(float(self._task_loss_sum[task]) / count, 5)
             self._task_loss_sum.clear()
             self._task_loss_count.clear()
         super().log(logs, start_time)
