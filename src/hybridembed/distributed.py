@@ -115,4 +115,3 @@ def _cpu_group():
     if _CPU_GROUP is None:
         _CPU_GROUP = dist.new_group(backend="gloo")
     return _CPU_GROUP
-
