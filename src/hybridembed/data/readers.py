@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hybridembed.errors import DataError
+
+# csv's default limit (131,072 characters per field) would end a long passage in a traceback; the
+# eval reader (evaluation/local_data.py) raises it the same way.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,21 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
 def _read_delimited(path: Path, delimiter: str, header: bool, quoting: int) -> Iterator[RawRecord]:
     # Decode line by line first so invalid UTF-8 is reported with its line number.
     lines = [text for _, text in _decoded_lines(path)]
-    reader = csv.reader(io.StringIO("".join(lines)), delimiter=delimiter, quoting=quoting)
+    # csv: strict quoting, so an unterminated or stray quote is an error instead of a field that
+    # silently swallows the following lines (tsv has no quoting at all).
+    reader = csv.reader(io.StringIO("".join(lines)), delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
     names: list[str] | None = None
     seen_any = False
-    for row in reader:
+    while True:
+        start = reader.line_num + 1  # the line the next record starts on
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            if "unexpected end of data" in str(err):
+                raise DataError([f"{path}:{start}: (row): unterminated quoted field (its quote is never closed)"]) from None
+            raise DataError([f"{path}:{reader.line_num}: (row): malformed row: {err}"]) from None
         number = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
