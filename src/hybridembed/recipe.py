@@ -135,6 +135,9 @@ class TrainingConfig(Strict):
     save_total_limit: int | None = 2
     resume: bool | str = False
     dataloader_num_workers: int = 0
+    ddp_timeout: int = Field(
+        1800, gt=0, description="multi-process: seconds a collective waits for the other ranks before the run fails (TrainingArguments.ddp_timeout)"
+    )
 
 
 class DistributedStrategy(StrEnum):

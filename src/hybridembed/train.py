@@ -148,12 +148,14 @@ def _batch_plans(recipe: Recipe, datasets: list[TaskDataset]) -> list[DatasetPla
     return plans
 
 
-def _training_args(recipe: Recipe) -> SentenceTransformerTrainingArguments:
-    t = recipe.training
+def _training_args(recipe: Recipe, args_class: type = SentenceTransformerTrainingArguments, **overrides: Any):
+    """The trainer's arguments for `recipe`; also used by the mlm stage (mlm.py), with a bare TrainingConfig
+    (no DeepSpeed section), transformers' TrainingArguments as `args_class`, and `overrides` on top."""
+    t = recipe.training if hasattr(recipe, "training") else recipe
     # Without use_cpu, transformers does not set up multi-process CPU training under torchrun
     # (each process would silently train alone); gloo is the CPU backend.
     on_cpu = not torch.cuda.is_available()
-    return SentenceTransformerTrainingArguments(
+    kwargs = dict(
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         output_dir=t.output_dir,
@@ -176,10 +178,12 @@ def _training_args(recipe: Recipe) -> SentenceTransformerTrainingArguments:
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
-        deepspeed=recipe.deepspeed,
+        deepspeed=getattr(recipe, "deepspeed", None),
         ddp_find_unused_parameters=False,  # the unused BERT pooler is frozen (model.py), so every trainable parameter gets a gradient
+        ddp_timeout=t.ddp_timeout,
         disable_tqdm=False,
     )
+    return args_class(**{**kwargs, **overrides})
 
 
 def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) -> HybridTrainer:
@@ -219,7 +223,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     )
     gather_groups = None
     if is_distributed():
-        epochs = math.ceil(recipe.training.max_steps / len(sampler)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)
+        epochs = math.ceil(recipe.training.max_steps / math.ceil(len(sampler) / recipe.training.gradient_accumulation_steps)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)  # the trainer: ceil(batches / accumulation) steps per epoch
         gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
     collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed + args.process_index)
     trainer = HybridTrainer(
