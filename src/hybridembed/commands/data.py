@@ -57,8 +57,10 @@ def run_from_instructions(args: argparse.Namespace) -> int:
 
     from hybridembed.data.instructions import InstructionFormat, read_instruction_pairs
     from hybridembed.data.pair_filters import FilterSettings, filter_pairs
-    from hybridembed.errors import DataError
+    from hybridembed.errors import DataError, HybridembedError
 
+    if not args.no_near_dedup and not 0 < args.near_threshold <= 1:
+        raise HybridembedError(f"--near-threshold {args.near_threshold}: must be in (0, 1]")
     pairs, problems, records = [], [], 0
     for path in args.inputs:
         try:

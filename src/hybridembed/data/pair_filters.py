@@ -16,7 +16,11 @@ The rules (docs/data.md repeats them):
   whitespace collapsing, hashed (SHA-1); the first occurrence is kept.
 * **near duplicate**: MinHash (``num_perm`` = 128 permutations over character 5-gram shingles of query +
   response) with LSH banding to find candidates; a pair whose estimated Jaccard similarity to an
-  earlier kept pair is ≥ ``near_threshold`` is dropped.
+  earlier kept pair is ≥ ``near_threshold`` is dropped. The banding (b bands × r rows, b·r ≤
+  ``num_perm``) follows the threshold: as datasketch's ``MinHashLSH._optimal_param``, it minimises
+  the weighted probability of false-positive and false-negative candidates, here weighted 0.1/0.9
+  (``LSH_WEIGHTS``) because a false-positive candidate only costs one signature comparison while a
+  missed candidate leaves the duplicate in the data.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -98,33 +103,75 @@ def script_share(text: str, scripts: Iterable[str]) -> float:
 
 
 class MinHasher:
-    """MinHash signatures over character 5-gram shingles, universal hashing (a·x + b) mod p on CRC32 shingle ids."""
+    """MinHash signatures over character 5-gram shingles, universal hashing (a·x + b) mod p on CRC32 shingle ids.
 
-    PRIME = (1 << 61) - 1
+    a, b and the ids are taken mod the Mersenne prime p = 2^31 − 1, so each permutation is a
+    bijection of Z_p whose products stay below 2^62 in uint64. (With p = 2^61 − 1 and 31-bit a, x ↦ a·x + b
+    hardly ever wrapped around p: it stayed nearly monotone in x, every "permutation" picked about the
+    same minimum, and the estimated Jaccard was far off the true one.)
+    """
+
+    PRIME = (1 << 31) - 1
 
     def __init__(self, num_perm: int = 64, seed: int = 0, shingle: int = 5) -> None:
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 1 << 31, size=num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 31, size=num_perm, dtype=np.uint64)
+        self.a = rng.integers(1, self.PRIME, size=num_perm, dtype=np.uint64)
+        self.b = rng.integers(0, self.PRIME, size=num_perm, dtype=np.uint64)
         self.shingle = shingle
 
-    def signature(self, text: str) -> np.ndarray:
+    def shingles(self, text: str) -> set[str]:
+        """The character n-grams of the normalized text that the signature is computed over."""
         text = normalize(text)
-        grams = {text[i : i + self.shingle] for i in range(max(1, len(text) - self.shingle + 1))}
-        ids = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
-        # 31-bit coefficients × 32-bit ids stay below 2^63, so uint64 arithmetic does not overflow.
+        return {text[i : i + self.shingle] for i in range(max(1, len(text) - self.shingle + 1))}
+
+    def signature(self, text: str) -> np.ndarray:
+        grams = self.shingles(text)
+        ids = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams)) % self.PRIME
+        # a, ids < 2^31, so a·x + b < 2^62: uint64 arithmetic does not overflow.
         return ((ids[:, None] * self.a[None, :] + self.b[None, :]) % self.PRIME).min(axis=0)
+
+
+LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative) weights of the banding choice
+
+
+def _integral(f: Callable[[np.ndarray], np.ndarray], a: float, b: float, points: int = 1001) -> float:
+    x = np.linspace(a, b, points)
+    y = f(x)
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
+
+
+@lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = LSH_WEIGHTS) -> tuple[int, int]:
+    """(bands, rows) with bands·rows ≤ num_perm minimising w_fp·P(false-positive candidate) + w_fn·P(missed candidate).
+
+    A pair of Jaccard similarity s shares at least one band with probability 1 − (1 − s^r)^b; the two
+    probabilities integrate that curve below and (its complement) above the threshold, as datasketch's
+    ``MinHashLSH._optimal_param`` does.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"near-duplicate threshold {threshold} must be in (0, 1]")
+    w_fp, w_fn = weights
+    best: tuple[float, int, int] | None = None
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            fp = _integral(lambda s: 1 - (1 - s**rows) ** bands, 0.0, threshold)
+            fn = _integral(lambda s: (1 - s**rows) ** bands, threshold, 1.0)
+            error = w_fp * fp + w_fn * fn
+            if best is None or error < best[0]:
+                best = (error, bands, rows)
+    assert best is not None
+    return best[1], best[2]
 
 
 def _near_duplicate_filter(settings: FilterSettings) -> Callable[[str], bool]:
     """A stateful check: True when the text is a near duplicate of one seen (and kept) before."""
     hasher = MinHasher(settings.num_perm, settings.seed)
-    rows = max(1, settings.num_perm // 16)  # 16 bands: candidates from ~ (1/16)^(1/rows) similarity upward
+    bands, rows = lsh_params(settings.near_threshold, settings.num_perm)
     buckets: dict[tuple[int, bytes], list[np.ndarray]] = defaultdict(list)
 
     def seen(text: str) -> bool:
         signature = hasher.signature(text)
-        keys = [(band, signature[band * rows : (band + 1) * rows].tobytes()) for band in range(settings.num_perm // rows)]
+        keys = [(band, signature[band * rows : (band + 1) * rows].tobytes()) for band in range(bands)]
         for key in keys:
             for other in buckets.get(key, ()):
                 if float(np.mean(other == signature)) >= settings.near_threshold:
