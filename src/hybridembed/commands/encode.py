@@ -1,49 +1,133 @@
-"""`hybridembed encode MODEL`: embed texts from a file into a .npy matrix (optionally a Matryoshka prefix)."""
+"""`hybridembed encode MODEL`: embed texts from a file into a .npy matrix (optionally a Matryoshka prefix), row i for input line/record i.
+
+Rows stay aligned with the input: a blank line of a .txt file is embedded as the empty string
+(counted and reported) or, with ``--on-empty fail``, is an error ``file:line: text: empty line``.
+For .jsonl/.csv/.tsv/.parquet input row i is record i (blank jsonl lines are not records), and
+when the records carry an id (``id`` or ``_id``, or ``--id-field``) the ids are written one per
+line to ``<output stem>.ids.txt`` beside the .npy.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridembed.errors import HybridembedError
+from hybridembed.errors import DataError, HybridembedError
+
+logger = logging.getLogger(__name__)
+RECORD_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
+ID_FIELDS = ("id", "_id")
+MAX_PROBLEMS = 200
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "encode", help="embed texts into a .npy file", description="Embed one text per line (.txt) or a field of each .jsonl record."
+        "encode",
+        help="embed texts into a .npy file",
+        description="Embed one text per line (.txt) or a field of each .jsonl/.csv/.tsv/.parquet record; row i of the .npy is "
+        "line (record) i of the input. Record ids (id/_id) are written to <output stem>.ids.txt.",
     )
     parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
-    parser.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl")
-    parser.add_argument("--field", default="text", help="jsonl field holding the text (default: text)")
+    parser.add_argument("--input", required=True, help=".txt (one text per line), or .jsonl / .csv / .tsv / .parquet records")
+    parser.add_argument("--field", default="text", help="record field (column) holding the text (default: text)")
+    parser.add_argument("--id-field", help="record field holding the id, written to <output stem>.ids.txt (default: id or _id when present)")
     parser.add_argument("--output", required=True, help="output .npy path")
+    parser.add_argument(
+        "--on-empty",
+        choices=["embed", "fail"],
+        default="embed",
+        help="a blank line / empty text: embed it as the empty string so rows stay aligned (default, counted), or fail with file:line",
+    )
     parser.add_argument("--dim", type=int, help="keep the first DIM coordinates and re-normalize")
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32, as sentence-transformers)")
     parser.add_argument("--as-query", action="store_true", help="apply the model's query prompt")
     parser.set_defaults(func=run)
 
 
-def read_texts(path: Path, field: str) -> list[str]:
+@dataclass
+class EncodeInput:
+    """The texts to embed, in input order, with the ids (if the records carry them) and where empty texts were."""
+
+    texts: list[str]
+    ids: list[str] | None = None
+    empty_lines: list[int] = field(default_factory=list)  # 1-based lines (records) embedded as ""
+
+
+def read_input(path: Path, text_field: str = "text", on_empty: str = "embed", id_field: str | None = None) -> EncodeInput:
+    """Every line (.txt) or record of `path`; problems are DataError `file:line: field: problem` lines."""
     if not path.is_file():
         raise HybridembedError(f"{path}: file not found")
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    if path.suffix.lower() in RECORD_SUFFIXES:
+        return _read_records(path, text_field, on_empty, id_field)
+    return _read_lines(path, on_empty)
+
+
+def _read_lines(path: Path, on_empty: str) -> EncodeInput:
+    texts, empty, problems = [], [], []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                problems.append(f"{path}:{number}: text: invalid UTF-8 at byte {err.start}")
                 continue
-            if path.suffix.lower() == ".jsonl":
-                try:
-                    value = json.loads(line).get(field)
-                except (json.JSONDecodeError, AttributeError):
-                    raise HybridembedError(f"{path}:{number}: (line): not a JSON object") from None
-                if not isinstance(value, str) or not value.strip():
-                    raise HybridembedError(f"{path}:{number}: {field}: missing or empty text")
-                texts.append(value)
-            else:
-                texts.append(line.rstrip("\n"))
+            if not line.strip():
+                if on_empty == "fail":
+                    problems.append(f"{path}:{number}: text: empty line")
+                    continue
+                empty.append(number)
+                line = ""
+            texts.append(line)
+    if problems:
+        raise DataError(problems[:MAX_PROBLEMS], summary=f"{path}: {len(problems)} problem(s); nothing was encoded")
     if not texts:
         raise HybridembedError(f"{path}: empty file")
-    return texts
+    return EncodeInput(texts, None, empty)
+
+
+def _read_records(path: Path, text_field: str, on_empty: str, id_field: str | None) -> EncodeInput:
+    from hybridembed.data.readers import read_records
+
+    texts: list[str] = []
+    ids: list[str] | None = None
+    id_key: str | None = None
+    empty, problems = [], []
+    for index, record in enumerate(read_records(path)):
+        where = f"{path}:{record.line}"
+        if index == 0:  # the first record decides whether the file carries ids
+            id_key = id_field or next((k for k in ID_FIELDS if k in record.fields), None)
+            ids = [] if id_key is not None else None
+        value = record.fields.get(text_field)
+        if not isinstance(value, str):
+            known = "" if text_field in record.fields else f" (fields: {sorted(map(str, record.fields))}; set --field)"
+            problems.append(f"{where}: {text_field}: missing or not text{known}")
+            continue
+        if not value.strip():
+            if on_empty == "fail":
+                problems.append(f"{where}: {text_field}: empty text")
+                continue
+            empty.append(record.line)
+            value = ""
+        if ids is not None and id_key is not None:
+            identifier = record.fields.get(id_key)
+            text_id = "" if identifier is None else str(identifier)
+            if not text_id.strip() or "\n" in text_id or "\r" in text_id:
+                problems.append(f"{where}: {id_key}: missing, empty or multi-line id")
+                continue
+            ids.append(text_id)
+        texts.append(value)
+    if problems:
+        raise DataError(problems[:MAX_PROBLEMS], summary=f"{path}: {len(problems)} invalid record(s); nothing was encoded")
+    return EncodeInput(texts, ids, empty)
+
+
+def output_paths(output: str | Path) -> tuple[Path, Path]:
+    """(embeddings .npy, ids .txt): `emb.npy` → `emb.npy`, `emb.ids.txt` (np.save adds .npy when it is missing)."""
+    out = Path(output)
+    npy = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+    return npy, npy.with_suffix(".ids.txt")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,14 +135,22 @@ def run(args: argparse.Namespace) -> int:
 
     from hybridembed.model import load_model, truncate_embeddings
 
-    texts = read_texts(Path(args.input), args.field)
+    data = read_input(Path(args.input), args.field, args.on_empty, args.id_field)
+    if data.empty_lines:
+        shown = ", ".join(map(str, data.empty_lines[:10])) + (", …" if len(data.empty_lines) > 10 else "")
+        logger.warning("%s: %d empty line(s) embedded as the empty string to keep rows aligned (lines %s)", args.input, len(data.empty_lines), shown)
     model = load_model(args.model)
     prompt_name = "query" if args.as_query and "query" in (model.prompts or {}) else None
-    embeddings = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True, prompt_name=prompt_name, show_progress_bar=True)
+    embeddings = model.encode(data.texts, batch_size=args.batch_size, convert_to_numpy=True, prompt_name=prompt_name, show_progress_bar=True)
     if args.dim is not None:
         if not 0 < args.dim <= embeddings.shape[1]:
             raise HybridembedError(f"--dim {args.dim}: must be between 1 and the model's dimension {embeddings.shape[1]}")
         embeddings = truncate_embeddings(embeddings, args.dim)
-    np.save(args.output, embeddings.astype(np.float32))
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
+    npy, ids_path = output_paths(args.output)
+    np.save(npy, embeddings.astype(np.float32))
+    empty = f" ({len(data.empty_lines)} empty line(s) embedded as \"\")" if data.empty_lines else ""
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {npy}{empty}")
+    if data.ids is not None:
+        ids_path.write_text("".join(f"{i}\n" for i in data.ids), encoding="utf-8")
+        print(f"wrote {len(data.ids)} ids (row order) to {ids_path}")
     return 0

@@ -1,0 +1,80 @@
+"""`hybridembed encode`: row i of the .npy is line (record) i of the input — blank lines are embedded or a file:line error — and record ids are written beside it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from hybridembed.cli import main
+
+LINES = ["a man plays a guitar", "", "a woman is cooking", "   ", "the cat sleeps", "", ""]  # blanks in the middle and at the end
+
+
+def _encode(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["encode", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_blank_lines_keep_rows_aligned_with_lines(tmp_path, tiny_model_dir, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    out = tmp_path / "emb.npy"
+    code, stdout, _ = _encode(capsys, str(tiny_model_dir), "--input", str(texts), "--output", str(out))
+    assert code == 0
+    emb = np.load(out)
+    assert emb.shape[0] == len(LINES)  # one row per line, blank ones included
+    assert "4 empty line(s) embedded" in stdout
+    model = SentenceTransformer(str(tiny_model_dir))
+    expected = model.encode([line if line.strip() else "" for line in LINES], convert_to_numpy=True)
+    np.testing.assert_allclose(emb, expected, atol=1e-5)
+    assert not (tmp_path / "emb.ids.txt").exists()  # a .txt file has no ids
+
+
+def test_on_empty_fail_names_every_blank_line(tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    out = tmp_path / "emb.npy"
+    code, _, stderr = _encode(capsys, "unused-model", "--input", str(texts), "--output", str(out), "--on-empty", "fail")
+    assert code == 2
+    for number in (2, 4, 6, 7):
+        assert f"{texts}:{number}: text: empty line" in stderr
+    assert f"{texts}:1:" not in stderr and not out.exists()
+
+
+def test_invalid_utf8_line_is_a_file_line_error(tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes(b"fine\nbad \xff byte\n")
+    code, _, stderr = _encode(capsys, "unused-model", "--input", str(texts), "--output", str(tmp_path / "e.npy"))
+    assert code == 2 and f"{texts}:2: text: invalid UTF-8" in stderr
+
+
+def test_jsonl_and_csv_ids_are_written_beside_the_embeddings(tmp_path, tiny_model_dir, capsys):
+    records = tmp_path / "docs.jsonl"
+    records.write_text(
+        "".join(json.dumps(r) + "\n" for r in [{"id": "d1", "text": "first"}, {"id": 7, "text": ""}]) + "\n"
+        + json.dumps({"id": "d3", "text": "third"}) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    code, stdout, _ = _encode(capsys, str(tiny_model_dir), "--input", str(records), "--output", str(tmp_path / "docs"))
+    assert code == 0
+    assert np.load(tmp_path / "docs.npy").shape[0] == 3
+    assert (tmp_path / "docs.ids.txt").read_text(encoding="utf-8").splitlines() == ["d1", "7", "d3"]
+    assert "wrote 3 ids" in stdout
+
+    table = tmp_path / "corpus.csv"
+    table.write_text('_id,title,body\nx1,t,"hello, world"\nx2,t,second\n', encoding="utf-8")
+    code, _, _ = _encode(capsys, str(tiny_model_dir), "--input", str(table), "--field", "body", "--output", str(tmp_path / "c.npy"))
+    assert code == 0
+    assert np.load(tmp_path / "c.npy").shape[0] == 2
+    assert (tmp_path / "c.ids.txt").read_text(encoding="utf-8").splitlines() == ["x1", "x2"]
+
+
+def test_record_problems_are_file_line_errors(tmp_path, capsys):
+    records = tmp_path / "docs.jsonl"
+    records.write_text(json.dumps({"id": "a", "text": "ok"}) + "\n" + json.dumps({"id": "b", "body": "x"}) + "\n", encoding="utf-8")
+    code, _, stderr = _encode(capsys, "unused-model", "--input", str(records), "--output", str(tmp_path / "e.npy"))
+    assert code == 2 and f"{records}:2: text: missing or not text" in stderr
