@@ -222,6 +222,7 @@ BAD_REQUESTS = [
     ("empty list", {"model": MODEL, "input": []}, None, 400, "input"),
     ("empty string", {"model": MODEL, "input": ""}, None, 400, "input"),
     ("empty string in list", {"model": MODEL, "input": ["a", ""]}, None, 400, "input"),
+    ("lone surrogate", b'{"model": "tiny", "input": ["ok", "x\\ud800y"]}', None, 400, "input"),
     ("token array", {"model": MODEL, "input": [101, 2023, 102]}, None, 400, "input"),
     ("token arrays", {"model": MODEL, "input": [[101, 2023], [102]]}, None, 400, "input"),
     ("too many inputs", {"model": MODEL, "input": ["a"] * 9}, None, 400, "input"),

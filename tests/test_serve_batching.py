@@ -193,6 +193,8 @@ LIMITS = {"max_inputs": 3, "max_chars": 10, "max_dim": 64}
         ({"input": "", "model": "m"}, "input", "empty string"),
         ({"input": ["a", ""], "model": "m"}, "input", "input[1]"),
         ({"input": ["a", 3], "model": "m"}, "input", "input[1]' must be a string"),
+        ({"input": ["a", "b\ud800"], "model": "m"}, "input", "'input[1]' contains a lone surrogate (U+D800) at character 1"),
+        ({"input": "\udfff", "model": "m"}, "input", "'input' contains a lone surrogate (U+DFFF)"),
         ({"input": [1, 2, 3], "model": "m"}, "input", "token-array"),
         ({"input": [[1, 2], [3]], "model": "m"}, "input", "token-array"),
         ({"input": ["a"] * 4, "model": "m"}, "input", "at most 3"),
@@ -219,6 +221,13 @@ def test_bad_requests_name_the_parameter(payload, param, fragment):
 def test_good_request_normalizes_input_to_a_list():
     req = parse_embedding_request({"input": "hello", "model": "m", "dimensions": 8, "user": None}, **LIMITS)
     assert req.input == ["hello"] and req.dimensions == 8 and req.encoding_format is None
+
+
+def test_surrogate_pairs_and_other_unicode_are_accepted():
+    import json
+
+    texts = json.loads('["\\ud83d\\ude00 pair", "caf\\u00e9", "nul \\u0000 inside", "\\u200b"]')
+    assert parse_embedding_request({"input": texts, "model": "m"}, max_inputs=8, max_chars=100, max_dim=64).input == texts
 
 
 def test_base64_payload_is_little_endian_float32():

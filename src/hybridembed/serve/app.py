@@ -17,7 +17,7 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hybridembed.model import truncate_embeddings
-from hybridembed.serve.batching import BatcherClosed, MicroBatcher, QueueFull
+from hybridembed.serve.batching import BatcherClosed, InvalidInput, MicroBatcher, QueueFull
 from hybridembed.serve.engine import ServedModel
 from hybridembed.serve.schemas import ApiError, EmbeddingRequest, embeddings_response, error_body, parse_embedding_request
 
@@ -155,6 +155,15 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
             raise ApiError(503, str(err), type="server_error", code="overloaded") from None
         except BatcherClosed as err:
             raise ApiError(503, str(err), type="server_error", code="shutting_down") from None
+        except InvalidInput as err:  # the tokenizer refused this text; other requests of its batch were served
+            where = "'input'" if isinstance(payload["input"], str) else f"'input[{err.index}]'"
+            raise ApiError(
+                400, f"{where} could not be encoded by this model's tokenizer ({err.reason})", param="input"
+            ) from None
+        except Exception:  # the model failed on this request even when encoded alone (logged by the batcher)
+            raise ApiError(
+                500, "The server had an error while encoding this request's inputs", type="server_error"
+            ) from None
         if req.dimensions is not None:
             embeddings = truncate_embeddings(embeddings, req.dimensions)
         body = embeddings_response(

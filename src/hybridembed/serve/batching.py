@@ -26,6 +26,19 @@ class BatcherClosed(Exception):
     """The batcher is stopped (server shutting down)."""
 
 
+class InvalidInput(Exception):
+    """A text the model cannot encode through no fault of the server (the caller should answer 400).
+
+    encode_fn raises it with `index` = the position of the offending text in the list it was
+    given; the batcher re-raises it to the submitter with `index` relative to that caller's texts.
+    """
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"input {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
 @dataclass
 class _Item:
     texts: list[str]
@@ -41,6 +54,8 @@ class BatcherStats:
     largest_batch: int = 0
     encode_seconds: float = 0.0
     rejected_full: int = 0
+    isolated_batches: int = 0  # batches that failed as a whole and were re-encoded request by request
+    failed_requests: int = 0  # queue items whose texts failed at encode time (invalid input or model error)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +65,8 @@ class BatcherStats:
             "largest_batch": self.largest_batch,
             "encode_seconds": round(self.encode_seconds, 3),
             "rejected_queue_full": self.rejected_full,
+            "isolated_batches": self.isolated_batches,
+            "failed_requests": self.failed_requests,
         }
 
 
@@ -61,6 +78,11 @@ class MicroBatcher:
     A batch only holds items with the same key as its oldest item; the others keep their place.
     Encoding runs on a single dedicated thread, so the event loop keeps accepting requests,
     and requests larger than `max_batch_size` are split into several queue items (FIFO).
+
+    One caller's bad text must not fail the others sharing its batch: when encode_fn raises
+    InvalidInput, the item holding that text fails alone and the rest of the batch is encoded
+    again; when it raises anything else, every item of the batch is re-encoded on its own, so
+    only the items that still fail alone get the error.
     """
 
     def __init__(self, encode_fn: EncodeFn, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 4096):
@@ -135,7 +157,9 @@ class MicroBatcher:
             futures.append(item.future)
         self._wakeup.set()
         parts = await asyncio.gather(*futures, return_exceptions=True)
-        for part in parts:
+        for k, part in enumerate(parts):
+            if isinstance(part, InvalidInput):  # make the index relative to this caller's texts
+                raise InvalidInput(part.index + k * self.max_batch_size, part.reason) from part
             if isinstance(part, BaseException):
                 raise part
         if len(parts) == 1:
@@ -187,36 +211,92 @@ class MicroBatcher:
         return batch
 
     async def _encode(self, batch: list[_Item]) -> None:
-        texts = [t for item in batch for t in item.texts]
+        pending = batch
+        while pending:
+            try:
+                result = await self._encode_items(pending)
+            except InvalidInput as err:  # one text is at fault: fail its item alone, encode the rest again
+                culprit, local = _locate(pending, err.index)
+                if culprit is None:  # encode_fn gave an index outside the batch: treat it as a model error
+                    await self._encode_each(pending, err)
+                    return
+                logger.info("input %d of a queued request cannot be encoded (%s); encoding the rest of its batch again", local, err.reason)
+                self._fail(culprit, InvalidInput(local, err.reason))
+                pending = [item for item in pending if item is not culprit and not item.future.done()]
+            except Exception as err:
+                await self._encode_each(pending, err)
+                return
+            else:
+                self._deliver(pending, result)
+                return
+
+    async def _encode_each(self, batch: list[_Item], err: Exception) -> None:
+        """The batch failed as a whole: encode each item on its own so only the culprits fail."""
+        if len(batch) == 1:
+            logger.error("encoding %d texts of one request failed", len(batch[0].texts), exc_info=err)
+            self._fail(batch[0], err)
+            return
+        self.stats.isolated_batches += 1
+        logger.warning(
+            "encoding a batch of %d texts from %d requests failed (%s: %s); encoding each request on its own",
+            sum(len(item.texts) for item in batch), len(batch), type(err).__name__, err,
+        )
+        for item in batch:
+            if item.future.done():
+                continue
+            try:
+                result = await self._encode_items([item])
+            except InvalidInput as item_err:
+                self._fail(item, item_err)
+            except Exception as item_err:
+                logger.error("encoding %d texts of one request failed", len(item.texts), exc_info=item_err)
+                self._fail(item, item_err)
+            else:
+                self._deliver([item], result)
+
+    async def _encode_items(self, items: list[_Item]) -> Sequence[Any]:
+        """Run encode_fn on the texts of `items` on the worker thread; count the successful batch."""
+        texts = [t for item in items for t in item.texts]
         started = time.perf_counter()
+        assert self._executor is not None
         try:
-            assert self._executor is not None
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._encode_fn, texts, batch[0].key
-            )
-        except asyncio.CancelledError:
-            for item in batch:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode_fn, texts, items[0].key)
+        except asyncio.CancelledError:  # the batcher is stopping: nobody will encode these any more
+            for item in items:
                 if not item.future.done():
                     item.future.set_exception(BatcherClosed("the server is shutting down"))
             raise
-        except Exception as err:  # the model failed: every caller in this batch gets the error
-            logger.exception("encoding a batch of %d texts failed", len(texts))
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(err)
-            return
         elapsed = time.perf_counter() - started
         self.stats.batches += 1
         self.stats.texts += len(texts)
         self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
         self.stats.encode_seconds += elapsed
-        logger.debug("encoded %d texts from %d requests in %.1f ms", len(texts), len(batch), elapsed * 1000)
+        logger.debug("encoded %d texts from %d requests in %.1f ms", len(texts), len(items), elapsed * 1000)
+        return result
+
+    def _deliver(self, items: list[_Item], result: Sequence[Any]) -> None:
         start = 0
-        for item in batch:
+        for item in items:
             end = start + len(item.texts)
             if not item.future.done():
                 item.future.set_result(tuple(part[start:end] for part in result))
             start = end
+
+    def _fail(self, item: _Item, err: Exception) -> None:
+        self.stats.failed_requests += 1
+        if not item.future.done():
+            item.future.set_exception(err)
+
+
+def _locate(items: list[_Item], index: int) -> tuple[_Item | None, int]:
+    """The item holding text `index` of the concatenated texts of `items`, and its position there."""
+    if index < 0:
+        return None, index
+    for item in items:
+        if index < len(item.texts):
+            return item, index
+        index -= len(item.texts)
+    return None, index
 
 
 def _concat(parts: list[Any]) -> Any:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hybridembed.serve.batching import InvalidInput
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -59,6 +61,9 @@ class ServedModel:
         default prompt (if any) applies, as in `model.encode`.
         Runs on the batcher's worker thread only: the fast tokenizer is not safe to call from two
         threads at once with different truncation settings.
+        Raises InvalidInput (with the index of the first offending text) when the tokenizer rejects
+        a text that it cannot encode on its own while it still encodes an ordinary one; any
+        other failure (the tokenizer or the model itself broken) propagates as is.
         """
         prompt = self._prompt_text(prompt_name)
         counts, truncated = self._token_counts([prompt + t for t in texts] if prompt else texts)
@@ -85,7 +90,14 @@ class ServedModel:
         if self.max_seq_length:
             # one token past the limit is enough to tell that an input was cut
             kwargs.update(truncation=True, max_length=self.max_seq_length + 1)
-        ids = tokenizer(texts, **kwargs)["input_ids"]
+        try:
+            ids = tokenizer(texts, **kwargs)["input_ids"]
+        except Exception as err:
+            culprit = _first_rejected(tokenizer, texts, kwargs)
+            if culprit is None:
+                raise
+            index, reason = culprit
+            raise InvalidInput(index, reason) from err
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         if not self.max_seq_length:
             return lengths, np.zeros(n, dtype=bool)
@@ -108,6 +120,35 @@ class ServedModel:
             "max_input_tokens": self.max_seq_length,
             "prompts": {k: v for k, v in (getattr(self.model, "prompts", None) or {}).items() if v},
         }
+
+
+PROBE_TEXT = "a"
+MAX_REASON_CHARS = 200
+
+
+def _first_rejected(tokenizer: Any, texts: list[str], kwargs: dict[str, Any]) -> tuple[int, str] | None:
+    """After the tokenizer failed on `texts`: (index, reason) of the first text it rejects on its
+    own, or None when it fails on none of them alone, or also on a plain probe text (a server fault)."""
+    for index, text in enumerate(texts):
+        try:
+            tokenizer([text], **kwargs)
+        except Exception as err:
+            try:
+                tokenizer([PROBE_TEXT], **kwargs)
+            except Exception:
+                return None
+            return index, describe_rejection(text, err)
+    return None
+
+
+def describe_rejection(text: str, err: BaseException) -> str:
+    """A short, JSON-safe description of why the tokenizer refused `text` (never echoes raw surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as bad:  # the usual case; the Rust tokenizers only say "TypeError: TextEncodeInput..."
+        return f"it contains a lone surrogate (U+{ord(text[bad.start]):04X}), which is not valid Unicode text"
+    message = f"{type(err).__name__}: {err}".encode("utf-8", "backslashreplace").decode("utf-8")
+    return message if len(message) <= MAX_REASON_CHARS else message[: MAX_REASON_CHARS - 3] + "..."
 
 
 def default_model_name(name_or_path: str) -> str:
