@@ -58,3 +58,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+# Every available device: device-sensitive tests run on each (CPU always, CUDA when present).
+DEVICES = ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+def stray_tensors_fail():
+    """A context in which a tensor created without an explicit device lands on `meta`.
+
+    Mixing it with real tensors then fails, so a test on the CPU catches the index/mask tensors that
+    would sit on the CPU while the batch is on a GPU.
+    """
+    import torch
+
+    return torch.device("meta")

@@ -69,3 +69,39 @@ def test_round_robin_alternates():
     plans = [DatasetPlan("a", 40, 10), DatasetPlan("b", 40, 10)]
     order = [_dataset_of(b[0], plans) for b in TaskBatchSampler(plans, strategy=MixingStrategy.ROUND_ROBIN)]
     assert order == [0, 1] * 4
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 8])
+@pytest.mark.parametrize("strategy", [MixingStrategy.PROPORTIONAL, MixingStrategy.ROUND_ROBIN, MixingStrategy.TEMPERATURE])
+def test_synchronized_schedule_gives_every_dataset_its_share_each_epoch_on_any_number_of_ranks(ranks, strategy):
+    # 100 batches per epoch at batch 10: a 10-batch dataset beside a 90-batch one, and a 1-batch one.
+    plans = [DatasetPlan("big", 880, 10), DatasetPlan("small", 100, 10), DatasetPlan("tiny", 10, 10)]
+    sampler = TaskBatchSampler(plans, strategy=strategy, seed=5, num_replicas=ranks)
+    for epoch in range(40):
+        schedule = list(sampler.schedule(epoch))
+        assert len(schedule) == len(sampler) == -(-sum(sampler.batch_counts) // ranks)
+        assert all(len(set(step)) == 1 for step in schedule)  # synchronized: one dataset per step
+        steps = Counter(step[0] for step in schedule)
+        for d, batches in enumerate(sampler.batch_counts):
+            assert abs(steps[d] - batches / ranks) <= 1, (epoch, d, steps[d], batches / ranks)
+
+
+def test_one_rank_schedule_is_the_batch_order_of_the_epoch():
+    plans = [DatasetPlan("a", 50, 5), DatasetPlan("b", 30, 5)]
+    sampler = TaskBatchSampler(plans, seed=7)
+    assert Counter(step[0] for step in sampler.schedule(0)) == {0: 10, 1: 6}
+
+
+def test_keyed_batches_tag_each_index_with_epoch_and_batch_index():
+    from hybridembed.sampling import KeyedBatches, KeyedRows
+
+    plans = [DatasetPlan("a", 12, 4)]
+    sampler = TaskBatchSampler(plans, seed=1)
+    keyed = KeyedBatches(sampler)
+    keyed.set_epoch(3)
+    batches = list(keyed)
+    assert len(batches) == len(keyed) == 3
+    assert [[i for i, _, _ in b] for b in batches] == list(sampler)
+    assert {(e, b) for batch in batches for _, e, b in batch} == {(3, 0), (3, 1), (3, 2)}
+    rows = KeyedRows([[{"x": i} for i in range(12)]])
+    assert rows[(5, 3, 1)] == {"x": 5, "draw_key": (3, 1)}

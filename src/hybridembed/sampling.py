@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler
+
+from hybridembed.data.collator import DRAW_KEY
 
 from hybridembed.recipe import MixingStrategy
 from hybridembed.tasks import TaskType
@@ -150,11 +152,34 @@ class TaskBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
         steps = len(self)
         if not self.cross_device_balance:
-            order = self.dataset_order(rng)
-            for step in range(steps):
-                yield [order[(step * self.num_replicas) % len(order)]] * self.num_replicas
+            for d in self._synchronized_order(steps, rng):
+                yield [d] * self.num_replicas
             return
         yield from self._balanced_schedule(steps, rng)
+
+    def synchronized_steps(self, steps: int) -> list[int]:
+        """Steps per dataset in one epoch when all ranks train one dataset together.
+
+        Such a step uses `num_replicas` batches of its dataset, so a dataset's share of the steps
+        is its batch count / num_replicas: the floor of that quota for each dataset, and the
+        steps left over to the largest remainders (each dataset within ±1 step of its share, for
+        any number of ranks; with one rank exactly its batch count).
+        """
+        quota = np.array(self.batch_counts, dtype=float) / self.num_replicas
+        counts = np.floor(quota).astype(int)  # Σ quota = total / R ≤ steps, so at most one extra step each
+        for d in np.argsort(-(quota - counts), kind="stable")[: steps - int(counts.sum())]:
+            counts[d] += 1
+        return counts.tolist()
+
+    def _synchronized_order(self, steps: int, rng: np.random.Generator) -> list[int]:
+        counts = self.synchronized_steps(steps)
+        if self.num_replicas == 1:
+            return self.dataset_order(rng)  # counts == batch_counts: the single-process order as before
+        saved, self.batch_counts = self.batch_counts, counts
+        try:
+            return self.dataset_order(rng)
+        finally:
+            self.batch_counts = saved
 
     def _balanced_schedule(self, steps: int, rng: np.random.Generator) -> Iterator[list[int]]:
         """Cross-GPU Batch Balance: per step, ranks get distinct task types while there are enough.
@@ -205,3 +230,40 @@ class TaskBatchSampler(Sampler[list[int]]):
                 for d in set(assignment):
                     subsets.add(frozenset(r for r, x in enumerate(assignment) if x == d))
         return subsets
+
+
+class KeyedBatches(Sampler[list[tuple[int, int, int]]]):
+    """The task sampler's batches with each index tagged (index, epoch, batch index): the key the collator seeds its draws with.
+
+    Wrapping (not changing) the sampler keeps its plain index batches for the schedule replays
+    (dynamic mining) while the dataloader, its workers and accelerate's resume skipping carry the
+    key to the collator with every row, so no draw depends on how many batches were collated before.
+    """
+
+    def __init__(self, sampler: TaskBatchSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        epoch = self.sampler.epoch
+        for batch_index, batch in enumerate(self.sampler):
+            yield [(index, epoch, batch_index) for index in batch]
+
+
+class KeyedRows(Dataset):
+    """Rows of several datasets addressed by `KeyedBatches` keys; each row comes back with its draw key."""
+
+    def __init__(self, datasets: list) -> None:
+        self.rows = ConcatDataset(datasets)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int, int] | int) -> dict:
+        index, epoch, batch_index = key if isinstance(key, tuple) else (key, 0, 0)
+        return {**self.rows[index], DRAW_KEY: (epoch, batch_index)}

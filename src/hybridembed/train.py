@@ -19,17 +19,18 @@ from typing import Any
 import torch
 import yaml
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
 from hybridembed import __version__
 from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.collator import DatasetView, HybridCollator
+from hybridembed.errors import RecipeError
 from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_over, is_distributed
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
 from hybridembed.recipe import DistributedStrategy, Recipe
-from hybridembed.sampling import DatasetPlan, TaskBatchSampler
+from hybridembed.sampling import DatasetPlan, KeyedBatches, KeyedRows, TaskBatchSampler
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ class HybridTrainer(SentenceTransformerTrainer):
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(
-            ConcatDataset(list(self.train_dataset.values())),
-            batch_sampler=self.task_sampler,
+            KeyedRows(list(self.train_dataset.values())),
+            batch_sampler=KeyedBatches(self.task_sampler),  # each row carries its draw key to the collator
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
         )
@@ -188,6 +189,9 @@ def _training_args(recipe: Recipe, args_class: type = SentenceTransformerTrainin
 
 def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) -> HybridTrainer:
     """Everything up to the first step: data (validated), model, losses, sampler, trainer."""
+    if recipe.mining is not None and recipe.mining.dynamic is not None and recipe.training.dataloader_num_workers:
+        # Workers hold copies of the collator: the miner's replacements would never reach them.
+        raise RecipeError("training.dataloader_num_workers: dynamic mining (mining.dynamic) needs 0 dataloader workers")
     datasets = datasets if datasets is not None else load_datasets(recipe.datasets)
     for ds in datasets:
         logger.info("data %s", ds.summary())
@@ -195,8 +199,6 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     model = build_model(recipe.model)
     dims = recipe.model.matryoshka_dims
     if dims and max(dims) > embedding_dim(model):
-        from hybridembed.errors import RecipeError
-
         raise RecipeError(f"model.matryoshka_dims {dims} exceed the model's embedding dimension {embedding_dim(model)}")
     losses = {}
     for ds in datasets:
@@ -225,7 +227,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     if is_distributed():
         epochs = math.ceil(recipe.training.max_steps / math.ceil(len(sampler) / recipe.training.gradient_accumulation_steps)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)  # the trainer: ceil(batches / accumulation) steps per epoch
         gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
-    collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed + args.process_index)
+    collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed, rank=args.process_index)
     trainer = HybridTrainer(
         model=model,
         args=args,

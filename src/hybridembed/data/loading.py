@@ -120,15 +120,12 @@ def _check_labels(path: Path, task: TaskType, rows: list[dict[str, Any]]) -> lis
     """Label tasks need at least two distinct labels: the other labels are the negatives."""
     if task not in LABEL_TASKS:
         return None
-    labelled = [r["label"] for r in rows if r.get("label") is not None]
-    if not labelled:
-        texts = {t for r in rows for t in r["positives"] + (r["negatives"] or [])}
-        if len(texts) < 2:
-            raise DataError([f"{path}: label: a {task} dataset needs at least two distinct labels"])
-        return None
-    pool = sorted(set(labelled))
+    # Whatever the row form — (text, label), or query + positives [+ negatives] — the label texts
+    # are the positives and given negatives; a row without negatives draws from the others.
+    pool = sorted({t for r in rows for t in r["positives"] + (r["negatives"] or [])})
     if len(pool) < 2:
-        raise DataError([f"{path}: label: a {task} dataset has a single label ({pool[0]!r}); it needs at least two"])
+        single = f" has a single label ({pool[0]!r}); it" if pool else ""
+        raise DataError([f"{path}: label: a {task} dataset{single} needs at least two distinct labels"])
     return pool
 
 

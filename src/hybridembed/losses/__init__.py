@@ -71,8 +71,16 @@ def build_loss(
     if matryoshka_dims:
         from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
-        loss = MatryoshkaLoss(model, loss, matryoshka_dims=matryoshka_dims, matryoshka_weights=matryoshka_weights)
+        # Piccolo2 averages the per-dimension losses; sentence-transformers sums them (weights 1),
+        # which makes the loss — and how often max_grad_norm clips — grow with the number of dims.
+        weights = matryoshka_weights or matryoshka_mean_weights(matryoshka_dims)
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=matryoshka_dims, matryoshka_weights=weights)
     return loss
+
+
+def matryoshka_mean_weights(dims: list[int]) -> list[float]:
+    """Equal weights that sum to 1: the Matryoshka loss is the mean over dims, as in Piccolo2."""
+    return [1.0 / len(dims)] * len(dims)
 
 
 __all__ = [
@@ -84,5 +92,6 @@ __all__ = [
     "LabelContrastiveLoss",
     "PearsonLoss",
     "build_loss",
+    "matryoshka_mean_weights",
     "resolve_loss_config",
 ]

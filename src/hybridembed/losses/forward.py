@@ -50,8 +50,9 @@ def _distinct_rows(features: dict[str, Any]) -> tuple[Tensor | None, Tensor | No
     rows = key.shape[0]
     if distinct.shape[0] == rows:
         return None, None
-    first = torch.full((distinct.shape[0],), rows, dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(rows), reduce="amin")
+    # Index tensors live on the batch's device: a CPU index into CUDA rows fails (or syncs) on GPUs.
+    first = torch.full((distinct.shape[0],), rows, dtype=torch.long, device=inverse.device)
+    first.scatter_reduce_(0, inverse, torch.arange(rows, device=inverse.device), reduce="amin")
     return first, inverse
 
 

@@ -18,7 +18,8 @@ class LabelContrastiveLoss(InfoNCELoss):
 
     Paper: Piccolo2 (arXiv 2405.06932), "label-contrastive" loss for classification/clustering.
 
-    Inputs: columns ``text, label_text, other_label_1 … other_label_k``; labels ignored.
+    Inputs: columns ``text, label_text, other_label_1 … other_label_k``; labels: None or the
+    collator's dict (a row with fewer other labels than k has its empty slots masked).
     Defaults (Piccolo2's public code): temperature 0.05, weight 0.2, up to 10 negative labels
     (the number of negatives is set by the dataset's ``num_negatives``).
 
