@@ -252,13 +252,33 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
 def _resume_checkpoint(recipe: Recipe) -> str | bool | None:
     resume = recipe.training.resume
     if resume is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(recipe.training.output_dir) if os.path.isdir(recipe.training.output_dir) else None
+        last = last_complete_checkpoint(recipe.training.output_dir)
         if last is None:
             logger.info("resume: no checkpoint in %s, starting from scratch", recipe.training.output_dir)
         return last
     return resume or None
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint folder whose trainer state was fully written (the trainer writes it last).
+
+    A run killed while saving leaves a newer folder without (or with a truncated) trainer_state.json;
+    transformers' ``get_last_checkpoint`` would pick it and the resume would fail or load torn state.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(p.name.rsplit("-", 1)[1]), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logger.warning("resume: %s is incomplete (interrupted while saving), skipping it", path)
+            continue
+        return str(path)
+    return None
 
 
 def run_training(recipe: Recipe, recipe_text: str | None = None) -> Path:
