@@ -198,3 +198,87 @@ def test_lora_trains_an_adapter_and_saves_merged_or_as_adapter(tiny_dirs, tmp_pa
     np.testing.assert_allclose(merged.encode(TEXTS), expected, atol=1e-5)
     base = build_model(ModelConfig(backbone=str(backbone), pooling="last")).encode(TEXTS)
     assert not np.allclose(base, expected, atol=1e-3)
+
+
+# --- a sentence-transformers folder as backbone keeps its modules and settings -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def st_folder_with_dense(tiny_bert_dir, tmp_path_factory):
+    """A tiny sentence-transformers folder: Transformer → Pooling(mean, include_prompt=False) → Dense(64→32, Tanh) → Normalize, with prompts."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    torch.manual_seed(3)
+    transformer = Transformer(str(tiny_bert_dir), max_seq_length=64)
+    modules = [transformer, Pooling(64, pooling_mode="mean", include_prompt=False), Dense(64, 32), Normalize()]
+    source = SentenceTransformer(
+        modules=modules,
+        device="cpu",
+        prompts={"query": "query: ", "document": "passage: "},
+        default_prompt_name="query",
+        similarity_fn_name="dot",
+    )
+    out = tmp_path_factory.mktemp("st-dense") / "model"
+    source.save(str(out))
+    return out
+
+
+def test_a_sentence_transformers_backbone_keeps_its_dense_pooling_and_prompts(st_folder_with_dense, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
+
+    from hybridembed.model import build_model
+
+    original = SentenceTransformer(str(st_folder_with_dense), device="cpu")
+    model = build_model(ModelConfig(backbone=str(st_folder_with_dense)), device="cpu")
+    assert [type(m).__name__ for m in model] == [type(m).__name__ for m in original]
+    dense, old_dense = next(m for m in model if isinstance(m, Dense)), next(m for m in original if isinstance(m, Dense))
+    assert (dense.in_features, dense.out_features) == (64, 32)
+    torch.testing.assert_close(dense.linear.weight, old_dense.linear.weight, rtol=0, atol=0)
+    torch.testing.assert_close(dense.linear.bias, old_dense.linear.bias, rtol=0, atol=0)
+    assert type(dense.activation_function) is type(old_dense.activation_function)  # Tanh kept
+    pooling = next(m for m in model if isinstance(m, Pooling))
+    assert pooling.pooling_mode == "mean" and pooling.include_prompt is False
+    assert isinstance(model[-1], Normalize)
+    assert model.prompts["query"] == "query: " and model.prompts["document"] == "passage: "
+    assert model.default_prompt_name == "query" and model.similarity_fn_name == "dot"
+    assert model.get_embedding_dimension() == 32
+    for kwargs in ({}, {"prompt_name": "document"}, {"prompt": ""}):
+        np.testing.assert_allclose(model.encode(TEXTS, **kwargs), original.encode(TEXTS, **kwargs), atol=1e-6)
+    model.save(str(tmp_path / "saved"))  # and the saved folder carries them on
+    reloaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    assert reloaded.prompts == model.prompts and reloaded.default_prompt_name == "query" and reloaded.similarity_fn_name == "dot"
+    assert next(m for m in reloaded if isinstance(m, Pooling)).include_prompt is False
+    np.testing.assert_allclose(reloaded.encode(TEXTS), original.encode(TEXTS), atol=1e-6)
+
+
+def test_a_sentence_transformers_backbone_follows_the_recipe_where_it_says_otherwise(st_folder_with_dense):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
+
+    from hybridembed.model import build_model
+
+    original = SentenceTransformer(str(st_folder_with_dense), device="cpu")
+    old_dense = next(m for m in original if isinstance(m, Dense))
+    # projection_dim equal to the backbone's Dense (hidden → 32): that Dense is the projection and carries on training
+    same = build_model(ModelConfig(backbone=str(st_folder_with_dense), projection_dim=32), device="cpu")
+    denses = [m for m in same if isinstance(m, Dense)]
+    assert len(denses) == 1
+    torch.testing.assert_close(denses[0].linear.weight, old_dense.linear.weight, rtol=0, atol=0)
+    np.testing.assert_allclose(same.encode(TEXTS), original.encode(TEXTS), atol=1e-6)
+    # another projection_dim: a new Identity projection hidden → dim replaces the backbone's Dense
+    wider = build_model(ModelConfig(backbone=str(st_folder_with_dense), projection_dim=96, prompts={"query": "q: "}), device="cpu")
+    denses = [m for m in wider if isinstance(m, Dense)]
+    assert len(denses) == 1 and (denses[0].in_features, denses[0].out_features) == (64, 96)
+    assert isinstance(denses[0].activation_function, torch.nn.Identity)
+    assert wider.get_embedding_dimension() == 96
+    assert next(m for m in wider if isinstance(m, Pooling)).include_prompt is False  # everything else is kept
+    assert wider.prompts == {"query": "q: ", "document": "passage: "}  # the recipe's prompts win
+    assert wider.default_prompt_name == "query" and wider.similarity_fn_name == "dot"
+    # pooling and normalize from the recipe
+    cls = build_model(ModelConfig(backbone=str(st_folder_with_dense), pooling="cls", normalize=False), device="cpu")
+    pooling = next(m for m in cls if isinstance(m, Pooling))
+    assert pooling.pooling_mode == "cls" and pooling.include_prompt is False
+    assert not any(isinstance(m, Normalize) for m in cls)
+    assert any(isinstance(m, Dense) for m in cls)

@@ -1,8 +1,9 @@
 """Build, load and save the embedding model (a plain sentence-transformers pipeline) and truncate embeddings.
 
 What this adds over sentence-transformers: one function that turns a recipe's `model:` section
-into Transformer → Pooling → (Dense projection, Identity activation) → (Normalize) whether the
-backbone is a raw Hugging Face checkpoint or an existing sentence-transformers folder, and a
+into Transformer → Pooling → (Dense projection, Identity activation) → (Normalize) from a raw
+Hugging Face checkpoint, or carries on from an existing sentence-transformers folder with its own
+modules and settings where the recipe does not change them (docs/backbones.md), and a
 `hybridembed.json` beside the weights recording the trained Matryoshka dims. Decoder LLMs (last-token
 pooling, EOS), position-table extension and LoRA come from hybridembed.backbones, .positions, .lora.
 """
@@ -50,7 +51,16 @@ def _is_sentence_transformers_folder(path: str) -> bool:
 
 
 def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransformer:
-    """Assemble the training model described by a recipe's `model:` section."""
+    """Assemble the training model described by a recipe's `model:` section.
+
+    A raw checkpoint becomes Transformer → Pooling → (projection) → (Normalize). A
+    sentence-transformers folder keeps its own modules and settings — Pooling (with
+    `include_prompt`), Dense layers, Normalize and any other module, its prompts, default prompt
+    and similarity function — except where the recipe says otherwise: `pooling` changes the pooling
+    mode only, `projection_dim` makes one Dense (pooled → projection_dim) the projection (the
+    folder's own Dense when it has exactly one of that shape, else a new one replacing its Dense
+    layers), `normalize: false` drops its Normalize, and prompts/prefixes set in the recipe win.
+    """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
@@ -58,32 +68,50 @@ def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransfor
     model_kwargs: dict[str, Any] = {}
     if cfg.attn_implementation:
         model_kwargs["attn_implementation"] = cfg.attn_implementation
-    old_dense = None
+    settings: dict[str, Any] = {}
+    prompts: dict[str, str] = {}
     if _is_sentence_transformers_folder(backbone):
         source = SentenceTransformer(backbone, device="cpu", model_kwargs=model_kwargs or None)
-        transformer = source[0]
-        old_pooling = next((m for m in source if isinstance(m, Pooling)), None)
-        old_dense = next((m for m in source if isinstance(m, Dense)), None)
-        pooling_mode = POOLING_MODES[cfg.pooling] if cfg.pooling else (old_pooling.pooling_mode if old_pooling else "mean")
+        transformer, rest = source[0], list(source)[1:]
+        prompts.update(source.prompts or {})
+        settings["default_prompt_name"] = source.default_prompt_name
+        settings["similarity_fn_name"] = getattr(source, "_similarity_fn_name", None)
     else:
-        transformer = Transformer(backbone, model_kwargs=model_kwargs or None)
-        pooling_mode = POOLING_MODES[cfg.pooling or "mean"]
+        transformer, rest = Transformer(backbone, model_kwargs=model_kwargs or None), []
     if cfg.max_seq_length:
         fit_max_seq_length(transformer, cfg.max_seq_length, cfg.extend_positions, cfg.hierarchical_alpha)
     _freeze_unused_pooler(transformer)
-    if pooling_mode == "lasttoken":
-        prepare_decoder(transformer)
     hidden = transformer.get_embedding_dimension()
-    modules: list[nn.Module] = [transformer, Pooling(hidden, pooling_mode=pooling_mode)]
+    old_pooling = next((m for m in rest if isinstance(m, Pooling)), None)
+    if old_pooling is None:
+        pooling: nn.Module = Pooling(hidden, pooling_mode=POOLING_MODES[cfg.pooling or "mean"])
+        rest.insert(0, pooling)
+    elif cfg.pooling and POOLING_MODES[cfg.pooling] != old_pooling.pooling_mode:
+        pooling = Pooling(hidden, pooling_mode=POOLING_MODES[cfg.pooling], include_prompt=old_pooling.include_prompt)
+        rest[rest.index(old_pooling)] = pooling
+    else:
+        pooling = old_pooling
+    modes = (pooling.pooling_mode,) if isinstance(pooling.pooling_mode, str) else tuple(pooling.pooling_mode)
+    if "lasttoken" in modes:
+        prepare_decoder(transformer)
     if cfg.projection_dim:
+        pooled = pooling.get_embedding_dimension()
+        denses = [m for m in rest if isinstance(m, Dense)]
         # A projection trained by an earlier stage (or run) of the same shape carries on training.
-        same_shape = old_dense is not None and (old_dense.in_features, old_dense.out_features) == (hidden, cfg.projection_dim)
-        modules.append(old_dense if same_shape else _identity_dense(hidden, cfg.projection_dim, seed=cfg.projection_seed))
+        keep = len(denses) == 1 and (denses[0].in_features, denses[0].out_features) == (pooled, cfg.projection_dim)
+        projection = denses[0] if keep else _identity_dense(pooled, cfg.projection_dim, seed=cfg.projection_seed)
+        where = rest.index(denses[0]) if denses else rest.index(pooling) + 1
+        rest = [m for m in rest if not isinstance(m, Dense)]
+        rest.insert(min(where, len(rest)), projection)
+    rest = [m for m in rest if not isinstance(m, Normalize)]
     if cfg.normalize:
-        modules.append(Normalize())
-    prompts = {k: v for k, v in (("query", cfg.query_prefix), ("document", cfg.passage_prefix)) if v}
+        rest.append(Normalize())
+    prompts.update({k: v for k, v in (("query", cfg.query_prefix), ("document", cfg.passage_prefix)) if v})
     prompts.update(cfg.prompts)
-    model = SentenceTransformer(modules=modules, device=device, prompts=prompts or None)
+    if settings.get("default_prompt_name") not in prompts:
+        settings.pop("default_prompt_name", None)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    model = SentenceTransformer(modules=[transformer, *rest], device=device, prompts=prompts or None, **settings)
     if cfg.lora is not None:
         add_lora(model, cfg.lora)
     return model

@@ -14,9 +14,20 @@ class _Strict(BaseModel):
 class DynamicMiningConfig(_Strict):
     """Every `every_steps` steps, re-score the active negatives of the upcoming batches and swap the ones that became easy."""
 
-    every_steps: int = Field(100, gt=0, description="re-score the active negatives of the next N steps every N steps")
-    ratio: float = Field(1.15, gt=0, description="a negative is easy when its current score × ratio < its score at activation")
-    max_score: float = Field(0.8, description="a replacement must score (cosine) below this: higher ones may be false negatives")
+    every_steps: int = Field(
+        100, gt=0, description="re-score the active negatives of the next N steps every N steps (before the first of their batches is collated)"
+    )
+    ratio: float = Field(
+        1.15,
+        gt=0,
+        description="a negative is easy when its current score < initial − (1 − 1/ratio)·|initial| "
+        "(Conan's score × ratio < initial for initial ≥ 0, and monotone for negative scores)",
+    )
+    max_score: float = Field(
+        0.8,
+        description="no negative becomes active at or above this cosine (replacements and initial negatives; "
+        "higher ones may be false negatives), and none at or above it is judged easy",
+    )
     pool_size: int = Field(50, ge=1, description="candidates per query: the row's first `pool_size` negatives")
     init: Literal["start", "lazy"] = Field(
         "start",

@@ -5,17 +5,23 @@ negatives — e.g. from `hybridembed mine`, hardest first) and **active negative
 of the pool, k = the dataset's `num_negatives`) with the score each had when it was activated.
 The collator draws the row's negatives from the active ones (`DatasetView.active_negatives`).
 
-Every `every_steps` optimizer steps the miner computes, from the sampler's deterministic
-(seed, epoch) schedule, the rows this process will train in the next `every_steps` steps, and
-scores their active negatives with the current model (eval mode, no grad, batched; the training
-mode is restored). Conan's rule: a negative whose score × `ratio` fell below its score at
-activation has become easy, and is replaced by the hardest *unused* candidate of the pool that
-scores below `max_score` (higher ones may be unlabelled positives).
+Every `every_steps` optimizer steps an event scores, with the current model (eval mode, no grad,
+batched; the training mode is restored), the active negatives of the rows this process will
+train in the batches of the coming `every_steps` steps (the sampler's schedule is a function of
+(seed, epoch), so they are known in advance). The event runs *before the first of those batches
+is collated*: the training loader may already hold one collated batch (accelerate's loader looks
+one batch ahead), so with such a loader the event runs one step early (`DynamicMiner.lead`), and
+each event covers exactly the batches collated between it and the next event.
 
-Refinements (documented in docs/mining.md): a replacement must also score *higher* than the
-easy negative it replaces (otherwise the swap would make the row easier, and the easy one
-stays); a retired negative never comes back; initial scores are taken with the starting model
-for every row of the first epoch (`init: start`) or at a row's first check (`init: lazy`).
+A negative is easy when its current score fell below `easy_threshold(initial, ratio)` =
+initial − (1 − 1/ratio)·|initial| — Conan's "score × ratio < initial" for initial ≥ 0, and
+monotone (an unchanged or harder negative is never easy) for negative scores too — and is below
+`max_score`. It is replaced by the hardest *unused* candidate of the pool that scores below
+`max_score` (higher ones may be unlabelled positives) and higher than the easy negative (else the
+easy one stays). `max_score` bounds every negative when it becomes active: an initial negative
+scoring at or above it when its activation score is taken is swapped the same way. A retired
+negative never comes back; initial scores are taken with the starting model for every row of the
+first epoch (`init: start`) or at a row's first check (`init: lazy`).
 
 Each event is logged through the trainer (`mining/checked`, `mining/replaced`, `mining/score_before`,
 `mining/score_after`, …, so TensorBoard gets it). The state (active indices, activation scores,
@@ -69,15 +75,44 @@ class MiningEvent:
     easy: int = 0
     replaced: int = 0
     exhausted: int = 0  # easy negatives left in place: no unused candidate below max_score scored higher
+    guarded: int = 0  # negatives scoring >= max_score when they got their activation score (likely false negatives)
+    guard_replaced: int = 0  # ... of which swapped for the hardest unused candidate below max_score
     sum_before: float = 0.0  # over the checked negatives, their current scores ...
     sum_after: float = 0.0  # ... and the scores of whatever occupies their slots after the event
 
     def logs(self) -> dict[str, float]:
-        out = {f"mining/{k}": float(getattr(self, k)) for k in ("rows", "initialized", "checked", "easy", "replaced", "exhausted")}
+        keys = ("rows", "initialized", "checked", "easy", "replaced", "exhausted", "guarded", "guard_replaced")
+        out = {f"mining/{k}": float(getattr(self, k)) for k in keys}
         if self.checked:
             out["mining/score_before"] = round(self.sum_before / self.checked, 5)
             out["mining/score_after"] = round(self.sum_after / self.checked, 5)
         return out
+
+
+def easy_threshold(initial: np.ndarray | float, ratio: float) -> np.ndarray:
+    """The score below which a negative activated at `initial` counts as easy: initial − (1 − 1/ratio)·|initial|.
+
+    For initial ≥ 0 this is initial / ratio, i.e. Conan's "score × ratio < initial"; unlike the
+    literal rule it stays below `initial` for negative cosines (the literal rule calls an unchanged
+    −0.2 easy, since −0.2 × 1.15 = −0.23 < −0.2), so an unchanged or harder negative is never easy.
+    """
+    initial = np.asarray(initial, dtype=np.float64)
+    return initial - (1.0 - 1.0 / ratio) * np.abs(initial)
+
+
+def is_easy(score: np.ndarray | float, initial: np.ndarray | float, ratio: float, max_score: float) -> np.ndarray:
+    """Conan's rule, sign-safe: the score fell below `easy_threshold(initial, ratio)` and is below `max_score`."""
+    score = np.asarray(score, dtype=np.float64)
+    return (score < easy_threshold(initial, ratio)) & (score < max_score)
+
+
+def prefetched_batches(loader: Any) -> int:
+    """How many batches `loader` collates beyond the one it hands out: accelerate's loaders look one batch ahead, torch's (no workers) none."""
+    try:
+        from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+    except ImportError:  # pragma: no cover - accelerate is a dependency of the trainer
+        return 0
+    return 1 if isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)) else 0
 
 
 class _Table:
@@ -129,6 +164,10 @@ class DynamicMiner:
         self.plan_names = [plan.name for plan in sampler.plans]
         self.events = 0
         self.history: list[MiningEvent] = []  # this run's events, for callers and tests
+        self.windows: list[tuple[int, int, int]] = []  # (step it ran after, first batch, end batch) of each event
+        # Batches the training loader has collated beyond the trained ones when a step ends (set from
+        # the loader at train begin): events run `lead` steps early so that none of their batches is collated yet.
+        self.lead = 0
         self._epoch_cache: dict[int, list[list[int]]] = {}
 
     # --- hooks -------------------------------------------------------------------------------
@@ -145,23 +184,74 @@ class DynamicMiner:
             self._epoch_cache[epoch] = list(iter(replay))
         return self._epoch_cache[epoch]
 
-    def upcoming_rows(self, global_step: int, steps: int) -> dict[str, list[int]]:
-        """Row ids, per mined dataset, of the batches this process trains in optimizer steps global_step+1 … global_step+steps."""
-        batches_per_epoch = len(self.sampler)
-        steps_per_epoch = max(1, -(-batches_per_epoch // self.accumulation))
+    # Batches are numbered by their position in this process's stream over the whole run: epoch e's
+    # batch i is at e·B + i (B = len(sampler) batches per epoch); optimizer step t (1-based) of an
+    # epoch trains its `accumulation` batches (the last step of an epoch fewer).
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, -(-len(self.sampler) // self.accumulation))
+
+    def consumed_batches(self, step: int) -> int:
+        """Stream position after the batches of optimizer steps 1 … step."""
+        if step <= 0:
+            return 0
+        per_epoch = len(self.sampler)
+        epoch, within = divmod(step - 1, self.steps_per_epoch)
+        return epoch * per_epoch + min((within + 1) * self.accumulation, per_epoch)
+
+    def collated_batches(self, step: int) -> int:
+        """Stream position of the first batch not yet collated when step `step` ends.
+
+        The trainer fetches a step's micro-batches when the step starts; a loader that looks `lead`
+        batches ahead has collated that many more, within the epoch (a new epoch's iterator starts
+        only after the last step of the previous one ends).
+        """
+        done, per_epoch = self.consumed_batches(step), len(self.sampler)
+        if self.lead and step > 0 and done % per_epoch:
+            done = min(done + self.lead, (done // per_epoch + 1) * per_epoch)
+        return done
+
+    def is_event_step(self, step: int, max_steps: int | None = None) -> bool:
+        """Whether an event runs when optimizer step `step` ends: the event of nominal step N = k·every_steps runs after step N − lead."""
+        nominal = step + self.lead
+        return step >= 1 and nominal % self.config.every_steps == 0 and not (max_steps and nominal >= max_steps)
+
+    def event_window(self, step: int, max_steps: int | None = None) -> tuple[int, int]:
+        """Stream positions [first, end) of the batches the event run after `step` covers.
+
+        Those collated between it and the next event — or, for the last event, to the end of training.
+        """
+        first = self.collated_batches(step)
+        following = step + self.config.every_steps
+        end = self.collated_batches(following)
+        if max_steps and not self.is_event_step(following, max_steps):
+            end = self.consumed_batches(max_steps)
+        return first, max(first, end)
+
+    def rows_of_batches(self, first: int, end: int) -> dict[str, list[int]]:
+        """Row ids, per mined dataset, of the batches at stream positions first … end − 1."""
+        per_epoch = len(self.sampler)
         rows: dict[str, set[int]] = defaultdict(set)
-        for step in range(global_step, global_step + steps):
-            epoch, within = divmod(step, steps_per_epoch)
-            for batch in self._epoch_batches(epoch)[within * self.accumulation : (within + 1) * self.accumulation]:
-                for index in batch:
-                    d = bisect.bisect_right(self.sampler.offsets, index) - 1
-                    name = self.plan_names[d]
-                    if name in self.tables:
-                        rows[name].add(index - self.sampler.offsets[d])
+        for position in range(first, end):
+            epoch, i = divmod(position, per_epoch)
+            for index in self._epoch_batches(epoch)[i]:
+                d = bisect.bisect_right(self.sampler.offsets, index) - 1
+                name = self.plan_names[d]
+                if name in self.tables:
+                    rows[name].add(index - self.sampler.offsets[d])
         return {name: sorted(ids) for name, ids in rows.items()}
 
+    def upcoming_rows(self, global_step: int, steps: int) -> dict[str, list[int]]:
+        """Row ids, per mined dataset, of the batches this process trains in optimizer steps global_step+1 … global_step+steps."""
+        return self.rows_of_batches(self.consumed_batches(global_step), self.consumed_batches(global_step + steps))
+
+    def window_rows(self, step: int, max_steps: int | None = None) -> dict[str, list[int]]:
+        """Row ids, per mined dataset, of the batches the event run after `step` covers (see `event_window`)."""
+        return self.rows_of_batches(*self.event_window(step, max_steps))
+
     def epoch_rows(self, epoch: int) -> dict[str, list[int]]:
-        return self.upcoming_rows(epoch * max(1, -(-len(self.sampler) // self.accumulation)), -(-len(self.sampler) // self.accumulation))
+        per_epoch = len(self.sampler)
+        return self.rows_of_batches(epoch * per_epoch, (epoch + 1) * per_epoch)
 
     # --- scoring -----------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -222,37 +312,46 @@ class DynamicMiner:
 
     def _refresh_rows(self, name: str, table: _Table, row_ids: list[int], judge: bool, event: MiningEvent) -> None:
         current = self.score(name, [(r, table.active_texts(r)) for r in row_ids])
-        easy_rows: dict[int, list[tuple[int, float]]] = {}  # row → (slot, current score), easiest first
+        ratio, max_score = self.config.ratio, self.config.max_score
+        # row → [(slot, current score, judged)]: first the fresh slots at/above max_score, then the easy ones, easiest first
+        swaps: dict[int, list[tuple[int, float, bool]]] = {}
         for r, scores in zip(row_ids, current):
             slots = np.flatnonzero(table.active[r] >= 0)
             fresh = np.isnan(table.initial[r, slots])
             table.initial[r, slots[fresh]] = scores[fresh]
             event.initialized += int(fresh.sum())
-            if not judge:
-                continue
-            judged = [(int(slot), float(score)) for slot, score in zip(slots[~fresh], scores[~fresh])]
-            easy = sorted(((slot, score) for slot, score in judged if score * self.config.ratio < table.initial[r, slot]), key=lambda x: x[1])
-            event.checked += len(judged)
-            event.sum_before += sum(score for _, score in judged)
-            event.sum_after += sum(score for _, score in judged) - sum(score for _, score in easy)
-            if easy:
-                easy_rows[r] = easy
+            # max_score bounds every negative when it becomes active, the initial ones included
+            guard = [(int(slot), float(score), False) for slot, score in zip(slots[fresh], scores[fresh]) if score >= max_score]
+            event.guarded += len(guard)
+            easy: list[tuple[int, float, bool]] = []
+            if judge:
+                judged_slots, judged_scores = slots[~fresh], scores[~fresh]
+                flags = is_easy(judged_scores, table.initial[r, judged_slots], ratio, max_score)
+                easy = sorted(((int(s), float(v), True) for s, v, f in zip(judged_slots, judged_scores, flags) if f), key=lambda x: x[1])
+                event.checked += len(judged_slots)
+                event.sum_before += float(judged_scores.sum())
+                event.sum_after += float(judged_scores.sum()) - sum(score for _, score, _ in easy)
                 event.easy += len(easy)
-        self._replace(name, table, easy_rows, event)
+            if guard or easy:
+                swaps[r] = guard + easy
+        self._replace(name, table, swaps, event)
 
-    def _replace(self, name: str, table: _Table, easy_rows: dict[int, list[tuple[int, float]]], event: MiningEvent) -> None:
-        """Swap each easy slot for the hardest unused candidate below max_score that beats the slot's current score."""
-        unused = {r: [j for j in range(len(table.pools[r])) if not table.used[r, j]] for r in easy_rows}
-        candidate_scores = self.score(name, [(r, [table.pools[r][j] for j in unused[r]]) for r in easy_rows])
-        for (r, easy), scores in zip(easy_rows.items(), candidate_scores):
+    def _replace(self, name: str, table: _Table, swaps: dict[int, list[tuple[int, float, bool]]], event: MiningEvent) -> None:
+        """Swap each slot for the hardest unused candidate below max_score; an easy (judged) slot only for one that beats its current score."""
+        unused = {r: [j for j in range(len(table.pools[r])) if not table.used[r, j]] for r in swaps}
+        candidate_scores = self.score(name, [(r, [table.pools[r][j] for j in unused[r]]) for r in swaps])
+        for (r, slots), scores in zip(swaps.items(), candidate_scores):
             ranked = [(s, j) for s, j in sorted(zip(scores.tolist(), unused[r]), reverse=True) if s < self.config.max_score]
-            for slot, before in easy:
-                if ranked and ranked[0][0] > before:
+            for slot, before, judged in slots:
+                if ranked and (ranked[0][0] > before or not judged):
                     score, j = ranked.pop(0)
                     table.active[r, slot], table.initial[r, slot], table.used[r, j] = j, score, True
-                    event.replaced += 1
-                    event.sum_after += score
-                else:
+                    if judged:
+                        event.replaced += 1
+                        event.sum_after += score
+                    else:
+                        event.guard_replaced += 1
+                elif judged:
                     event.exhausted += 1
                     event.sum_after += before
 
@@ -323,6 +422,10 @@ class DynamicMiningCallback(TrainerCallback):
         self.restored_from: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        loader = kwargs.get("train_dataloader")
+        if getattr(loader, "num_workers", 0):
+            raise HybridembedError(_WORKERS_ERROR)
+        self.miner.lead = prefetched_batches(loader)
         if state.global_step > 0:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if self.miner.load(checkpoint):
@@ -331,16 +434,20 @@ class DynamicMiningCallback(TrainerCallback):
                 return
             logger.warning("dynamic mining: no %s in %s; starting from the rows' own negatives", STATE_FILE, checkpoint)
         if self.miner.config.init == "start":
-            steps_per_epoch = max(1, -(-len(self.miner.sampler) // self.miner.accumulation))
-            epoch = state.global_step // steps_per_epoch
+            epoch = state.global_step // self.miner.steps_per_epoch
             event = self.miner.refresh(self.miner.epoch_rows(epoch), step=state.global_step, judge=False)
             logger.info("dynamic mining: activation scores for %d negatives of %d rows", event.initialized, event.rows)
 
     def on_step_end(self, args, state, control, **kwargs):
-        every = self.miner.config.every_steps
-        if state.global_step % every or (state.max_steps and state.global_step >= state.max_steps):
+        # The event of nominal step N (a multiple of every_steps) runs before the batches after it are
+        # collated: after step N when the loader collates nothing ahead, after step N − 1 when it looks
+        # one batch ahead (accelerate). It covers the batches collated between it and the next event.
+        step = state.global_step
+        if not self.miner.is_event_step(step, state.max_steps):
             return
-        event = self.miner.refresh(self.miner.upcoming_rows(state.global_step, every), step=state.global_step)
+        first, end = self.miner.event_window(step, state.max_steps)
+        event = self.miner.refresh(self.miner.rows_of_batches(first, end), step=step)
+        self.miner.windows.append((step, first, end))
         self.miner.events += 1
         self.trainer.log(event.logs())
 
@@ -349,8 +456,16 @@ class DynamicMiningCallback(TrainerCallback):
             self.miner.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
 
+_WORKERS_ERROR = (
+    "mining.dynamic needs training.dataloader_num_workers: 0 — worker processes collate from a copy of the active "
+    "negatives taken when their epoch starts, so the replacements of an event would not reach the batches it scored"
+)
+
+
 def attach_dynamic_mining(trainer: Any, config: DynamicMiningConfig, datasets: Sequence[TaskDataset]) -> DynamicMiner | None:
     """Set the collator's `active_negatives` hooks of the retrieval/reranking datasets and register the callback."""
+    if trainer.args.dataloader_num_workers:
+        raise HybridembedError(_WORKERS_ERROR)
     views = trainer.data_collator.views
     miner = DynamicMiner(trainer.model, config, datasets, views, trainer.task_sampler, trainer.args.gradient_accumulation_steps)
     if not miner.tables:
@@ -363,4 +478,4 @@ def attach_dynamic_mining(trainer: Any, config: DynamicMiningConfig, datasets: S
     return miner
 
 
-__all__ = ["DynamicMiner", "DynamicMiningCallback", "MiningEvent", "attach_dynamic_mining"]
+__all__ = ["DynamicMiner", "DynamicMiningCallback", "MiningEvent", "attach_dynamic_mining", "easy_threshold", "is_easy", "prefetched_batches"]
