@@ -190,8 +190,9 @@ def _training_args(recipe: Recipe, args_class: type = SentenceTransformerTrainin
 def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) -> HybridTrainer:
     """Everything up to the first step: data (validated), model, losses, sampler, trainer."""
     if recipe.mining is not None and recipe.mining.dynamic is not None and recipe.training.dataloader_num_workers:
-        # Workers hold copies of the collator: the miner's replacements would never reach them.
-        raise RecipeError("training.dataloader_num_workers: dynamic mining (mining.dynamic) needs 0 dataloader workers")
+        from hybridembed.mining.dynamic import WORKERS_ERROR
+
+        raise RecipeError(f"training.dataloader_num_workers: {WORKERS_ERROR}")
     datasets = datasets if datasets is not None else load_datasets(recipe.datasets)
     for ds in datasets:
         logger.info("data %s", ds.summary())

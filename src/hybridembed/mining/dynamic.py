@@ -424,7 +424,7 @@ class DynamicMiningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         loader = kwargs.get("train_dataloader")
         if getattr(loader, "num_workers", 0):
-            raise HybridembedError(_WORKERS_ERROR)
+            raise HybridembedError(WORKERS_ERROR)
         self.miner.lead = prefetched_batches(loader)
         if state.global_step > 0:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -456,7 +456,7 @@ class DynamicMiningCallback(TrainerCallback):
             self.miner.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
 
-_WORKERS_ERROR = (
+WORKERS_ERROR = (
     "mining.dynamic needs training.dataloader_num_workers: 0 — worker processes collate from a copy of the active "
     "negatives taken when their epoch starts, so the replacements of an event would not reach the batches it scored"
 )
@@ -464,8 +464,6 @@ _WORKERS_ERROR = (
 
 def attach_dynamic_mining(trainer: Any, config: DynamicMiningConfig, datasets: Sequence[TaskDataset]) -> DynamicMiner | None:
     """Set the collator's `active_negatives` hooks of the retrieval/reranking datasets and register the callback."""
-    if trainer.args.dataloader_num_workers:
-        raise HybridembedError(_WORKERS_ERROR)
     views = trainer.data_collator.views
     miner = DynamicMiner(trainer.model, config, datasets, views, trainer.task_sampler, trainer.args.gradient_accumulation_steps)
     if not miner.tables:
