@@ -156,9 +156,15 @@ def _training_args(recipe: Recipe, args_class: type = SentenceTransformerTrainin
     # Without use_cpu, transformers does not set up multi-process CPU training under torchrun
     # (each process would silently train alone); gloo is the CPU backend.
     on_cpu = not torch.cuda.is_available()
+    multi_cpu = on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if multi_cpu and not torch.distributed.is_initialized() and {"MASTER_ADDR", "MASTER_PORT", "RANK"} <= os.environ.keys():
+        from datetime import timedelta
+
+        # transformers passes ddp_timeout to the process group on GPUs only; on CPUs it would stay at 30 min.
+        torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=t.ddp_timeout))
     kwargs = dict(
         use_cpu=on_cpu,
-        ddp_backend="gloo" if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_backend="gloo" if multi_cpu else None,
         output_dir=t.output_dir,
         per_device_train_batch_size=t.batch_size,
         learning_rate=t.learning_rate,
