@@ -5,12 +5,16 @@ injection through transformers) trains the adapter and saves it as ``adapter_con
 ``adapter_model.safetensors`` that name the base model — the ``save: adapter`` layout, which
 ``SentenceTransformer(path)`` loads back on top of the base. For ``save: merged`` (the default)
 ``merge_adapters`` folds each LoRA layer into its base layer and removes the adapter, so the
-folder is an ordinary model that needs neither peft nor the base checkpoint.
+folder is an ordinary model that needs neither peft nor the base checkpoint. `add_lora` also keeps
+adapters off modules that are not on the embedding path (the BERT pooler, which model.py freezes):
+peft's ``all-linear`` would otherwise give them trainable adapters that never receive a gradient,
+which DDP with ``find_unused_parameters=False`` rejects.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,20 +39,42 @@ def _require_peft():
     return peft
 
 
+def off_embedding_path(hf_model: nn.Module) -> list[str]:
+    """Linear modules of `hf_model` that sentence embeddings never use: any `pooler`, and every one whose weights are all frozen.
+
+    model.py freezes what pooling does not use (the BERT pooler) before LoRA is added, so a frozen
+    linear module is one no gradient reaches; an adapter on it would be a parameter without gradient.
+    """
+    names = []
+    for name, module in hf_model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        params = list(module.parameters())
+        if "pooler" in name.split(".") or (params and not any(p.requires_grad for p in params)):
+            names.append(name)
+    return names
+
+
 def add_lora(model: SentenceTransformer, settings: LoraSettings) -> None:
     """Inject a fresh LoRA adapter into the backbone; only adapter weights (and later modules such as Dense) train."""
     peft = _require_peft()
+    excluded = off_embedding_path(model.transformers_model)
     config = peft.LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=settings.target_modules,
+        # A regex of exact full names (a list would also match any module whose name ends with one).
+        exclude_modules="|".join(f"^{re.escape(n)}$" for n in excluded) if excluded else None,
         bias="none",
     )
     model.add_adapter(config)
     trainable = sum(p.numel() for p in model[0].parameters() if p.requires_grad)
     total = sum(p.numel() for p in model[0].parameters())
-    logger.info("LoRA r=%d on %s: %d of %d backbone parameters train", settings.r, settings.target_modules, trainable, total)
+    logger.info(
+        "LoRA r=%d on %s (not on %s): %d of %d backbone parameters train",
+        settings.r, settings.target_modules, excluded or "-", trainable, total,
+    )  # fmt: skip
 
 
 def merge_adapters(hf_model: nn.Module) -> int:

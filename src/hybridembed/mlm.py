@@ -72,18 +72,16 @@ def load_texts(configs: list[TextsConfig]) -> list[str]:
 
 
 def _mlm_arguments(training: TrainingConfig):
+    """The other stages' TrainingArguments (train._training_args: use_cpu + gloo under CPU torchrun, ddp_timeout, …), as transformers' class.
+
+    DDP keeps looking for unused parameters here (transformers' default) rather than assuming none, as
+    train.py may for its sentence-transformers model: an MLM head is a different module set.
+    """
     from transformers import TrainingArguments
 
-    t = training
-    return TrainingArguments(
-        output_dir=t.output_dir, per_device_train_batch_size=t.batch_size, learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay, warmup_steps=t.warmup_steps if t.warmup_steps is not None else t.warmup_ratio,
-        num_train_epochs=t.epochs, max_steps=t.max_steps or -1, gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_grad_norm=t.max_grad_norm, seed=t.seed, bf16=t.precision == "bf16", fp16=t.precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing, logging_steps=t.logging_steps, logging_first_step=True,
-        report_to=t.report_to or "none", save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit, dataloader_num_workers=t.dataloader_num_workers,
-    )  # fmt: skip
+    from hybridembed.train import _training_args
+
+    return _training_args(training, TrainingArguments, ddp_find_unused_parameters=None, disable_tqdm=None)
 
 
 def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: TrainingConfig, mlm_probability: float, resume: bool) -> Path:

@@ -1,0 +1,39 @@
+"""torchrun worker: train a recipe whose `eval:` suite is made slow on rank 0 (first evaluation sleeps SLOW_EVAL_SECONDS); write each rank's barrier count (run by test_multirank_hazards.py)."""
+
+import json
+import os
+import sys
+import time
+
+import torch.distributed as dist
+
+import hybridembed.evaluation.runner as runner
+from hybridembed.evaluation.callback import SuiteEvalCallback
+from hybridembed.recipe import load_recipe
+from hybridembed.train import prepare_training
+
+real_run_suite = runner.run_suite
+slept = []
+
+
+def slow_run_suite(*args, **kwargs):
+    if not slept:
+        slept.append(float(os.environ["SLOW_EVAL_SECONDS"]))
+        time.sleep(slept[0])
+    return real_run_suite(*args, **kwargs)
+
+
+def main() -> None:
+    recipe_path, out_prefix = sys.argv[1], sys.argv[2]
+    runner.run_suite = slow_run_suite  # callback.evaluate imports it from the module at call time
+    trainer = prepare_training(load_recipe(recipe_path))
+    trainer.train()
+    callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SuiteEvalCallback))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    with open(f"{out_prefix}.rank{rank}.json", "w") as f:
+        json.dump({"waits": callback.waits, "evaluated": [h["step"] for h in callback.history], "slept": slept,
+                   "global_step": trainer.state.global_step, "ddp_timeout": trainer.args.ddp_timeout}, f)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
