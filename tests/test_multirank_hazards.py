@@ -35,7 +35,7 @@ def torchrun(*args: str, timeout: int = 300, **env_extra: str) -> subprocess.Com
 # --- 11a: LoRA all-linear must not target the frozen, unused BERT pooler -----------------------------
 
 
-def test_lora_all_linear_on_bert_leaves_the_pooler_alone_and_every_trainable_parameter_gets_a_gradient(tiny_bert_dir):
+def test_lora_all_linear_on_bert_leaves_the_pooler_alone_and_every_trainable_parameter_gets_a_gradient(tiny_bert_dir, tmp_path):
     pytest.importorskip("peft")
     from hybridembed.model import build_model
     from hybridembed.recipe import ModelConfig
@@ -51,6 +51,14 @@ def test_lora_all_linear_on_bert_leaves_the_pooler_alone_and_every_trainable_par
     features = model.tokenize(TEXTS)
     model(features)["sentence_embedding"].pow(2).sum().backward()
     assert [n for n, p in trainable.items() if p.grad is None] == []
+    # The exclusion is saved with the adapter, and the folder loads back to the same model.
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    model.save(str(tmp_path / "adapter"))
+    with torch.no_grad():
+        expected = model.encode(TEXTS)
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "adapter"), device="cpu").encode(TEXTS), expected, atol=1e-5)
 
 
 # --- 11b: rank 0 evaluates while the other ranks wait at a barrier; training.ddp_timeout -------------
