@@ -59,7 +59,10 @@ def test_sts_equals_scipy_at_every_dim_and_encodes_once(tiny, sts_rows, tmp_path
     assert list(dims) == ["64", "16"] and results["dims"] == ["64", "16"]
     for dim in (64, 16):
         a, b = truncate_embeddings(e1, dim), truncate_embeddings(e2, dim)
-        assert dims[str(dim)]["main_score"] == pytest.approx(spearmanr(gold, _cos(a, b))[0], abs=1e-4)
+        # The evaluator embeds the distinct texts in its own batches; on this random tiny model the
+        # cosines lie within ~1e-3 of each other, so float-level batch effects swap a few ranks
+        # (seen: 2.6e-4 on a loaded CI machine). A wrong metric or dim is off by far more.
+        assert dims[str(dim)]["main_score"] == pytest.approx(spearmanr(gold, _cos(a, b))[0], abs=1e-3)
     distinct = len({r["sentence1"] for r in sts_rows} | {r["sentence2"] for r in sts_rows})
     assert dims["64"]["texts_encoded"] == distinct  # deduplicated
     assert dims["16"]["texts_encoded"] == 0  # the second dim reuses the cache
