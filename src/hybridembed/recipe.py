@@ -122,6 +122,9 @@ class TrainingConfig(Strict):
     max_steps: int | None = Field(None, gt=0)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float = 1.0
+    task_weighting: Literal["step", "loss"] = Field(
+        "step", description="step: clip each step at max_grad_norm × its task weight (weights survive clipping); loss: weight × loss, then clip"
+    )
     seed: int = 42
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False

@@ -31,6 +31,7 @@ from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
 from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.sampling import DatasetPlan, KeyedBatches, KeyedRows, TaskBatchSampler
+from hybridembed.task_weighting import WeightedClipping, loss_weight
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class HybridTrainer(SentenceTransformerTrainer):
         task_sampler: TaskBatchSampler,
         dataset_tasks: dict[str, TaskType],
         gather_groups: GatherGroups | None = None,
+        weighted_clipping: WeightedClipping | None = None,
         **kwargs: Any,
     ) -> None:
         self.task_sampler = task_sampler
@@ -73,8 +75,12 @@ class HybridTrainer(SentenceTransformerTrainer):
         self._task_loss_count: dict[str, int] = defaultdict(int)
         self.task_batches: dict[str, int] = defaultdict(int)  # batches trained per task type by this rank
         self.step_tasks: list[str] = []  # this rank's task type at every training step (cheap; for logs and tests)
+        self.weighted_clipping = weighted_clipping
         kwargs.setdefault("callbacks", []).append(_SamplerEpochCallback(task_sampler))
+        if weighted_clipping is not None:
+            kwargs["callbacks"].append(weighted_clipping)
         super().__init__(*args, **kwargs)
+        self.dataset_weights = {name: loss_weight(fn) for name, fn in self.loss.items()} if isinstance(self.loss, dict) else {}
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(
@@ -94,6 +100,7 @@ class HybridTrainer(SentenceTransformerTrainer):
         name = inputs["dataset_name"]
         task = self.dataset_tasks[name]
         group, scale = None, 1.0
+        datasets_of_ranks = [self.dataset_index[name]]
         if is_distributed():
             datasets_of_ranks = all_gather_ints(self.dataset_index[name])
             sharing = frozenset(r for r, d in enumerate(datasets_of_ranks) if d == self.dataset_index[name])
@@ -107,6 +114,9 @@ class HybridTrainer(SentenceTransformerTrainer):
             self._task_loss_count[task.value] += 1
             self.task_batches[task.value] += 1
             self.step_tasks.append(task.value)
+            if self.weighted_clipping is not None:
+                names = list(self.dataset_tasks)
+                self.weighted_clipping.add(sum(self.dataset_weights.get(names[d], 1.0) for d in set(datasets_of_ranks)))
         if scale != 1.0:
             loss = loss * scale
             result = (loss, result[1]) if return_outputs else loss
@@ -220,7 +230,11 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
             cache_minibatch_size=recipe.training.cache_minibatch_size,
             forward_chunk_rows=recipe.training.forward_chunk_rows,
         )
-    args = _training_args(recipe)
+    weighted_clipping = None
+    if recipe.training.task_weighting == "step" and recipe.training.max_grad_norm > 0 and not recipe.deepspeed:
+        # Clip before weighting (hybridembed.task_weighting): the trainer's own clipping is off.
+        weighted_clipping = WeightedClipping(recipe.training.max_grad_norm)
+    args = _training_args(recipe, **({"max_grad_norm": 0.0} if weighted_clipping else {}))
     sampler = TaskBatchSampler(
         _batch_plans(recipe, datasets),
         recipe.sampling.mixing,
@@ -244,6 +258,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         task_sampler=sampler,
         dataset_tasks={ds.name: ds.task for ds in datasets},
         gather_groups=gather_groups,
+        weighted_clipping=weighted_clipping,
     )
     if recipe.eval is not None:
         recipe.eval.build_callback(trainer)
