@@ -328,6 +328,7 @@ def arm_recipe(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dic
     recipe = {
         "model": model,
         "datasets": datasets,
+        "loss_preset": "piccolo2",  # the paper's ablation: Piccolo2's task weights (CoSENT 0.04, label-contrastive 0.2)
         "sampling": {"mixing": "round_robin"},
         "training": {
             "output_dir": str(out_dir),

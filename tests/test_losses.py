@@ -55,7 +55,7 @@ def test_label_contrastive_ignores_other_rows():
     q = _leaf(_unit([1, 0], [0, 1]))
     pos, neg = _leaf(_unit([1, 0.2], [0.3, 1])), _leaf(_unit([0.9, 0.4], [0.5, 1]))
     tau, weight = 0.05, 0.2
-    loss_fn = LabelContrastiveLoss(None)
+    loss_fn = LabelContrastiveLoss(None, weight=weight)
     loss = loss_fn.loss_from_embeddings(q, pos, [neg])
     expected = 0.0
     for i in range(2):
@@ -124,10 +124,16 @@ def test_routing_rejects_a_loss_for_the_wrong_row_shape():
         build_loss(None, TaskType.STS, LossConfig(name=LossName.COSENT, bidirectional=True))
 
 
-def test_default_weights_and_temperatures_follow_piccolo2():
+def test_default_temperatures_follow_piccolo2_and_weights_are_equal():
     assert (InfoNCELoss(None).temperature, InfoNCELoss(None).weight) == (0.01, 1.0)
-    assert (CoSENTLoss(_Identity()).temperature, CoSENTLoss(_Identity()).weight) == (0.05, 0.04)
-    assert (LabelContrastiveLoss(None).temperature, LabelContrastiveLoss(None).weight) == (0.05, 0.2)
+    assert (CoSENTLoss(_Identity()).temperature, CoSENTLoss(_Identity()).weight) == (0.05, 1.0)
+    assert (LabelContrastiveLoss(None).temperature, LabelContrastiveLoss(None).weight) == (0.05, 1.0)
+    # Piccolo2's weights are the piccolo2 preset of the router.
+    from hybridembed.losses import LOSS_WEIGHT_PRESETS
+
+    assert LOSS_WEIGHT_PRESETS["piccolo2"] == {LossName.COSENT: 0.04, LossName.LABEL_CONTRASTIVE: 0.2}
+    preset = build_loss(_Identity(), TaskType.STS, LossConfig(name=LossName.COSENT), preset="piccolo2")
+    assert preset.weight == 0.04 and build_loss(_Identity(), TaskType.STS, LossConfig(name=LossName.COSENT, weight=0.5), preset="piccolo2").weight == 0.5
 
 
 @pytest.mark.parametrize(

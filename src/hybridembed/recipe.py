@@ -243,6 +243,9 @@ class Recipe(Strict):
     datasets: list[DatasetConfig] = Field(default_factory=list)
     stages: list[StageConfig] | None = Field(None, description="multi-stage run (docs/stages.md); without it, one multitask run")
     losses: dict[TaskType, LossConfig] = Field(default_factory=dict, description="per task type loss override")
+    loss_preset: Literal["hybridembed", "piccolo2"] = Field(
+        "hybridembed", description="task weights of losses that set none: equal (hybridembed) or Piccolo2's (CoSENT 0.04, label-contrastive 0.2)"
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     deepspeed: str | dict[str, Any] | None = Field(

@@ -229,6 +229,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
             where=f"datasets[{ds.name}].loss",
             cache_minibatch_size=recipe.training.cache_minibatch_size,
             forward_chunk_rows=recipe.training.forward_chunk_rows,
+            preset=recipe.loss_preset,
         )
     weighted_clipping = None
     if recipe.training.task_weighting == "step" and recipe.training.max_grad_norm > 0 and not recipe.deepspeed:

@@ -38,6 +38,15 @@ DEFAULT_LOSS_FOR_TASK: dict[TaskType, LossName] = {
 }
 
 
+# Task weights when a recipe gives none. Since a weight now scales its task's (clipped) steps
+# (hybridembed.task_weighting), hybridembed defaults to equal weights; Piccolo2's public-code
+# weights stay available as `loss_preset: piccolo2`. Why: docs/losses.md ("Task weights").
+LOSS_WEIGHT_PRESETS: dict[str, dict[LossName, float]] = {
+    "hybridembed": {},  # every loss at weight 1.0
+    "piccolo2": {LossName.COSENT: 0.04, LossName.LABEL_CONTRASTIVE: 0.2},
+}
+
+
 def resolve_loss_config(task: TaskType, per_task: dict[TaskType, LossConfig], per_dataset: LossConfig | None) -> LossConfig:
     """Dataset setting beats the recipe's per-task setting, which beats the default routing."""
     return per_dataset or per_task.get(task) or LossConfig(name=DEFAULT_LOSS_FOR_TASK[task])
@@ -52,6 +61,7 @@ def build_loss(
     where: str = "losses",
     cache_minibatch_size: int | None = None,
     forward_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    preset: str = "hybridembed",
 ) -> nn.Module:
     """Instantiate the configured loss for `task`: optionally gradient-cached, then wrapped in MatryoshkaLoss if dims are given."""
     loss_class = LOSS_CLASSES[config.name]
@@ -65,6 +75,7 @@ def build_loss(
         if key not in accepted:
             raise RecipeError(f"{where}: loss {config.name} has no parameter {key!r}")
         kwargs[key] = value
+    kwargs.setdefault("weight", LOSS_WEIGHT_PRESETS[preset].get(config.name, 1.0))
     loss = loss_class(model, chunk_rows=forward_chunk_rows, **kwargs)
     if cache_minibatch_size:
         loss = CachedLoss(loss, mini_batch_size=cache_minibatch_size)
@@ -89,6 +100,7 @@ __all__ = [
     "DEFAULT_LOSS_FOR_TASK",
     "InfoNCELoss",
     "LOSS_CLASSES",
+    "LOSS_WEIGHT_PRESETS",
     "LabelContrastiveLoss",
     "PearsonLoss",
     "build_loss",

@@ -1,4 +1,4 @@
-"""CoSENT ranking loss for STS and pair classification, parametrised by temperature and weight (Piccolo2's defaults)."""
+"""CoSENT ranking loss for STS and pair classification, parametrised by temperature and task weight."""
 
 from __future__ import annotations
 
@@ -22,18 +22,19 @@ class CoSENTLoss(_STCoSENTLoss):
     Papers: CoSENT (Su, 2022; Huang et al., IEEE TASLP 2024); weights from Piccolo2 (arXiv 2405.06932).
 
     Inputs: columns ``text1, text2`` and a float score label per pair (any scale: only the order
-    matters; 0/1 labels for pair classification). Defaults: temperature 0.05, weight 0.04.
+    matters; 0/1 labels for pair classification). Defaults: temperature 0.05 (Piccolo2), weight 1.0
+    (Piccolo2's 0.04 is the `piccolo2` loss preset, see ``LOSS_WEIGHT_PRESETS``).
 
     Example::
 
-        loss = CoSENTLoss(model)  # τ = 0.05, weight = 0.04
+        loss = CoSENTLoss(model)  # τ = 0.05, weight = 1.0
         value = loss([text1_features, text2_features], scores)
     """
 
     accepts = RowShape.SCORED_PAIR
 
     def __init__(
-        self, model: nn.Module, temperature: float = 0.05, weight: float = 0.04, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
+        self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
     ) -> None:
         super().__init__(model, scale=1.0 / temperature)
         self.temperature = temperature

@@ -20,7 +20,8 @@ class LabelContrastiveLoss(InfoNCELoss):
 
     Inputs: columns ``text, label_text, other_label_1 … other_label_k``; labels: None or the
     collator's dict (a row with fewer other labels than k has its empty slots masked).
-    Defaults (Piccolo2's public code): temperature 0.05, weight 0.2, up to 10 negative labels
+    Defaults: temperature 0.05 (Piccolo2's public code), weight 1.0 (Piccolo2's 0.2 is the `piccolo2`
+    loss preset), up to 10 negative labels
     (the number of negatives is set by the dataset's ``num_negatives``).
 
     Example::
@@ -30,7 +31,7 @@ class LabelContrastiveLoss(InfoNCELoss):
     """
 
     def __init__(
-        self, model: nn.Module, temperature: float = 0.05, weight: float = 0.2, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
+        self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
     ) -> None:
         super().__init__(model, temperature, weight, bidirectional=False, in_batch_negatives=False, chunk_rows=chunk_rows)
 
