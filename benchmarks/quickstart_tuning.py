@@ -7,7 +7,7 @@ paraphrase pairs), MRPC train, and Banking77 train rows not in data/quickstart (
 from one half, scored on the other). Arms are compared there; the **report suite** (STS-B dev,
 MRPC test, Banking77 test, WikiQA dev) is only printed, never used to choose.
 
-    python benchmarks/quickstart_tuning.py --arms base,default,sts-weight-1 --out runs/qs-tuning
+    python benchmarks/quickstart_tuning.py --arms base,main-before,piccolo2-weights,default --out runs/qs-tuning
 
 Each arm is the quickstart recipe plus dotted overrides (see ARMS); results are cached per arm in
 OUT/<arm>/results.json so the script can be resumed across invocations.
@@ -33,9 +33,12 @@ from build_quickstart_data import read_tsv as _read_tsv, write_tsv as _write_tsv
 # arm → recipe overrides (dotted keys). "base" evaluates the untrained backbone.
 ARMS: dict[str, dict] = {
     "base": {},
-    "default": {},
-    "weighting-loss": {"training.task_weighting": "loss"},
-    "piccolo2-weights": {"preset": "piccolo2"},
+    "main-before": {"loss_preset": "piccolo2", "training.task_weighting": "loss"},  # what main trained before: weights erased by clipping
+    "piccolo2-weights": {"loss_preset": "piccolo2"},  # Piccolo2's weights, now acting (clip before weighting)
+    "piccolo2-sts-w1": {"loss_preset": "piccolo2", "losses.sts": {"name": "cosent", "weight": 1.0}},
+    "default": {},  # equal weights, clip before weighting
+    "tau05": {"losses.retrieval": {"name": "infonce", "temperature": 0.05}},
+    "lr6e-5": {"training.learning_rate": 6e-5},
 }
 
 
@@ -103,12 +106,9 @@ def run_arm(arm: str, out: Path, suites: tuple[Path, Path], seed: int) -> dict:
     cached = folder / "results.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    overrides = {k: v for k, v in ARMS[arm].items() if k != "preset"}
+    overrides = dict(ARMS[arm])
     overrides.update({"training.output_dir": str(folder / "model"), "training.seed": seed, "training.report_to": []})
-    recipe_path = RECIPE
-    if "preset" in ARMS[arm]:
-        recipe_path = REPO / "recipes" / f"quickstart-{ARMS[arm]['preset']}.yaml"
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = load_recipe(RECIPE, overrides)
     start = time.time()
     if arm == "base":
         model = load_model(recipe.model.backbone)
