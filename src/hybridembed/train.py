@@ -25,8 +25,8 @@ from transformers import TrainerCallback
 from hybridembed import __version__
 from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.collator import DatasetView, HybridCollator
-from hybridembed.errors import RecipeError
 from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_over, is_distributed
+from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
 from hybridembed.recipe import DistributedStrategy, Recipe
@@ -80,7 +80,8 @@ class HybridTrainer(SentenceTransformerTrainer):
         if weighted_clipping is not None:
             kwargs["callbacks"].append(weighted_clipping)
         super().__init__(*args, **kwargs)
-        self.dataset_weights = {name: loss_weight(fn) for name, fn in self.loss.items()} if isinstance(self.loss, dict) else {}
+        weights = {name: loss_weight(fn) for name, fn in self.loss.items()} if isinstance(self.loss, dict) else {}
+        self.dataset_weights = [weights.get(name, 1.0) for name in dataset_tasks]  # by dataset index
 
     def get_train_dataloader(self) -> DataLoader:
         loader = DataLoader(
@@ -114,9 +115,8 @@ class HybridTrainer(SentenceTransformerTrainer):
             self._task_loss_count[task.value] += 1
             self.task_batches[task.value] += 1
             self.step_tasks.append(task.value)
-            if self.weighted_clipping is not None:
-                names = list(self.dataset_tasks)
-                self.weighted_clipping.add(sum(self.dataset_weights.get(names[d], 1.0) for d in set(datasets_of_ranks)))
+            if self.weighted_clipping is not None:  # the step's bound: the weights of the datasets its ranks train
+                self.weighted_clipping.add(sum(self.dataset_weights[d] for d in set(datasets_of_ranks)))
         if scale != 1.0:
             loss = loss * scale
             result = (loss, result[1]) if return_outputs else loss
