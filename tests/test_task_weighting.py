@@ -64,4 +64,16 @@ def test_the_clip_bound_is_the_sum_of_the_step_weights_averaged_over_micro_batch
     clip.on_pre_optimizer_step(None, None, None, model=model)
     assert clip.last_bound == pytest.approx(2.0 * 0.54)
     assert float(parameter.grad.norm()) == pytest.approx(2.0 * 0.54, rel=1e-5)
-    assert loss_weight(CoSENTLoss(None)) == pytest.approx(0.04)
+    assert loss_weight(CoSENTLoss(None, weight=0.04)) == pytest.approx(0.04)
+
+
+def test_loss_weight_looks_through_matryoshka_and_gradcache(tiny_bert_dir):
+    from hybridembed.losses import build_loss
+    from hybridembed.model import build_model
+    from hybridembed.recipe import LossConfig, LossName, ModelConfig
+    from hybridembed.task_weighting import loss_weight
+    from hybridembed.tasks import TaskType
+
+    model = build_model(ModelConfig(backbone=str(tiny_bert_dir)))
+    wrapped = build_loss(model, TaskType.STS, LossConfig(name=LossName.COSENT), [64, 32], cache_minibatch_size=4, preset="piccolo2")
+    assert loss_weight(wrapped) == pytest.approx(0.04)
