@@ -1,9 +1,9 @@
 """How per-task loss weights act on a step when batches are task-homogeneous and gradients are clipped.
 
 With one task per batch, the stock recipe (weight × loss, then clip the step's gradient to
-``max_grad_norm``) erases the weights: a weighted CoSENT batch whose gradient norm is 12.8 and
-an unweighted one at 320 are both rescaled to norm 1.0, so the weight changes nothing (measured
-on the quickstart: weight 0.04 and 1.0 ended within 5e-6 of each other). hybridembed therefore
+``max_grad_norm``) erases the weights: a weighted and an unweighted batch are both rescaled to
+the same norm, so the weight changes nothing whenever clipping engages (tests/test_task_weighting.py:
+weights 0.04 and 1.0 end within float rounding of each other in that order). hybridembed therefore
 clips *before* weighting: each step's gradient is clipped at ``max_grad_norm × w``, where w is
 the step's task weight — for one task per step exactly ``w × clip(unweighted gradient)``. With
 several tasks in one optimizer step (gradient accumulation over tasks, or CBB's ranks), w is

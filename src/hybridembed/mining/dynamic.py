@@ -422,10 +422,8 @@ class DynamicMiningCallback(TrainerCallback):
         self.restored_from: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        loader = kwargs.get("train_dataloader")
-        if getattr(loader, "num_workers", 0):
-            raise HybridembedError(WORKERS_ERROR)
-        self.miner.lead = prefetched_batches(loader)
+        # (0 dataloader workers: prepare_training rejects workers with dynamic mining, see WORKERS_ERROR)
+        self.miner.lead = prefetched_batches(kwargs.get("train_dataloader"))
         if state.global_step > 0:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if self.miner.load(checkpoint):
