@@ -1,4 +1,4 @@
-"""The reproduction driver's plumbing (data slices, one training arm, evaluation, tables, PNG, JSON) on a tiny random BERT."""
+"""The reproduction driver: its full-size plan (≥ 15,000 rows per training arm, the same rows and steps across compared arms) and its plumbing (data, training, model folders, evaluation, tables, PNG, JSON, cache) on a tiny random BERT."""
 
 from __future__ import annotations
 
@@ -18,26 +18,95 @@ def _driver():
     return module
 
 
-def test_reproduce_one_arm_writes_table_json_png(tmp_path, tiny_bert_dir, shared_data, capsys):
-    reproduce = _driver()
-    if not (reproduce.DATA / "en" / "stsb" / "train.tsv").is_file():
+def _needs_data(reproduce):
+    if not (reproduce.DATA / "zh" / "stsb" / "train.tsv").is_file() or not (reproduce.DATA / "en" / "stsb" / "train.tsv").is_file():
         pytest.skip("needs ../shared/data")
+
+
+def test_full_plan_has_enough_rows_and_matches_compared_arms():
+    reproduce = _driver()
+    plan = reproduce.plan(reproduce.sizes(quick=False), seeds=[0, 1])
+    training = {job: e for job, e in plan.items() if e["kind"] != "base"}
+    assert {e["arm"] for e in training.values()} == {a for a, s in reproduce.ARMS.items() if s["kind"] != "base"}
+    for job, e in training.items():
+        assert e["rows"] == e["steps"] * e["batch"] >= reproduce.MIN_ROWS, job
+        assert e["source_rows_total"] >= reproduce.MIN_ROWS, job
+        assert all(n % e["batch"] == 0 for n in e["source_rows"].values()), job  # full batches
+        other = plan[f"{e['vs']}-s{e['seed']}"] if f"{e['vs']}-s{e['seed']}" in plan else plan[f"{e['vs']}-s0"]
+        for key in ("steps", "batch", "rows", "source_rows", "lr", "mixing", "max_seq_length"):
+            assert e[key] == other[key], (job, key)
+    # the ablation arms run every seed, every other arm the first; Chinese before English
+    assert {j for j in plan if j.endswith("-s1")} == {"zh-infonce-s1", "zh-cosent-s1", "zh-hybrid-s1"}
+    order = list(plan)
+    assert order[0] == "base-zh-s0" and max(order.index(j) for j in order if j.startswith("zh-")) < order.index("base-en-s0")
+    # the estimate for the default full run fits the 150-minute budget at the planning rates
+    assert sum(reproduce.estimate_seconds(e) for e in plan.values()) <= 150 * 60
+
+
+def test_full_slices_are_decontaminated_and_draw_enough_rows(tmp_path, shared_data):
+    """The real slices (no training): every quota is met after decontamination, and replaying the
+    trainer's sampler draws ≥ 15,000 rows for the arms whose duplicate-free batches can come out short."""
+    reproduce = _driver()
+    _needs_data(reproduce)
+    from hybridembed.recipe import Recipe
+
+    sz = reproduce.sizes(quick=False)
+    for lang in ("zh", "en"):
+        data = reproduce.data_mod.prepare(lang, tmp_path / "data", sz["quotas"][lang])
+        assert data["rows"] == sz["quotas"][lang] and data["suite"] == reproduce.data_mod.SUITES[lang]
+        assert sum(data["dropped_for_overlap_with_eval"].values()) > 0
+        eval_texts = reproduce.data_mod.suite_texts(data["suite"])
+        for path in data["files"].values():
+            for row in reproduce.data_mod.read_jsonl(path):
+                assert not eval_texts & {t.strip() for t in reproduce.data_mod.row_texts(row)}
+        for arm in (f"{lang}-infonce", f"{lang}-cosent"):
+            recipe = Recipe.model_validate(reproduce.arms_mod.arm_recipe(arm, 0, "bundled:all-MiniLM-L6-v2", data, sz, tmp_path / arm))
+            assert reproduce.arms_mod.rows_drawn(recipe)["total"] >= reproduce.MIN_ROWS, arm
+
+
+def test_quick_arms_leave_loadable_models_tables_png_json_and_cache(tmp_path, tiny_bert_dir, shared_data, capsys):
+    reproduce = _driver()
+    _needs_data(reproduce)
+    from sentence_transformers import SentenceTransformer
+
     out = tmp_path / "rq"
-    results = reproduce.main(
-        ["--quick", "--out", str(out), "--only", "a-hybrid", "--seeds", "0", "--steps", "2", "--backbone", str(tiny_bert_dir)]
-    )
+    argv = ["--quick", "--only", "zh-infonce,zh-hybrid", "--seeds", "0", "--steps", "2", "--backbone", str(tiny_bert_dir), "--out", str(out), "--threads", "1"]
+    results = reproduce.main(argv)
     printed = capsys.readouterr().out
-    assert "Table A" in printed and "| a-hybrid | 0 |" in printed
-    assert "Table B" in printed
+    assert "Table A-zh" in printed and "| zh-infonce | 0 |" in printed and "| zh-hybrid | 0 |" in printed
+    for arm in ("zh-infonce", "zh-hybrid"):
+        folder = out / "arms" / f"{arm}-s0"
+        model = SentenceTransformer(str(folder / "model"), device="cpu")
+        assert model.encode(["一架飞机正在起飞。"]).shape == (1, 768)  # the 384→768 (here 64→768) projection
+        entry = json.loads((folder / "result.json").read_text())
+        assert entry["train_log"][-1]["step"] == 2 and entry["rows_drawn"]["batches"] == 2
+        assert entry["rows_drawn"]["total"] == 2 * 8 if arm == "zh-hybrid" else 2 <= entry["rows_drawn"]["total"] <= 2 * 8
+        assert set(entry["eval"]["tasks"]) == {t["name"] for t in __import__("yaml").safe_load((REPO / "suites" / "zh-local.yaml").read_text())["tasks"]}
     saved = json.loads((out / "results.json").read_text())
-    assert saved["meta"]["steps"] == 2 and saved["meta"]["seeds"] == [0]
-    entry = saved["arms"]["a-hybrid"][0]
-    assert set(entry["eval"]["tasks"]) >= {"stsb-dev", "banking77-test", "msmarco-trecdl19-subset"}
-    assert entry["train_log"][-1]["step"] == 2
+    meta = saved["meta"]
+    assert meta["sizes"]["steps"] == 2 and meta["seeds"] == [0]
+    assert meta["dropped_for_overlap_with_eval"]["zh"]["sts"] > 0 and "sts (score < 4)" in meta["infonce_conversion_dropped"]["zh"]
+    assert set(meta["arm_seconds"]) == {"zh-infonce-s0", "zh-hybrid-s0"} and meta["machine"] and meta["command"].startswith("python benchmarks/reproduce.py")
+    assert [t["id"] for t in results["tables"]] == ["a_zh_loss_ablation"]
     for table in results["tables"]:
-        png = out / table["png"]
-        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
-    assert (out / "tables.md").read_text().count("## Table") == len(results["tables"]) == 2
-    # a second invocation reuses the cached arm instead of training again
-    reproduce.main(["--quick", "--out", str(out), "--only", "a-hybrid", "--seeds", "0", "--steps", "2", "--backbone", str(tiny_bert_dir)])
-    assert "cached" in capsys.readouterr().out
+        assert (out / table["png"]).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "tables.md").read_text().count("## Table") == 1
+    # a second invocation reuses the cached arms instead of training again
+    reproduce.main(argv)
+    assert capsys.readouterr().out.count("cached:") == 2
+
+
+def test_quick_stock_arm(tmp_path, tiny_bert_dir, shared_data, capsys):
+    reproduce = _driver()
+    _needs_data(reproduce)
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "rq"
+    reproduce.main(["--quick", "--only", "en-stock", "--steps", "2", "--backbone", str(tiny_bert_dir), "--out", str(out), "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert "Table A-en" in printed and "| en-stock | 0 |" in printed
+    folder = out / "arms" / "en-stock-s0"
+    assert SentenceTransformer(str(folder / "model"), device="cpu").encode(["a plane is taking off"]).shape == (1, 768)
+    entry = json.loads((folder / "result.json").read_text())
+    assert entry["kind"] == "stock" and entry["rows_drawn"]["batches"] == 2 and 2 <= entry["rows_drawn"]["total"] <= 2 * 8
+    assert {"stsb-dev", "banking77-test", "msmarco-trecdl19-subset"} <= set(entry["eval"]["tasks"])
