@@ -147,8 +147,9 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
 
     CoSENTLoss for STS and pair classification, MultipleNegativesRankingLoss for the triplets and the
     (text, label text) pairs, each inside MatryoshkaLoss with the same dims and mean weights as ours;
-    ST's proportional multi-dataset sampler with its no-duplicates batch sampler (ours builds
-    duplicate-free batches for in-batch-negative tasks too).
+    ST's proportional multi-dataset sampler; ST's no-duplicates batch sampler for the MNRL datasets
+    and its default one for the CoSENT pairs (ours builds duplicate-free batches only where the loss
+    uses in-batch negatives, too).
     """
     import random
 
@@ -183,7 +184,7 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
         output_dir=str(model_dir), per_device_train_batch_size=t.batch_size, max_steps=t.max_steps, learning_rate=t.learning_rate,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed, report_to="none",
         save_strategy="no", logging_steps=t.logging_steps, logging_first_step=True, use_cpu=not torch.cuda.is_available(),
-        multi_dataset_batch_sampler="proportional", batch_sampler="no_duplicates", disable_tqdm=True,
+        multi_dataset_batch_sampler="proportional", batch_sampler=_stock_batch_sampler, disable_tqdm=True,
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=losses)
     counter = _BatchSizes(trainer.data_collator)
@@ -195,6 +196,16 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
             f.write(json.dumps(entry) + "\n")
     trained = counter.sizes[: trainer.state.global_step]  # the loader collates one batch ahead of the trained ones
     return {"total": sum(trained), "batches": len(trained), "short_batches": sum(1 for n in trained if n < t.batch_size), "dataset_rows": {n: len(d) for n, d in train.items()}}
+
+
+def _stock_batch_sampler(dataset: Any, **kwargs: Any) -> Any:
+    """ST's NoDuplicatesBatchSampler for (anchor, positive, …) datasets, its DefaultBatchSampler for scored pairs."""
+    from sentence_transformers.base.sampler import DefaultBatchSampler, NoDuplicatesBatchSampler
+    from torch.utils.data import RandomSampler
+
+    if "anchor" in dataset.column_names:
+        return NoDuplicatesBatchSampler(dataset, **kwargs)
+    return DefaultBatchSampler(RandomSampler(dataset, generator=kwargs.get("generator")), **kwargs)  # as ST's trainer builds its default
 
 
 class _BatchSizes:

@@ -102,11 +102,11 @@ def test_quick_stock_arm(tmp_path, tiny_bert_dir, shared_data, capsys):
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "rq"
-    reproduce.main(["--quick", "--only", "en-stock", "--steps", "2", "--backbone", str(tiny_bert_dir), "--out", str(out), "--threads", "1"])
+    reproduce.main(["--quick", "--only", "zh-stock", "--steps", "2", "--backbone", str(tiny_bert_dir), "--out", str(out), "--threads", "1"])
     printed = capsys.readouterr().out
-    assert "Table A-en" in printed and "| en-stock | 0 |" in printed
-    folder = out / "arms" / "en-stock-s0"
-    assert SentenceTransformer(str(folder / "model"), device="cpu").encode(["a plane is taking off"]).shape == (1, 768)
+    assert "Table A-zh" in printed and "| zh-stock | 0 |" in printed
+    folder = out / "arms" / "zh-stock-s0"
+    assert SentenceTransformer(str(folder / "model"), device="cpu").encode(["一架飞机正在起飞。"]).shape == (1, 768)
     entry = json.loads((folder / "result.json").read_text())
     assert entry["kind"] == "stock" and entry["rows_drawn"]["batches"] == 2 and 2 <= entry["rows_drawn"]["total"] <= 2 * 8
-    assert {"stsb-dev", "banking77-test", "msmarco-trecdl19-subset"} <= set(entry["eval"]["tasks"])
+    assert {"zh-stsb-dev", "tnews-fewclue", "cmrc2018-retrieval"} <= set(entry["eval"]["tasks"])
