@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce_arms as arms_mod  # noqa: E402
 import reproduce_data as data_mod  # noqa: E402
 import reproduce_tables as tables_mod  # noqa: E402
-from reproduce_arms import ARMS, arm_seeds  # noqa: E402
+from reproduce_arms import ARMS  # noqa: E402
 
 DATA = data_mod.DATA
 ALL_ARMS = list(ARMS)
@@ -78,6 +78,7 @@ def sizes(quick: bool, steps: int | None = None, batch: int | None = None, eval_
         "nli_negatives": 1, "bge_negatives": 3, "cls_negatives": 10,
         "quotas": QUICK_QUOTAS if quick else QUOTAS,
         "mine_corpus": 200 if quick else 6000, "mine_range": [3, 20] if quick else [10, 60], "mine_pool": 5 if quick else 20, "every": 2 if quick else 20,
+        "mine_max_ratio": None if quick else 0.95,  # a random tiny model scores every text alike: no guard in --quick
         "eval_max_samples": eval_max_samples or (24 if quick else None), "eval_max_corpus": 60 if quick else None,
     }  # fmt: skip
     if steps:
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "labels_per_classification_source": {lang: d["cls_labels"] for lang, d in data.items()},
         "rows_drawn": {f"{e['arm']}-s{e['seed']}": (e.get("rows_drawn") or {}).get("total") for es in res.values() for e in es if e["kind"] != "base"},
         "suites": {lang: str(d["suite"]) for lang, d in data.items()},
-        "mining": data["zh"].get("mining") or {},
+        "mining": data["zh"].get("mining") or data_mod.mining_report(work),
         "cut_by_budget": cut,
         "failed": failed,
         "backbone": args.backbone,

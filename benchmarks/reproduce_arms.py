@@ -39,10 +39,6 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 
 
-def arm_seeds(arm: str, seeds: list[int]) -> list[int]:
-    return list(seeds) if ARMS[arm].get("seeds") == "all" else seeds[:1]
-
-
 def backbone_dim(backbone: str) -> int:
     """Hidden size of the backbone (from its config.json; 384 when unreadable) — a tiny test BERT has 64."""
     from hybridembed.model import resolve_backbone
@@ -247,7 +243,7 @@ def plan_key(arm: str, backbone: str, data: dict[str, Any], sz: dict[str, Any]) 
     keys = ("steps", "batch", "lr", "warmup_ratio", "max_seq_length", "eval_max_seq_length", "mixing", "nli_negatives", "bge_negatives", "cls_negatives")
     key = {k: sz[k] for k in keys} | {"backbone": backbone, "rows": data["rows"], "suite": str(data["suite"]), "quick": sz["quick"]}
     if ARMS[arm].get("bge"):
-        key |= {k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "every")}
+        key |= {k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "mine_max_ratio", "every")}
     if ARMS[arm]["kind"] == "base":
         key = {k: key[k] for k in ("backbone", "suite", "eval_max_seq_length", "quick")}
     return json.loads(json.dumps(key))

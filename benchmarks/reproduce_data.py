@@ -244,7 +244,7 @@ def mine_pool(work: Path, backbone: str, data: dict[str, Any], sz: dict[str, Any
     tr = work / "train-zh"
     pool_path, static_path = tr / "bge_mined_pool.jsonl", tr / "bge_mined_static.jsonl"
     report_path = tr / "bge_mined_report.json"
-    key = {"backbone": backbone, "rows": data["rows"], **{k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "bge_negatives", "max_seq_length")}}
+    key = {"backbone": backbone, "rows": data["rows"], **{k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "mine_max_ratio", "bge_negatives", "max_seq_length")}}
     key = json.loads(json.dumps(key))
     previous = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     if not (pool_path.exists() and static_path.exists() and previous.get("key") == key):
@@ -258,7 +258,7 @@ def mine_pool(work: Path, backbone: str, data: dict[str, Any], sz: dict[str, Any
         corpus = positives + seeded(others, max(0, sz["mine_corpus"] - len(positives)), SLICE_SEED)
         model = load_model(backbone)
         model.max_seq_length = sz["max_seq_length"]
-        options = MiningOptions(rank_range=tuple(sz["mine_range"]), num_negatives=sz["mine_pool"], sampling="top", max_ratio=0.95, seed=0)
+        options = MiningOptions(rank_range=tuple(sz["mine_range"]), num_negatives=sz["mine_pool"], sampling="top", max_ratio=sz["mine_max_ratio"], seed=0)
         report = mine_hard_negatives(model, load_queries(data["files"]["bge"]), pool_path, corpus=corpus, options=options, cache_dir=work / "cache", progress=False)
         mined = read_jsonl(pool_path)
         write_jsonl(static_path, [{"query": r["query"], "positives": r["positives"], "negatives": r["negatives"][: sz["bge_negatives"]]} for r in mined])
@@ -271,3 +271,9 @@ def mine_pool(work: Path, backbone: str, data: dict[str, Any], sz: dict[str, Any
         print(f"mined {report.negatives_written} negatives for {report.rows} rows from {report.corpus_size} texts: {'; '.join(report.notes) or 'ok'}", flush=True)
     data["mining"] = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     return {"bge_pool": pool_path, "bge_static": static_path}
+
+
+def mining_report(work: Path) -> dict[str, Any]:
+    """The summary mine_pool wrote (an earlier invocation's, when the mined files are cached); {} before any mining."""
+    path = work / "train-zh" / "bge_mined_report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}

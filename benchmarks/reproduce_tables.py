@@ -69,7 +69,7 @@ def present(res: Results, arms: list[str], keys: list[str]) -> list[str]:
     return [k for k in keys if k in found]
 
 
-def _loss_table(res: Results, lang: str, caption: str) -> dict[str, Any] | None:
+def _loss_table(res: Results, lang: str, meta: dict[str, Any]) -> dict[str, Any] | None:
     arms = [a for a in (f"{lang}-infonce", f"{lang}-cosent", f"{lang}-hybrid", f"{lang}-stock") if res.get(a)]
     if not arms:
         return None
@@ -89,10 +89,14 @@ def _loss_table(res: Results, lang: str, caption: str) -> dict[str, Any] | None:
             rows.append([f"**{arm} mean ± half-range**", _seeds(res, arm), ""] + [fmt(*stats[k]) for k in keys])
         plot[arm] = stats
     names = {"zh": "zh-local", "en": "en-local"}
+    dropped = "; ".join(f"{k}: {v}" for k, v in (meta.get("infonce_conversion_dropped") or {}).get(lang, {}).items())
     return {
         "id": f"a_{lang}_loss_ablation",
         "title": f"Table A-{lang} — Piccolo2 loss ablation ({names[lang]}, main scores × 100 at 768 dims, per task type; avg = mean of the type averages)",
-        "caption": f"infonce: every dataset as InfoNCE pairs/triplets; cosent: + CoSENT on STS and pair classification; hybrid: + label-contrastive on classification (Piccolo2's routing); stock: SentenceTransformerTrainer with CoSENTLoss / MultipleNegativesRankingLoss. rows = rows drawn. {caption}",
+        "caption": "infonce: every dataset as InfoNCE pairs/triplets; cosent: + CoSENT on STS and pair classification; "
+        "hybrid: + label-contrastive on classification (Piccolo2's routing); stock: SentenceTransformerTrainer with "
+        "CoSENTLoss / MultipleNegativesRankingLoss. rows = rows drawn (duplicate-free InfoNCE batches can come out short); "
+        f"the InfoNCE conversion leaves out {dropped} of the sliced rows. {meta['caption'][lang]}",
         "markdown": md(["arm", "seed", "rows", *[TYPE_SHORT[k] for k in keys]], rows),
         "plot": plot,
     }
@@ -101,7 +105,7 @@ def _loss_table(res: Results, lang: str, caption: str) -> dict[str, Any] | None:
 def build_tables(res: Results, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Each table: id, title, caption, markdown, and the numbers its plot draws."""
     common = meta["caption"]
-    tables = [t for t in (_loss_table(res, "zh", common["zh"]), _loss_table(res, "en", common["en"])) if t]
+    tables = [t for t in (_loss_table(res, "zh", meta), _loss_table(res, "en", meta)) if t]
     zh = common["zh"]
     # --- B: Matryoshka
     if res.get("zh-hybrid") and res.get("zh-nomrl"):
@@ -163,12 +167,15 @@ def build_tables(res: Results, meta: dict[str, Any]) -> list[dict[str, Any]]:
             cols = {k: mean_spread([type_scores(e, 768).get(k) for e in res[arm]]) for k in ("retrieval", "sts", "avg")}
             rows.append([label, _seeds(res, arm)] + [fmt(*v) if len(res[arm]) > 1 else fmt(v[0]) for v in cols.values()] + [events])
             plot[label] = cols
-        mining = meta.get("mining") or {}
+        mining, sizes = meta.get("mining") or {}, meta["sizes"]
         tables.append({
             "id": "f_dynamic_mining",
             "title": "Table F — dynamic hard-negative mining on vs off (bge retrieval rows, negatives mined offline by the base model; 768 dims, × 100)",
-            "caption": f"{zh}; pool {meta['sizes']['mine_pool']} candidates per row from ranks {meta['sizes']['mine_range'][0]}–{meta['sizes']['mine_range'][1]} of the base model over a {mining.get('corpus', '?')}-text corpus, "
-            f"{meta['sizes']['bge_negatives']} active negatives per row (static: the pool's first ones, fixed), re-scored every {meta['sizes']['every']} steps",
+            "caption": f"{zh}; pool {sizes['mine_pool']} candidates per row from ranks {sizes['mine_range'][0]}–{sizes['mine_range'][1]} "
+            f"of the base model over a {mining.get('corpus', '?')}-text corpus, {sizes['bge_negatives']} active negatives per row "
+            f"(static: the pool's first ones, fixed), re-scored every {sizes['every']} steps (mining.dynamic covers every retrieval "
+            "dataset with negatives: checked also counts the NLI rows, whose pool is their own contradiction, never replaced); "
+            f"{mining.get('short_rows', '?')} of {mining.get('rows', '?')} rows got fewer than {sizes['mine_pool']} candidates ({mining.get('empty_rows', '?')} none)",
             "markdown": md(["negatives of the bge rows", "seed(s)", "Retr (cmrc2018)", "STS avg", "zh-local avg", "replaced / checked"], rows),
             "plot": plot,
         })  # fmt: skip

@@ -1,4 +1,6 @@
-"""The reproduction driver: its full-size plan (≥ 15,000 rows per training arm, the same rows and steps across compared arms) and its plumbing (data, training, model folders, evaluation, tables, PNG, JSON, cache) on a tiny random BERT."""
+"""The reproduction driver: its full-size plan (≥ 15,000 rows per training arm, the same rows and steps across compared arms),
+its real slices (decontaminated, enough rows drawn), and its plumbing (training, model folders, evaluation, tables, PNG, JSON,
+cache) on a tiny random BERT."""
 
 from __future__ import annotations
 
