@@ -11,7 +11,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO.parent / "shared" / "data"
 OUT = REPO / "data" / "quickstart"
-STS_TRAIN_ROWS = 1200
+STS_TRAIN_ROWS = 1200  # the first rows of stsb_train.tsv stay those of earlier releases (tests read a prefix)
+STS_HOLDOUT_ROWS = 1500  # STS-B train pairs kept out of data/quickstart: the tuning split of benchmarks/quickstart_tuning.py
 BANKING_ROWS = 1000
 
 
@@ -27,15 +28,27 @@ def write_tsv(path: Path, rows: list[dict[str, str]], fields: list[str]) -> None
         f.writelines("\t".join(row[k] for k in fields) + "\n" for row in rows)
 
 
+def split_stsb_train(rows: list[dict[str, str]], rng: random.Random) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """STS-B train → (shipped training rows, tuning holdout), shuffled by `rng` (random.Random(0) in main).
+
+    The holdout is a uniform sample of the whole score range (scores 0–5), so settings chosen on it
+    are chosen on data of the training distribution that the quickstart never trains on."""
+    sts = list(rows)
+    rng.shuffle(sts)
+    head, tail = sts[:STS_TRAIN_ROWS], sts[STS_TRAIN_ROWS:]
+    held = set(random.Random(1).sample(range(len(tail)), STS_HOLDOUT_ROWS))
+    return head + [r for i, r in enumerate(tail) if i not in held], [r for i, r in enumerate(tail) if i in held]
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
-    sts = read_tsv(SRC / "en/stsb/train.tsv")
-    rng.shuffle(sts)
-    write_tsv(OUT / "stsb_train.tsv", sts[:STS_TRAIN_ROWS], ["sentence1", "sentence2", "score"])
-    # Paraphrase-level pairs from the rest of STS-B train become retrieval-style (query, positive) rows.
+    train, _holdout = split_stsb_train(read_tsv(SRC / "en/stsb/train.tsv"), rng)
+    write_tsv(OUT / "stsb_train.tsv", train, ["sentence1", "sentence2", "score"])
+    # The paraphrase-level pairs of the shipped STS rows (score >= 4) double as retrieval-style (query, positive)
+    # rows: the same supervision seen by InfoNCE with in-batch negatives.
     with open(OUT / "stsb_paraphrase_pairs.jsonl", "w", encoding="utf-8") as f:
-        for row in sts[STS_TRAIN_ROWS:]:
+        for row in train[STS_TRAIN_ROWS:]:
             if float(row["score"]) >= 4.0:
                 f.write(json.dumps({"query": row["sentence1"], "positive": row["sentence2"]}, ensure_ascii=False) + "\n")
     shutil.copy(SRC / "en/stsb/dev.tsv", OUT / "stsb_dev.tsv")

@@ -88,9 +88,24 @@ def test_missing_suite_file_and_bad_yaml(tmp_path):
         load_suite(_write(tmp_path, "tasks: [\n"))
 
 
+def test_optional_task_with_absent_files_is_skipped_and_listed(tmp_path, data_file):
+    present = {"name": "here", "type": "sts", "path": str(data_file), "columns": {"text1": 0, "text2": 1, "score": 2}, "header": False}
+    absent = {**present, "name": "gone", "path": str(tmp_path / "nope.tsv"), "optional": True}
+    suite = parse_suite({"tasks": [present, absent]})
+    assert [t.name for t in suite.tasks] == ["here"]
+    assert len(suite.skipped) == 1 and "'gone'" in suite.skipped[0] and "nope.tsv" in suite.skipped[0]
+    with pytest.raises(SuiteError, match="not found"):  # not optional: still an error
+        parse_suite({"tasks": [present, {**absent, "optional": False}]})
+    with pytest.raises(SuiteError, match="every task is optional and absent"):
+        parse_suite({"tasks": [absent]})
+
+
 def test_shipped_quickstart_suite_loads():
     suite = load_suite(REPO / "suites" / "quickstart.yaml")
-    assert [t.name for t in suite.tasks] == ["stsb-dev"]
+    shared = (REPO.parent / "shared" / "data" / "en" / "mrpc" / "test.tsv").is_file()
+    expected = ["stsb-dev", "mrpc-test", "banking77-test", "wikiqa-dev"] if shared else ["stsb-dev"]
+    assert [t.name for t in suite.tasks] == expected
+    assert len(suite.skipped) == 4 - len(expected)
     assert suite.tasks[0].path == (REPO / "data" / "quickstart" / "stsb_dev.tsv").resolve()
 
 

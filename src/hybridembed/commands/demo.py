@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         base_score = next(iter(base["tasks"][name]["dims"].values()))["main_score"]
         scores = [task["dims"][d]["main_score"] for d in _dims(trained)]
         print(f"| {name} | {base_score:.4f} | " + " | ".join(f"{s:.4f}" for s in scores) + " |")
+    for note in suite.skipped:
+        print(f"not evaluated: {note}")
     print(f"\ntrained model: {out}")
     return 0
 

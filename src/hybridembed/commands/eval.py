@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     )
     paths = write_report(results, args.out, plot=not args.no_plot)
     print(render_markdown(results))
+    for note in results["skipped"]:
+        print(f"not evaluated: {note}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

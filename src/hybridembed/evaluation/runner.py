@@ -172,6 +172,7 @@ def run_suite(
         "suite": suite.name,
         "embedding_dim": full_dim,
         "dims": [str(d) for d in dim_list],
+        "skipped": list(suite.skipped),  # optional tasks whose files are absent
         "tasks": {},
     }
     started = time.perf_counter()

@@ -66,6 +66,7 @@ class TaskSpec(BaseModel):
     max_samples: int | None = Field(None, gt=0, description="seeded subsample of rows / queries to keep runtime low")
     max_corpus: int | None = Field(None, gt=0, description="retrieval: keep all relevant docs + random others up to this")
     seed: int = 42
+    optional: bool = Field(False, description="skip this task (listed in Suite.skipped) when its files are absent, instead of failing")
     hf_subsets: list[str] | None = Field(None, description="named tasks: which mteb subsets (languages) to run")
 
     @property
@@ -134,6 +135,7 @@ class Suite(BaseModel):
     description: str | None = None
     tasks: list[TaskSpec] = Field(min_length=1)
     source: Path | None = Field(None, exclude=True)
+    skipped: list[str] = Field(default_factory=list, exclude=True, description="why each absent optional task was left out")
 
     @model_validator(mode="after")
     def _unique_names(self) -> Suite:
@@ -166,15 +168,27 @@ def parse_suite(data: Any, base_dir: str | Path | None = None, where: str = "sui
     except ValidationError as err:
         raise SuiteError(_format_validation_error(err, where)) from None
     base = Path(base_dir) if base_dir is not None else Path.cwd()
+    kept = []
     for task in suite.tasks:
+        missing = None
         for attr in ("path", "train_path"):
             value = getattr(task, attr)
             if value is not None:
                 resolved = value if value.is_absolute() else (base / value)
                 resolved = Path(str(resolved.resolve()))
                 if not resolved.exists():
-                    raise SuiteError(f"{where}: task {task.name!r}: {attr} {value} not found (resolved to {resolved})")
+                    missing = f"task {task.name!r}: {attr} {value} not found (resolved to {resolved})"
+                    break
                 setattr(task, attr, resolved)
+        if missing is None:
+            kept.append(task)
+        elif task.optional:
+            suite.skipped.append(f"{missing}; optional task skipped")
+        else:
+            raise SuiteError(f"{where}: {missing}")
+    if not kept:
+        raise SuiteError(f"{where}: every task is optional and absent: " + "; ".join(suite.skipped))
+    suite.tasks = kept
     return suite
 
 
