@@ -54,11 +54,12 @@ from reproduce_arms import ARMS  # noqa: E402
 DATA = data_mod.DATA
 ALL_ARMS = list(ARMS)
 MIN_ROWS = 15_000
-# Planning rates for the estimate (2-core CPU, 2 threads, machine otherwise idle): MiniLM rows/s with
-# our trainer (docs/performance.md measured 43.6 on the quickstart mix at batch 32; short zh texts at
-# max_seq_length 64 are about as long), the stock trainer at 1/2.5 of that (same page), seconds per
-# evaluation of the whole suite, per extra dim scored, for mining and for dynamic mining's re-scoring.
-PLAN = {"ours_rows_s": 45.0, "stock_rows_s": 18.0, "eval_s": {"zh": 90.0, "en": 150.0}, "eval_dim_s": 8.0, "mining_s": 90.0, "dynamic_s": 60.0}
+# Planning rates for the estimate (2-core CPU, 2 threads, machine otherwise idle), as measured by the first
+# full zh-infonce arm (2026-12-02): 15,614 rows in 1,058 s = 14.8 rows/s with our trainer (triplets with
+# 1–3 negatives and label texts make 2–5 texts per row, not the quickstart's ~2), zh-local evaluated in
+# 159 s; the stock trainer at 1/2.5 of ours (docs/performance.md's ratio); en evaluation, per extra dim,
+# mining and dynamic re-scoring are not measured at this scale yet.
+PLAN = {"ours_rows_s": 14.8, "stock_rows_s": 5.9, "eval_s": {"zh": 160.0, "en": 150.0}, "eval_dim_s": 8.0, "mining_s": 90.0, "dynamic_s": 60.0}
 # One slice per language: multiples of the batch size, 15,360 rows = 480 full batches (the hybrid arm's epoch; 490 steps start a second).
 QUOTAS = {
     "zh": {"sts": 4000, "pcls": 4000, "nli": 2496, "bge": 1504, "cls_tnews": 992, "cls_iflytek": 1312, "cls_csldcp": 896, "cls_eprstmt": 160},
