@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -288,21 +289,36 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    return recipe_from_mapping(raw, path.parent, str(path), overrides)
+
+
+def recipe_from_mapping(
+    raw: Any, base: Path, source: str = "recipe", overrides: dict[str, Any] | None = None
+) -> Recipe:
+    """Validate a recipe given as a mapping (what the YAML holds); relative paths resolve against `base`.
+
+    `overrides` maps dotted keys (``training.learning_rate``) to values; a ``training.*`` override also
+    replaces that key in every stage's own ``training`` section.
+    """
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping with model/datasets/training/losses keys")
+        raise RecipeError(f"{source}: a recipe is a mapping with model/datasets/training/losses keys")
+    raw = copy.deepcopy(raw)  # the caller's mapping stays as it was
     stages = [s for s in raw.get("stages") or [] if isinstance(s, dict)]
     for entry in [*(raw.get("datasets") or []), *(e for s in stages for key in ("datasets", "texts") for e in s.get(key) or [])]:
         if isinstance(entry, dict) and "path" in entry:
-            entry["path"] = str(resolve_relative(entry["path"], path.parent))
+            entry["path"] = str(resolve_relative(entry["path"], base))
     if isinstance(raw.get("eval"), dict) and "suite" in raw["eval"]:
-        raw["eval"]["suite"] = str(resolve_relative(raw["eval"]["suite"], path.parent))
+        raw["eval"]["suite"] = str(resolve_relative(raw["eval"]["suite"], base))
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = node.setdefault(key, {})
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"{source}: override {dotted}: {key} is not a section")
+            node = child
         node[leaf] = value
         if parents == ["training"] and leaf not in ("output_dir", "resume"):
             for stage in stages:  # a command-line override beats every stage's own setting
@@ -311,7 +327,28 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(_format_validation_error(err, str(path))) from None
+        raise RecipeError(_format_validation_error(err, source)) from None
+
+
+def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:
+    """``["training.learning_rate=2e-5", ...]`` → {dotted key: value}; values are read as YAML (numbers, lists, null)."""
+    overrides: dict[str, Any] = {}
+    for text in assignments or []:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise RecipeError(f"--set {text!r}: expected KEY=VALUE with a dotted KEY, e.g. training.learning_rate=2e-5")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as err:
+            raise RecipeError(f"--set {text!r}: value is not valid YAML: {err}") from None
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)  # YAML 1.1 reads 2e-5 (no dot) as a string
+            except ValueError:
+                pass
+        overrides[key] = parsed
+    return overrides
 
 
 def resolve_relative(value: str, base: Path) -> Path:

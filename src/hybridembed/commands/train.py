@@ -17,6 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", help="override training.output_dir")
     parser.add_argument("--seed", type=int, help="override training.seed")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key, dotted, value read as YAML (repeatable): --set training.learning_rate=2e-5 "
+        "--set model.max_seq_length=256; a training.* key applies to every stage",
+    )
+    parser.add_argument(
         "--resume", nargs="?", const=True, default=None, help="resume from the last checkpoint in output_dir (or from the given checkpoint)"
     )
     parser.add_argument(
@@ -29,19 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridembed.recipe import load_recipe
+    from hybridembed.recipe import load_recipe, parse_assignments
     from hybridembed.stages import run_recipe
 
-    overrides = {
+    overrides = parse_assignments(args.set)
+    named = {
         "training.max_steps": args.max_steps,
         "training.output_dir": args.output_dir,
         "training.seed": args.seed,
         "training.resume": args.resume,
     }
+    overrides |= {key: value for key, value in named.items() if value is not None}  # the named flags win over --set
     recipe = load_recipe(args.recipe, overrides)
     if args.dry_run or args.tiny:
         return _dry_run(recipe, args)
-    out = run_recipe(recipe, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
+    # With --set the folder's recipe.yaml is the recipe as run, not the file as written.
+    text = None if args.set else Path(args.recipe).read_text(encoding="utf-8")
+    out = run_recipe(recipe, recipe_text=text)
     print(f"model saved to {out}")
     return 0
 

@@ -1,0 +1,124 @@
+"""The Python API for notebooks and scripts: `train`, `evaluate` and `mine` on the same code paths as the CLI.
+
+Each function takes what its command takes (a recipe, a suite, a data file) as a path or as an object,
+and returns a Python value instead of printing: the model folder, the results dict, the mining report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from hybridembed.evaluation.suite import Suite
+    from hybridembed.mining.offline import MiningReport
+    from hybridembed.recipe import Recipe
+
+
+def flatten_overrides(overrides: Mapping[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
+    """Keyword overrides as dotted keys: ``training={"max_steps": 5}`` and ``training__max_steps=5`` both give
+    ``{"training.max_steps": 5}``; keys of `overrides` are taken as dotted keys already."""
+    flat: dict[str, Any] = dict(overrides or {})
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, child in value.items():
+                add(f"{prefix}.{key}", child)
+        else:
+            flat[prefix] = value
+
+    for key, value in sections.items():
+        add(key.replace("__", "."), value)
+    return flat
+
+
+def load(recipe: str | Path | Mapping[str, Any] | Recipe, overrides: Mapping[str, Any] | None = None, **sections: Any) -> Recipe:
+    """A validated recipe from a YAML path, a mapping (relative paths resolve against the working directory) or a Recipe."""
+    from hybridembed.recipe import Recipe, load_recipe, recipe_from_mapping
+
+    flat = flatten_overrides(overrides, **sections)
+    if isinstance(recipe, Recipe):
+        return recipe_from_mapping(recipe.model_dump(mode="json"), Path.cwd(), "recipe", flat) if flat else recipe
+    if isinstance(recipe, Mapping):
+        return recipe_from_mapping(dict(recipe), Path.cwd(), "recipe", flat)
+    return load_recipe(recipe, flat)
+
+
+def train(recipe: str | Path | Mapping[str, Any] | Recipe, overrides: Mapping[str, Any] | None = None, **sections: Any) -> Path:
+    """Validate the data and train as the recipe says (every stage); return the saved model folder.
+
+    Example::
+
+        import hybridembed
+        folder = hybridembed.train("recipes/quickstart.yaml", training={"max_steps": 20, "output_dir": "runs/nb"})
+        scores = hybridembed.evaluate(folder, "suites/quickstart.yaml", dims=[384, 128])
+    """
+    from hybridembed.stages import run_recipe
+
+    text = None
+    flat = flatten_overrides(overrides, **sections)
+    if isinstance(recipe, (str, Path)) and not flat:
+        text = Path(recipe).read_text(encoding="utf-8")  # kept verbatim in the folder, comments included
+    return run_recipe(load(recipe, flat), recipe_text=text)
+
+
+def evaluate(
+    model: str | Path | SentenceTransformer,
+    suite: str | Path | Suite,
+    dims: Sequence[int] | None = None,
+    batch_size: int = 32,
+    out: str | Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model (folder, hub id, bundled alias or a loaded SentenceTransformer) on a suite at each dim.
+
+    Returns the results dict that `hybridembed eval` writes as results.json; with `out`, writes the same report
+    (results.json, results.md, plot) there too. ``main_scores(results, dim)`` in
+    `hybridembed.evaluation.runner` gives {task: score}.
+    """
+    from hybridembed.evaluation.runner import run_suite
+
+    name = str(model) if isinstance(model, (str, Path)) else None
+    results = run_suite(str(model) if name else model, suite, dims=dims, batch_size=batch_size, model_name=name, show_progress=show_progress)
+    if out is not None:
+        from hybridembed.evaluation.report import write_report
+
+        write_report(results, out, plot=True)
+    return results
+
+
+def mine(
+    model: str | Path | SentenceTransformer,
+    data: str | Path,
+    out: str | Path,
+    corpus: str | Path | Sequence[str] | None = None,
+    *,
+    data_format: str = "auto",
+    corpus_field: str = "text",
+    cache_dir: str | Path | None = None,
+    show_progress: bool = True,
+    **options: Any,
+) -> MiningReport:
+    """Mine hard negatives for the rows of `data` into `out` (as `hybridembed mine`); return the report.
+
+    `corpus` is a file (jsonl/txt, field `corpus_field`) or a list of texts; default: the rows' own positives and
+    negatives. `options` are the fields of `hybridembed.mining.offline.MiningOptions`, e.g.
+    ``rank_range=(30, 100), num_negatives=7, index="ivf"``.
+    """
+    from hybridembed.errors import HybridembedError
+    from hybridembed.mining.offline import MiningOptions, load_queries, mine_hard_negatives, read_corpus
+    from hybridembed.model import load_model
+
+    try:
+        settings = MiningOptions(**options)
+    except TypeError as err:
+        raise HybridembedError(f"mine: {err}") from None
+    if Path(out).resolve() == Path(data).resolve():
+        raise HybridembedError(f"mine: out {out} would overwrite data; choose another file")
+    if isinstance(model, (str, Path)):
+        model = load_model(str(model))
+    texts = read_corpus(corpus, corpus_field) if isinstance(corpus, (str, Path)) else corpus
+    return mine_hard_negatives(model, load_queries(data, data_format), out, texts, settings, cache_dir, progress=show_progress)
