@@ -1,4 +1,4 @@
-"""`hybridembed data …`: check datasets (the same validation `train` runs before its first step) and import LLM instruction data as pairs."""
+"""`hybridembed data …`: check datasets (the same validation `train` runs before its first step), import LLM instruction data as pairs, and synthesize queries for a corpus."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     check.set_defaults(func=run_check)
     _register_from_instructions(children)
+    _register_synthesize(children)
 
 
 def _register_from_instructions(children: argparse._SubParsersAction) -> None:
@@ -93,6 +94,87 @@ def run_from_instructions(args: argparse.Namespace) -> int:
     print("removed by filter:")
     print("\n".join(report.lines()))
     print(f"wrote {report.kept} pairs to {out}")
+    return 0
+
+
+def _register_synthesize(children: argparse._SubParsersAction) -> None:
+    from hybridembed.synthesize.config import EndpointSettings, GenerationSettings, QualitySettings, SynthesisSettings
+
+    e, g, q, s = EndpointSettings("", ""), GenerationSettings(), QualitySettings(), SynthesisSettings("", "")
+    syn = children.add_parser(
+        "synthesize",
+        help="generate retrieval queries for a corpus with an LLM (OpenAI-compatible endpoint or local model), filtered",
+        description="Ask an LLM for one query per passage, filter the replies (malformed, copies, language, duplicates, "
+        "round-trip consistency) and append {query, positives, generator, prompt_id, passage_id} rows; a re-run resumes. "
+        "See docs/synthesize.md.",
+    )
+    syn.add_argument("--corpus", required=True, help="jsonl of passages {text, id/_id?, title?} or a BEIR folder (its corpus.jsonl)")
+    syn.add_argument("--out", required=True, help="output .jsonl (appended; passages already in it are skipped)")
+    source = syn.add_mutually_exclusive_group(required=True)
+    source.add_argument("--endpoint", help="OpenAI-compatible server URL (e.g. http://localhost:8000/v1)")
+    source.add_argument("--local", metavar="PATH", help="a transformers causal-LM folder run here")
+    syn.add_argument("--model", help="model name sent to --endpoint")
+    syn.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key (optional; default: OPENAI_API_KEY)")
+    syn.add_argument("--prompt", action="append", help=f"template name or file; repeat or comma-separate to rotate per passage (default: {s.prompts[0]})")
+    syn.add_argument("--language", help="language code of the queries (zh, en, ...): named in the prompt and enforced by the script filter")
+    syn.add_argument("--instruction", help="task description filled into the template's {instruction} line")
+    syn.add_argument("--limit", type=int, help="use only the first N passages")
+    syn.add_argument("--max-passage-chars", type=int, default=s.max_passage_chars, help=f"cut longer passages in the prompt (default: {s.max_passage_chars})")
+    syn.add_argument("--concurrency", type=int, default=e.concurrency, help=f"requests in flight (default: {e.concurrency})")
+    syn.add_argument("--timeout", type=float, default=e.timeout, help=f"seconds per request (default: {e.timeout:g})")
+    syn.add_argument("--max-retries", type=int, default=e.max_retries, help=f"retries on 429/5xx/timeouts (default: {e.max_retries})")
+    syn.add_argument("--max-requests", type=int, help="budget of HTTP requests, retries included (default: unbounded)")
+    syn.add_argument("--batch-size", type=int, default=8, help="--local prompts per generate() call (default: 8)")
+    syn.add_argument("--max-new-tokens", type=int, default=g.max_new_tokens, help=f"(default: {g.max_new_tokens})")
+    syn.add_argument("--temperature", type=float, default=g.temperature, help=f"0 = greedy (default: {g.temperature:g})")
+    syn.add_argument("--top-p", type=float, default=g.top_p, help=f"(default: {g.top_p:g})")
+    syn.add_argument("--seed", type=int, default=g.seed)
+    syn.add_argument("--max-overlap", type=float, default=q.max_overlap, help=f"drop queries sharing this share of tokens with the passage (default: {q.max_overlap:g})")
+    syn.add_argument("--near-threshold", type=float, default=q.near_threshold, help=f"MinHash Jaccard for near-duplicate queries (default: {q.near_threshold:g})")
+    syn.add_argument("--no-near-dedup", action="store_true", help="drop exact duplicate queries only")
+    syn.add_argument("--filter-model", default=q.filter_model, help=f"embedding model of the consistency filter and mining (default: {q.filter_model})")
+    syn.add_argument("--consistency-k", type=int, default=q.consistency_k, help=f"keep a query if its passage ranks in its top K (default: {q.consistency_k})")
+    syn.add_argument("--no-consistency", action="store_true", help="skip the round-trip consistency filter")
+    syn.add_argument("--mine-negatives", type=int, default=0, metavar="N", help="also mine N hard negatives per kept row (default: 0)")
+    syn.add_argument("--negatives-range", nargs=2, type=int, default=list(s.negatives_range), metavar=("FIRST", "LAST"),
+                     help=f"rank window of mined negatives (default: {s.negatives_range[0]} {s.negatives_range[1]})")  # fmt: skip
+    syn.add_argument("--cache-dir", help="corpus-embedding cache folder (default: the mining cache)")
+    syn.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    syn.set_defaults(func=run_synthesize)
+
+
+def run_synthesize(args: argparse.Namespace) -> int:
+    import os
+    from collections import Counter
+
+    from hybridembed.errors import HybridembedError
+    from hybridembed.synthesize import EndpointGenerator, LocalGenerator, synthesize
+    from hybridembed.synthesize.config import EndpointSettings, GenerationSettings, LocalSettings, QualitySettings, SynthesisSettings
+
+    if args.endpoint and not args.model:
+        raise HybridembedError("--endpoint needs --model (the model name the server serves)")
+    generation = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    quality = QualitySettings(
+        max_overlap=args.max_overlap, language=args.language, near_threshold=None if args.no_near_dedup else args.near_threshold,
+        consistency=not args.no_consistency, consistency_k=args.consistency_k, filter_model=args.filter_model, cache_dir=args.cache_dir,
+    )  # fmt: skip
+    quality.check()
+    settings = SynthesisSettings(
+        corpus=args.corpus, out=args.out, prompts=args.prompt or ["question"], language=args.language, instruction=args.instruction,
+        max_passage_chars=args.max_passage_chars, limit=args.limit, mine_negatives=args.mine_negatives,
+        negatives_range=tuple(args.negatives_range), progress=not args.no_progress, generation=generation, quality=quality,
+    )  # fmt: skip
+    stats: Counter = Counter()
+    if args.endpoint:
+        endpoint = EndpointSettings(
+            args.endpoint, args.model, os.environ.get(args.api_key_env) or None, args.concurrency, args.timeout, args.max_retries,
+            max_requests=args.max_requests,
+        )  # fmt: skip
+        generator = EndpointGenerator(endpoint, generation, stats)
+    else:
+        generator = LocalGenerator(LocalSettings(args.local, batch_size=args.batch_size), generation, stats)
+    report = synthesize(settings, generator)
+    print("\n".join(report.lines()))
     return 0
 
 
