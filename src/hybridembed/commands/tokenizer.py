@@ -1,0 +1,48 @@
+"""`hybridembed tokenizer extend`: add a new language's vocabulary to a backbone's tokenizer and save the grown backbone folder (docs/backbones.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hybridembed.errors import HybridembedError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("tokenizer", help="tokenizer tools (extend a backbone's vocabulary)", description="Tokenizer tools.")
+    actions = parser.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    extend = actions.add_parser(
+        "extend",
+        help="train a vocabulary on a corpus and add the tokens the backbone lacks",
+        description="Train a WordPiece or BPE (as the backbone's tokenizer) on CORPUS, append the tokens the backbone lacks "
+        "(old ids and ASCII/English tokenization unchanged), grow the embedding matrix with each new row the mean of the "
+        "token's pieces under the old tokenizer, and save a backbone folder every command accepts. Prints and saves "
+        "(tokenizer_extension.json) the fertility before and after on a held-apart part of the corpus.",
+    )
+    extend.add_argument("--backbone", required=True, help="HF folder or hub id, sentence-transformers folder, or bundled:all-MiniLM-L6-v2")
+    extend.add_argument("--corpus", required=True, action="append", help=".txt file, one text per line (repeat for several files)")
+    extend.add_argument("--out", required=True, help="output backbone folder")
+    extend.add_argument("--vocab-size", type=int, default=8000, help="size of the vocabulary trained on the corpus (default 8000)")
+    extend.add_argument("--held-out", type=float, default=0.1, help="share of the corpus held apart to measure fertility (default 0.1)")
+    extend.add_argument("--seed", type=int, default=0, help="seed of the held-apart split (default 0)")
+    extend.add_argument(
+        "--allow-ascii", action="store_true", help="also add tokens made only of ASCII characters (changes English tokenization)"
+    )
+    extend.set_defaults(func=run_extend)
+
+
+def run_extend(args: argparse.Namespace) -> int:
+    from hybridembed.tokenizer_extend import REPORT_FILE, extend_backbone, format_report, read_corpus
+
+    if args.vocab_size < 1:
+        raise HybridembedError(f"--vocab-size {args.vocab_size}: must be positive")
+    if not 0 <= args.held_out < 1:
+        raise HybridembedError(f"--held-out {args.held_out}: must be in [0, 1)")
+    texts = read_corpus(args.corpus)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise HybridembedError(f"{out}: output folder exists and is not empty")
+    report = extend_backbone(args.backbone, texts, out, args.vocab_size, args.held_out, args.seed, args.allow_ascii)
+    print(format_report(report))
+    print(f"wrote the extended backbone to {out} (report: {out / REPORT_FILE})")
+    return 0
