@@ -256,11 +256,9 @@ def extend_bpe(old_json: dict[str, Any], texts: list[str], vocab_size: int, star
     def non_ascii(token: str) -> bool:
         return any(to_byte[c] >= 128 for c in token) if byte_level else not _is_ascii(token)
 
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_level else [],
-        continuing_subword_prefix=model.get("continuing_subword_prefix") or None, end_of_word_suffix=model.get("end_of_word_suffix") or None,
-    )  # fmt: skip
+    affixes = {k: model[k] for k in ("continuing_subword_prefix", "end_of_word_suffix") if model.get(k)}
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else []
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[], show_progress=False, initial_alphabet=alphabet, **affixes)
     trained = _train_like(old_json, texts, trainer)
     vocab: dict[str, int] = dict(model["vocab"])
     merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
