@@ -95,10 +95,12 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
     from hybridembed.positions import fit_positions
 
     backbone = resolve_backbone(model_cfg.backbone)
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    remote = {"trust_remote_code": True} if model_cfg.trust_remote_code else {}
+    tokenizer = AutoTokenizer.from_pretrained(backbone, **remote)
     if tokenizer.mask_token is None:
         raise RecipeError(f"stage mlm: {model_cfg.backbone} has no mask token; MLM needs an encoder (BERT, RoBERTa, XLM-R, ModernBERT)")
     kwargs = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
+    kwargs |= remote
     torch.manual_seed(training.seed)
     model = AutoModelForMaskedLM.from_pretrained(backbone, **kwargs)
     if is_decoder(model.config):

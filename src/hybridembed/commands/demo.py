@@ -30,9 +30,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, {"training.max_steps": args.max_steps, "training.output_dir": args.output_dir})
     suite = load_suite(args.suite)
     dims = recipe.model.matryoshka_dims
-    base = run_suite(load_model(recipe.model.backbone), suite)
+    base = run_suite(load_model(recipe.model.backbone, trust_remote_code=recipe.model.trust_remote_code), suite)
     out = run_training(recipe, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
-    trained = run_suite(load_model(str(out)), suite, dims=sorted(dims, reverse=True) if dims else None)
+    trained = run_suite(load_model(str(out), trust_remote_code=recipe.model.trust_remote_code), suite, dims=sorted(dims, reverse=True) if dims else None)
     print()
     print(f"Before/after on {args.suite} (main score: {', '.join(sorted({t['type'] for t in trained['tasks'].values()}))})")
     print("| task | base model | trained (full dim) | " + " | ".join(f"trained @{d}" for d in _dims(trained)[1:]) + " |")

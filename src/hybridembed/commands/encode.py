@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import DataError, HybridembedError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "line (record) i of the input. Record ids (id/_id) are written to <output stem>.ids.txt.",
     )
     parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
+    add_trust_remote_code(parser)
     parser.add_argument("--input", required=True, help=".txt (one text per line), or .jsonl / .csv / .tsv / .parquet records")
     parser.add_argument("--field", default="text", help="record field (column) holding the text (default: text)")
     parser.add_argument("--id-field", help="record field holding the id, written to <output stem>.ids.txt (default: id or _id when present)")
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if data.empty_lines:
         shown = ", ".join(map(str, data.empty_lines[:10])) + (", …" if len(data.empty_lines) > 10 else "")
         logger.warning("%s: %d empty line(s) embedded as the empty string to keep rows aligned (lines %s)", args.input, len(data.empty_lines), shown)
-    model = load_model(args.model)
+    model = load_model(args.model, trust_remote_code=args.trust_remote_code)
     prompt_name = "query" if args.as_query and "query" in (model.prompts or {}) else None
     embeddings = model.encode(data.texts, batch_size=args.batch_size, convert_to_numpy=True, prompt_name=prompt_name, show_progress_bar=True)
     if args.dim is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import HybridembedError
 
 
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32: less padding than 64 on CPU, benchmarks/encode_speed.py)")
     parser.add_argument("--out", help="output folder for results.json, results.md, results_dims.png")
     parser.add_argument("--device", help="torch device (default: sentence-transformers' choice)")
+    add_trust_remote_code(parser)
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)  # validate before loading the model
     try:
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.device, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as err:
         raise HybridembedError(f"cannot load model {args.model!r}: {str(err).splitlines()[0]}") from None
     results = run_suite(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import HybridembedError
 
 
@@ -19,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--model", required=True, help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
+    add_trust_remote_code(parser)
     parser.add_argument("--data", required=True, help="retrieval rows in any supported format (ours, FlagEmbedding, Piccolo, ...)")
     parser.add_argument(
         "--format",
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_queries(args.data, args.format)
     corpus = read_corpus(args.corpus, args.corpus_field) if args.corpus else None
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
     except OSError as err:
         raise HybridembedError(f"--model {args.model}: cannot load: {err}") from None
     if args.max_seq_length:

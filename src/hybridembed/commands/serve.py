@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 
+from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import HybridembedError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model-name", help="the id clients send as `model` (default: folder name or hub id)")
     parser.add_argument("--device", help="torch device (default: what sentence-transformers picks)")
+    add_trust_remote_code(parser)
     parser.add_argument(
         "--threads",
         type=int,
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.serve.engine import load_served_model
 
     try:
-        served = load_served_model(args.model, model_name=args.model_name, device=args.device)
+        served = load_served_model(args.model, model_name=args.model_name, device=args.device, trust_remote_code=args.trust_remote_code)
     except OSError as err:
         raise HybridembedError(f"cannot load model {args.model!r}: {err}") from None
     if served.device_type == "cpu":

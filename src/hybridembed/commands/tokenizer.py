@@ -20,7 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(tokenizer_extension.json) the fertility before and after on a held-apart part of the corpus.",
     )
     extend.add_argument("--backbone", required=True, help="HF folder or hub id, sentence-transformers folder, or bundled:all-MiniLM-L6-v2")
-    extend.add_argument("--corpus", required=True, action="append", help=".txt file, one text per line (repeat for several files)")
+    extend.add_argument(
+        "--corpus",
+        required=True,
+        action="append",
+        metavar="PATH[:FIELDS]",
+        help=".txt file (one text per line), or a data file with its text fields: names, or 0-based columns of a headerless "
+        ".tsv/.csv, e.g. train.tsv:0,1 (default: every text field of its detected format); repeat for several files",
+    )
     extend.add_argument("--out", required=True, help="output backbone folder")
     extend.add_argument("--vocab-size", type=int, default=8000, help="size of the vocabulary trained on the corpus (default 8000)")
     extend.add_argument("--held-out", type=float, default=0.1, help="share of the corpus held apart to measure fertility (default 0.1)")

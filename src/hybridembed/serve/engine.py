@@ -161,13 +161,15 @@ def default_model_name(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_served_model(name_or_path: str, *, model_name: str | None = None, device: str | None = None) -> ServedModel:
+def load_served_model(
+    name_or_path: str, *, model_name: str | None = None, device: str | None = None, trust_remote_code: bool = False
+) -> ServedModel:
     """Load a model folder, hub id or the bundled alias for serving."""
     from hybridembed.model import load_model, matryoshka_dims, resolve_backbone
 
     resolved = resolve_backbone(name_or_path)
     started = time.perf_counter()
-    model = load_model(name_or_path, device=device)
+    model = load_model(name_or_path, device=device, trust_remote_code=trust_remote_code)
     model.eval()
     dims = matryoshka_dims(resolved) if os.path.isdir(resolved) else []
     served = ServedModel.from_model(model, model_name or default_model_name(name_or_path), dims)
