@@ -222,13 +222,13 @@ def test_filters_on_hand_made_cases():
 
 
 @pytest.mark.e2e
-def test_consistency_filter_with_minilm():
+def test_consistency_filter_with_minilm(tmp_path):
     from hybridembed.model import load_model
 
     model = load_model("bundled:all-MiniLM-L6-v2")
     corpus = ["The Eiffel Tower is a wrought-iron tower in Paris.", "Honey bees collect pollen and make honey in hives.",
               "A violin is a string instrument played with a bow."]  # fmt: skip
-    consistency = rules.ConsistencyFilter(model, corpus, QualitySettings(cache_dir=None), progress=False)
+    consistency = rules.ConsistencyFilter(model, corpus, QualitySettings(cache_dir=str(tmp_path)), progress=False)
     assert consistency.keep(["where do bees make honey?", "what tower stands in Paris?", "how do bees fly?"], [1, 0, 2]) == [True, True, False]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +16,10 @@ from hybridembed.errors import HybridembedError
 from hybridembed.synthesize.config import EndpointSettings, GenerationSettings, LocalSettings
 
 logger = logging.getLogger(__name__)
+# WordPiece decoders (BERT-style vocabularies) put a space between every two CJK characters; Chinese and Japanese
+# are written without them (Korean keeps its spaces: Hangul is not in the set).
+CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"  # CJK punctuation, kana, Han, full-width forms
+CJK_GAP_RE = re.compile(f"(?<=[{CJK}]) +(?=[{CJK}])")
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # A wrong URL, model name or key fails every request the same way: stop at the first instead of spending the corpus.
 FATAL_STATUS = {401, 403, 404}
@@ -197,6 +202,6 @@ class LocalGenerator:
                 )  # fmt: skip
             new_tokens = output[:, batch["input_ids"].shape[1] :]
             for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                replies.append(Reply(text, "ok"))
+                replies.append(Reply(CJK_GAP_RE.sub("", text), "ok"))
             self.stats["requests sent"] += len(texts)
         return replies
