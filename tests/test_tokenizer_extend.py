@@ -203,3 +203,35 @@ def test_cli_corpus_errors_are_one_line(tmp_path, content, capsys):
     assert code != 0 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert ("not found" if content is None else "empty corpus") in err
     assert not (tmp_path / "m").exists()
+
+
+def test_corpus_sources_take_data_files_with_fields(tmp_path):
+    from hybridembed.tokenizer_extend import parse_corpus_source, read_corpus
+
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("北京很好\t天气很好\t5\n我们学习\t中文\t3\n", encoding="utf-8")
+    jsonl = tmp_path / "triples.jsonl"
+    jsonl.write_text(json.dumps({"query": "北京", "pos": ["大学"], "neg": ["手机"]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert parse_corpus_source(f"{tsv}:0,1") == (tsv, [0, 1])
+    assert parse_corpus_source(str(tsv)) == (tsv, None)
+    assert read_corpus([f"{tsv}:0,1", str(jsonl)]) == ["北京很好", "天气很好", "我们学习", "中文", "北京", "大学", "手机"]
+
+
+def test_benchmark_quick_prints_fertility_and_the_score_table_last(tmp_path, shared_data, capsys):
+    """benchmarks/bilingual_extend.py --quick: a tiny BERT extended, both arms trained 2+2 steps and evaluated (capped)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bilingual_extend", REPO / "benchmarks" / "bilingual_extend.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    summary = bench.main(["--quick", "--out", str(tmp_path / "bench"), "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert summary["english"]["changed_without_unk"] == 0
+    assert summary["extension"]["after"]["unknown_rate"] < summary["extension"]["before"]["unknown_rate"]
+    assert "| zh held-apart" in printed and "| en STS-B train" in printed
+    table = printed.strip().split("\n\n")[-1].splitlines()
+    assert table[0] == "| task | unextended | extended | Δ |" and table[-1].startswith("| **average**")
+    assert len(table) == 2 + len(summary["eval"]["extended"]["tasks"]) + 1
+    assert (tmp_path / "bench" / "results.json").is_file()
