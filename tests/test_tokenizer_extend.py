@@ -206,7 +206,7 @@ def test_cli_corpus_errors_are_one_line(tmp_path, content, capsys):
 
 
 def test_corpus_sources_take_data_files_with_fields(tmp_path):
-    from hybridembed.tokenizer_extend import parse_corpus_source, read_corpus
+    from hybridembed.commands.tokenizer import parse_corpus_source, read_corpus
 
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("北京很好\t天气很好\t5\n我们学习\t中文\t3\n", encoding="utf-8")

@@ -122,41 +122,6 @@ def split_held_out(texts: list[str], fraction: float, seed: int) -> tuple[list[s
     return unique[held:], unique[:held]
 
 
-def parse_corpus_source(value: str) -> tuple[Path, list[str | int] | None]:
-    """`PATH` or `PATH:FIELDS` (comma-separated field names, or 0-based columns of a headerless file), as an mlm stage's `texts:`."""
-    head, sep, tail = value.rpartition(":")
-    if sep and head and re.fullmatch(r"[\w,]+", tail) and not Path(value).exists():
-        return Path(head), [int(f) if f.isdigit() else f for f in tail.split(",") if f]
-    return Path(value), None
-
-
-def read_corpus(sources: list[str | Path]) -> list[str]:
-    """The texts of every source: a .txt file's non-blank lines, or a data file's text fields (`PATH:FIELDS`, default every text field of its format).
-
-    A missing, unreadable or empty corpus is a one-line error.
-    """
-    from hybridembed.mlm import read_texts
-    from hybridembed.recipe import TextsConfig
-
-    texts: list[str] = []
-    for source in sources:
-        path, fields = parse_corpus_source(str(source))
-        if not path.is_file():
-            raise HybridembedError(f"{path}: corpus file not found")
-        if path.suffix.lower() == ".txt" and fields is None:
-            try:
-                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-            except UnicodeDecodeError as err:
-                raise HybridembedError(f"{path}: not UTF-8 text (byte {err.start})") from None
-            texts += [line for line in lines if line]
-        elif path.stat().st_size:
-            header = not (fields and all(isinstance(f, int) for f in fields))
-            texts += read_texts(TextsConfig(path=str(path), text_fields=fields, header=header))
-    if not texts:
-        raise HybridembedError(f"{', '.join(map(str, sources))}: empty corpus (no text lines)")
-    return texts
-
-
 def bare(backend: Any) -> Any:
     """A copy of a `tokenizers.Tokenizer` without padding or truncation (a tokenizer.json may carry a fixed padding to 128)."""
     from tokenizers import Tokenizer
@@ -375,6 +340,7 @@ def extend_backbone(
     extend = extend_wordpiece if model_type == "WordPiece" else extend_bpe
     merged = extend(old_json, train_texts, vocab_size, start, allow_ascii)
     prefix = old_json["model"].get("continuing_subword_prefix") or "##"
+    logger.info("%s: %d tokens added after id %d (%s trained on %d texts)", backbone, len(merged.added), start - 1, model_type, len(train_texts))
     rows, only_unk = initial_rows(embeddings.detach(), old_backend, merged.added, model_type, prefix)
     if merged.added:
         auto_model.resize_token_embeddings(start + len(merged.added), mean_resizing=False)

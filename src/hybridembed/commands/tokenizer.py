@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from hybridembed.errors import HybridembedError
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extend(args: argparse.Namespace) -> int:
-    from hybridembed.tokenizer_extend import REPORT_FILE, extend_backbone, format_report, read_corpus
+    from hybridembed.tokenizer_extend import REPORT_FILE, extend_backbone, format_report
 
     if args.vocab_size < 1:
         raise HybridembedError(f"--vocab-size {args.vocab_size}: must be positive")
@@ -53,3 +54,38 @@ def run_extend(args: argparse.Namespace) -> int:
     print(format_report(report))
     print(f"wrote the extended backbone to {out} (report: {out / REPORT_FILE})")
     return 0
+
+
+def parse_corpus_source(value: str) -> tuple[Path, list[str | int] | None]:
+    """`PATH` or `PATH:FIELDS` (comma-separated field names, or 0-based columns of a headerless file), as an mlm stage's `texts:`."""
+    head, sep, tail = value.rpartition(":")
+    if sep and head and re.fullmatch(r"[\w,]+", tail) and not Path(value).exists():
+        return Path(head), [int(f) if f.isdigit() else f for f in tail.split(",") if f]
+    return Path(value), None
+
+
+def read_corpus(sources: list[str | Path]) -> list[str]:
+    """The texts of every source: a .txt file's non-blank lines, or a data file's text fields (`PATH:FIELDS`, default every text field of its format).
+
+    A missing, unreadable or empty corpus is a one-line error.
+    """
+    from hybridembed.mlm import read_texts
+    from hybridembed.recipe import TextsConfig
+
+    texts: list[str] = []
+    for source in sources:
+        path, fields = parse_corpus_source(str(source))
+        if not path.is_file():
+            raise HybridembedError(f"{path}: corpus file not found")
+        if path.suffix.lower() == ".txt" and fields is None:
+            try:
+                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            except UnicodeDecodeError as err:
+                raise HybridembedError(f"{path}: not UTF-8 text (byte {err.start})") from None
+            texts += [line for line in lines if line]
+        elif path.stat().st_size:
+            header = not (fields and all(isinstance(f, int) for f in fields))
+            texts += read_texts(TextsConfig(path=str(path), text_fields=fields, header=header))
+    if not texts:
+        raise HybridembedError(f"{', '.join(map(str, sources))}: empty corpus (no text lines)")
+    return texts
