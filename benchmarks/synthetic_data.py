@@ -17,7 +17,7 @@ time. Then:
    output is a markdown table.
 
     python benchmarks/synthetic_data.py                 # full: about 30 min on 2 CPU cores
-    python benchmarks/synthetic_data.py --quick         # smoke run: tiny generator, few steps, < 2 min
+    python benchmarks/synthetic_data.py --quick         # smoke run: tiny generator, few steps, < 2 min on an idle machine
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ FULL = {"gen_minutes": 6.0, "gen_layers": 4, "gen_hidden": 256, "passages": None
         "max_seq_length": 256, "smoke": False}  # fmt: skip
 # --quick only proves the script runs: an untrained generator writes noise, so its language and consistency filters are
 # relaxed (no script check, top-k = every passage) for some rows to reach the synthetic arm; inputs are cut to 64 tokens.
-QUICK = {"gen_minutes": 0.15, "gen_layers": 2, "gen_hidden": 64, "passages": 24, "steps": 3, "batch": 8, "eval_queries": 40,
-         "max_seq_length": 64, "smoke": True}  # fmt: skip
+QUICK = {"gen_minutes": 0.1, "gen_layers": 2, "gen_hidden": 64, "passages": 16, "steps": 2, "batch": 8, "eval_queries": 20,
+         "max_seq_length": 48, "smoke": True}  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -166,8 +166,9 @@ def score(name_or_path: str, suite: Path, max_seq_length: int) -> dict[str, floa
     model.max_seq_length = max_seq_length
     results = evaluate(model, suite, show_progress=False)
     task = next(iter(results["tasks"].values()))
-    metrics = next(iter(task["dims"].values()))
-    return {"ndcg@10": metrics["main_score"], **{k: v for k, v in metrics.items() if k in ("recall_at_10", "mrr_at_10")}}
+    entry = next(iter(task["dims"].values()))
+    extra = {k: float(entry["metrics"][k]) for k in ("recall_at_10", "mrr_at_10") if k in entry.get("metrics", {})}
+    return {"ndcg@10": entry["main_score"], **extra}
 
 
 def train_arm(work: Path, name: str, synthetic: Path | None, cfg: dict, seed: int) -> Path:
@@ -196,13 +197,14 @@ def train_arm(work: Path, name: str, synthetic: Path | None, cfg: dict, seed: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny generator, 24 passages, 3 steps, 40 eval queries (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny generator, 16 passages, 2 steps, 20 eval queries (< 2 min)")
     parser.add_argument("--work", default="runs/synthetic-data", help="working folder (generator, synthetic rows, models)")
-    parser.add_argument("--steps", type=int, help="training steps per arm (default: 300; --quick 3)")
-    parser.add_argument("--gen-minutes", type=float, help="generator training time (default: 6; --quick 0.15)")
+    parser.add_argument("--steps", type=int, help="training steps per arm (default: 300; --quick 2)")
+    parser.add_argument("--gen-minutes", type=float, help="generator training time (default: 6; --quick 0.1)")
     parser.add_argument("--consistency-k", type=int, default=1, help="consistency filter's top k (default: 1, Promptagator)")
     parser.add_argument("--max-overlap", type=float, default=0.8, help="copy filter's token-overlap bound (default: 0.8)")
     parser.add_argument("--max-passage-chars", type=int, default=180, help="passage prefix the generator sees (default: 180)")
+    parser.add_argument("--synth-only", action="store_true", help="stop after synthesizing (inspect the generator and filter counts)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     generator = train_generator(work / "generator", cfg, args.max_passage_chars, args.seed)
     synthetic = synthesize(work, generator, cfg, args)
+    if args.synth_only:
+        return 0
     suite = cmrc_suite(work, cfg["eval_queries"])
     table = [("base (all-MiniLM-L6-v2)", 0, score("bundled:all-MiniLM-L6-v2", suite, cfg["max_seq_length"]))]
     log(f"base: {table[-1][2]}")

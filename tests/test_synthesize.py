@@ -145,6 +145,19 @@ def test_http_request_budget_is_respected():
     assert generator.budget_spent
 
 
+def test_http_generator_inside_a_running_event_loop():
+    import asyncio
+
+    with FakeOpenAI(delay=0.01) as server:
+        generator = endpoint(server, Counter())
+
+        async def notebook_cell():
+            return generator.generate(["Passage:\nthis is some passage words here ok\n\nQ"], [0])
+
+        replies = asyncio.run(notebook_cell())
+    assert replies[0].status == "ok" and "words here" in replies[0].text
+
+
 def test_http_fatal_status_stops_the_run():
     from hybridembed.errors import HybridembedError
 

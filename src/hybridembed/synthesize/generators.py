@@ -78,7 +78,15 @@ class EndpointGenerator:
         return self.requests_left is not None and self.requests_left <= 0
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Reply]:
-        return asyncio.run(self._generate_all(prompts, seeds))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._generate_all(prompts, seeds))
+        # Called from inside an event loop (a notebook): asyncio.run would refuse, so run ours in a thread.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self._generate_all(prompts, seeds)).result()
 
     async def _generate_all(self, prompts: list[str], seeds: list[int]) -> list[Reply]:
         import httpx
