@@ -1,10 +1,11 @@
 """Encode texts with an older sentence-transformers (run in the .venv-st5 venv by `make compat`).
 
-Usage: st5_encode.py MODEL_DIR TEXTS_JSON OUT_NPY [--prompt-name NAME]
+Usage: st5_encode.py MODEL_DIR TEXTS_JSON OUT_NPY [--prompt-name NAME] [--also-prompt NAME ...]
 
 Loads MODEL_DIR with whatever sentence-transformers this interpreter has (5.x in .venv-st5), encodes the
-JSON list of strings in TEXTS_JSON (optionally with a saved prompt) and writes float32 embeddings to
-OUT_NPY, plus OUT_NPY + ".json" with the versions, the loaded module classes, the prompts and the
+JSON list of strings in TEXTS_JSON (with the saved prompt NAME, if given) and writes float32 embeddings
+to OUT_NPY; each --also-prompt NAME also writes OUT_NPY's stem + ".NAME.npy" (one process, one load).
+OUT_NPY + ".json" records the versions, the loaded module classes, the prompts, max_seq_length and the
 embedding dimension, so the caller can check what the old version made of the folder.
 """
 
@@ -26,6 +27,7 @@ def main() -> int:
     parser.add_argument("texts_json")
     parser.add_argument("out_npy")
     parser.add_argument("--prompt-name", default=None)
+    parser.add_argument("--also-prompt", action="append", default=[])
     args = parser.parse_args()
 
     import numpy as np
@@ -40,6 +42,9 @@ def main() -> int:
     texts = json.load(open(args.texts_json, encoding="utf-8"))
     embeddings = model.encode(texts, prompt_name=args.prompt_name, convert_to_numpy=True, batch_size=8)
     np.save(args.out_npy, embeddings.astype(np.float32))
+    stem = args.out_npy[: -len(".npy")] if args.out_npy.endswith(".npy") else args.out_npy
+    for name in args.also_prompt:
+        np.save(f"{stem}.{name}.npy", model.encode(texts, prompt_name=name, convert_to_numpy=True, batch_size=8).astype(np.float32))
     info = {
         "sentence_transformers": sentence_transformers.__version__,
         "transformers": transformers.__version__,
