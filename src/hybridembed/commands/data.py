@@ -129,7 +129,7 @@ def _register_synthesize(children: argparse._SubParsersAction) -> None:
     syn.add_argument("--temperature", type=float, default=g.temperature, help=f"0 = greedy (default: {g.temperature:g})")
     syn.add_argument("--top-p", type=float, default=g.top_p, help=f"(default: {g.top_p:g})")
     syn.add_argument("--seed", type=int, default=g.seed)
-    syn.add_argument("--max-overlap", type=float, default=q.max_overlap, help=f"drop queries sharing this share of tokens with the passage (default: {q.max_overlap:g})")
+    syn.add_argument("--max-overlap", type=float, default=q.max_overlap, help=f"drop queries with this share of their tokens in the passage; 1 = off (default: {q.max_overlap:g})")
     syn.add_argument("--near-threshold", type=float, default=q.near_threshold, help=f"MinHash Jaccard for near-duplicate queries (default: {q.near_threshold:g})")
     syn.add_argument("--no-near-dedup", action="store_true", help="drop exact duplicate queries only")
     syn.add_argument("--filter-model", default=q.filter_model, help=f"embedding model of the consistency filter and mining (default: {q.filter_model})")

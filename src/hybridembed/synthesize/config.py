@@ -53,7 +53,7 @@ class QualitySettings:
 
     min_query_chars: int = 3
     max_query_chars: int = 512
-    max_overlap: float = 0.8  # drop a query when this share of its tokens (words / CJK bigrams) is in the passage
+    max_overlap: float = 0.8  # drop a query when this share of its tokens (words / CJK bigrams) is in the passage; 1: off
     language: str | None = None  # a pair_filters.LANGUAGE_SCRIPTS code: the query must be in its script
     language_min_share: float = 0.5
     near_threshold: float | None = 0.9  # MinHash Jaccard between queries; None: exact duplicates only

@@ -76,7 +76,7 @@ class QueryFilters:
             return LENGTH
         if normalize(query) in normalize(passage):
             return SUBSTRING
-        if overlap_ratio(query, passage) >= s.max_overlap:
+        if s.max_overlap < 1 and overlap_ratio(query, passage) >= s.max_overlap:  # 1: the rule is off
             return OVERLAP
         if s.language is not None and script_share(query, LANGUAGE_SCRIPTS[s.language]) < s.language_min_share:
             return LANGUAGE
