@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             entry = arms_mod.run_arm(arm, seed, args.backbone, data[job["lang"]], sz, out, args.force)
             if not was_cached:
                 measured.setdefault(f"eval_{job['lang']}", []).append(entry["eval_seconds"])
-                if job["kind"] != "base" and entry["train_seconds"] > 0:
+                if job["kind"] != "base" and entry["train_seconds"] > 0 and not entry.get("resumed"):
                     measured.setdefault(job["kind"], []).append(job["rows"] / entry["train_seconds"])
         except Exception as err:  # one broken arm must not lose the others; it is listed and re-runs next time
             failed.append(f"{arm}-s{seed}: {type(err).__name__}: {err}")

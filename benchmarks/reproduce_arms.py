@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 MRL_DIMS = [768, 384, 256, 128, 64]
+PLAN_FILE = "started_plan.json"  # in an arm's model folder while it trains: what a resume must match
+CHECKPOINT_EVERY = 50  # steps between the checkpoints an interrupted arm resumes from
 NOPROJ_DIMS = [384, 256, 128, 64]
 CLUSTER_SAMPLE = 2048
 
@@ -276,8 +278,17 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
             info = json.loads(train_info.read_text())
             print(f"[{arm} seed {seed}] model folder complete, evaluating it: {model_dir}", flush=True)
         else:
-            shutil.rmtree(model_dir, ignore_errors=True)
-            print(f"[{arm} seed {seed}] training → {model_dir}", flush=True)
+            from hybridembed.train import last_complete_checkpoint
+
+            # An interrupted arm of the same plan resumes from its last checkpoint (exactly: docs/recipes.md).
+            started_plan = model_dir / PLAN_FILE
+            resumable = spec["kind"] != "stock" and started_plan.exists() and json.loads(started_plan.read_text()) == key
+            resumable = resumable and last_complete_checkpoint(model_dir) is not None
+            if not resumable:
+                shutil.rmtree(model_dir, ignore_errors=True)
+                model_dir.mkdir(parents=True)
+                started_plan.write_text(json.dumps(key, default=str))
+            print(f"[{arm} seed {seed}] {'resuming' if resumable else 'training'} → {model_dir}", flush=True)
             t0 = time.perf_counter()
             if spec["kind"] == "stock":
                 drawn = train_stock(recipe, model_dir)
@@ -285,11 +296,15 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
                 from hybridembed.train import run_training
 
                 drawn = rows_drawn(recipe)
-                run_training(recipe)
-            info = {"plan": key, "train_seconds": time.perf_counter() - t0, "rows_drawn": drawn, "recipe": raw}
+                run_training(recipe.model_copy(update={"training": recipe.training.model_copy(
+                    update={"save_steps": CHECKPOINT_EVERY, "save_total_limit": 1, "resume": True})}))  # fmt: skip
+                for checkpoint in model_dir.glob("checkpoint-*"):
+                    shutil.rmtree(checkpoint)  # only resuming needed them
+            # A resumed arm's seconds are only this invocation's: say so, so that timing plans can leave it out.
+            info = {"plan": key, "train_seconds": time.perf_counter() - t0, "resumed": resumable, "rows_drawn": drawn, "recipe": raw}
             train_info.write_text(json.dumps(info, indent=1, default=str))
         log = [json.loads(line) for line in open(model_dir / "training_log.jsonl", encoding="utf-8")]
-        entry |= {"train_seconds": info["train_seconds"], "rows_drawn": info["rows_drawn"], "recipe": info["recipe"], "model": str(model_dir), "train_log": log}
+        entry |= {"train_seconds": info["train_seconds"], "resumed": info.get("resumed", False), "rows_drawn": info["rows_drawn"], "recipe": info["recipe"], "model": str(model_dir), "train_log": log}
         entry["mining"] = {k: sum(e.get(k, 0) for e in log) for k in ("mining/checked", "mining/easy", "mining/replaced", "mining/exhausted", "mining/guard_replaced")}
         model_path = str(model_dir)
     t0 = time.perf_counter()

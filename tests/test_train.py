@@ -169,7 +169,7 @@ def test_recipe_eval_section_runs_the_suite_during_training_and_writes_the_repor
     result = _cli("train", str(path))
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
-    evaluated = [e for e in _log(out) if any(k.startswith("eval/") for k in e)]
+    evaluated = [e for e in _log(out) if any(k.startswith("eval_") for k in e)]
     assert [e["step"] for e in evaluated][:2] == [2, 4]
     report = json.loads((out / "eval" / "results.json").read_text())
     assert set(report["tasks"]["stsb-dev"]["dims"]) == {"96", "32"}

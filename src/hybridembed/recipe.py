@@ -271,6 +271,12 @@ class Recipe(Strict):
                 raise ValueError(f"stages[{i}]: duplicate stage name {stage.name!r}")
             names.add(stage.name)
             name_datasets(stage.datasets or [], self.model)
+        if self.eval is not None and self.eval.keep_best and self.training.save_steps and self.eval.every_steps:
+            if self.training.save_steps % self.eval.every_steps:
+                raise ValueError(
+                    f"training.save_steps {self.training.save_steps} must be a multiple of eval.every_steps {self.eval.every_steps} "
+                    "with eval.keep_best (the best checkpoint is chosen among saved, evaluated steps)"
+                )
         return self
 
 

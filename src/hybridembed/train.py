@@ -122,6 +122,20 @@ class HybridTrainer(SentenceTransformerTrainer):
             result = (loss, result[1]) if return_outputs else loss
         return result
 
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        from hybridembed.evaluation.evaluator import SuiteEvaluator
+
+        if not isinstance(self.evaluator, SuiteEvaluator):
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        from transformers.trainer_utils import EvalLoopOutput
+
+        # Rank 0 scores the suite alone while the other ranks wait at the evaluator's long-timeout barrier;
+        # sentence-transformers' sharded inference would keep them in collectives bounded by ddp_timeout.
+        folder = str(Path(self.args.output_dir) / "eval") if self.is_world_process_zero() else None
+        values = self.evaluator.evaluate_on_main(self.model, folder, self.state.epoch, self.state.global_step, self.is_world_process_zero())
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in values.items()}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=0)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             for task, count in self._task_loss_count.items():
@@ -235,7 +249,10 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     if recipe.training.task_weighting == "step" and recipe.training.max_grad_norm > 0 and not recipe.deepspeed:
         # Clip before weighting (hybridembed.task_weighting): the trainer's own clipping is off.
         weighted_clipping = WeightedClipping(recipe.training.max_grad_norm)
-    args = _training_args(recipe, **({"max_grad_norm": 0.0} if weighted_clipping else {}))
+    overrides = {"max_grad_norm": 0.0} if weighted_clipping else {}
+    if recipe.eval is not None:
+        overrides |= recipe.eval.training_arguments(recipe.training.save_steps)
+    args = _training_args(recipe, **overrides)
     sampler = TaskBatchSampler(
         _batch_plans(recipe, datasets),
         recipe.sampling.mixing,
@@ -250,6 +267,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         epochs = math.ceil(recipe.training.max_steps / math.ceil(len(sampler) / recipe.training.gradient_accumulation_steps)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)  # the trainer: ceil(batches / accumulation) steps per epoch
         gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
     collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed, rank=args.process_index)
+    evaluator = recipe.eval.build_evaluator() if recipe.eval is not None else None
     trainer = HybridTrainer(
         model=model,
         args=args,
@@ -260,9 +278,9 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         dataset_tasks={ds.name: ds.task for ds in datasets},
         gather_groups=gather_groups,
         weighted_clipping=weighted_clipping,
+        evaluator=evaluator,
+        callbacks=recipe.eval.build_callbacks(evaluator) if evaluator is not None else [],
     )
-    if recipe.eval is not None:
-        recipe.eval.build_callback(trainer)
     # --- dynamic hard-negative mining (hybridembed.mining.dynamic): active-negative hooks + callback ---
     if recipe.mining is not None and recipe.mining.dynamic is not None:
         from hybridembed.mining.dynamic import attach_dynamic_mining
@@ -333,6 +351,25 @@ def save_run_files(trainer: HybridTrainer, recipe: Recipe, out: Path, recipe_tex
         global_step=trainer.state.global_step,
         datasets=[{"name": d.name, "path": d.path, "task": trainer.dataset_tasks[d.name].value} for d in recipe.datasets],
     )
+    _write_card_and_selection(trainer, recipe, out)
+
+
+def _write_card_and_selection(trainer: HybridTrainer, recipe: Recipe, out: Path) -> None:
+    """Record which weights the folder holds (best checkpoint or last step) and extend the model card with the run."""
+    from hybridembed.evaluation.callback import SuiteEvalCallback, checkpoint_step
+    from hybridembed.model_card import extend_model_card, training_section
+
+    kept = None
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        kept = {"step": checkpoint_step(trainer.state.best_model_checkpoint), "metric": trainer.args.metric_for_best_model,
+                "value": trainer.state.best_metric}  # fmt: skip
+        write_metadata(out, best_checkpoint=kept)
+    callback = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SuiteEvalCallback)), None)
+    evaluation = None
+    if callback is not None and callback.kept_step is not None:
+        evaluation = callback.evaluator.results_by_step[callback.kept_step]
+    tasks = {name: task.value for name, task in trainer.dataset_tasks.items()}
+    extend_model_card(out, training_section(recipe, trainer.state.global_step, dict(trainer.task_batches), tasks, kept, evaluation))
 
 
 __all__ = ["HybridTrainer", "prepare_training", "run_training"]

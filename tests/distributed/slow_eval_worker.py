@@ -8,7 +8,6 @@ import time
 import torch.distributed as dist
 
 import hybridembed.evaluation.runner as runner
-from hybridembed.evaluation.callback import SuiteEvalCallback
 from hybridembed.recipe import load_recipe
 from hybridembed.train import prepare_training
 
@@ -25,13 +24,13 @@ def slow_run_suite(*args, **kwargs):
 
 def main() -> None:
     recipe_path, out_prefix = sys.argv[1], sys.argv[2]
-    runner.run_suite = slow_run_suite  # callback.evaluate imports it from the module at call time
+    runner.run_suite = slow_run_suite  # the evaluator imports it from the module at call time
     trainer = prepare_training(load_recipe(recipe_path))
     trainer.train()
-    callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, SuiteEvalCallback))
+    evaluator = trainer.evaluator  # the suite runs in the trainer's evaluate(); only rank 0 scores it
     rank = dist.get_rank() if dist.is_initialized() else 0
     with open(f"{out_prefix}.rank{rank}.json", "w") as f:
-        json.dump({"waits": callback.waits, "evaluated": [h["step"] for h in callback.history], "slept": slept,
+        json.dump({"waits": evaluator.waits, "evaluated": [h["step"] for h in evaluator.history], "slept": slept,
                    "global_step": trainer.state.global_step, "ddp_timeout": trainer.args.ddp_timeout}, f)  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """Evaluation of embedding models on local or named MTEB tasks: suites, runs, Matryoshka sweeps, reports.
 
 Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=64)`, `EvalConfig`
-(a recipe's `eval:` section) and `hybridembed.evaluation.callback.SuiteEvalCallback`.
+(a recipe's `eval:` section), `hybridembed.evaluation.evaluator.SuiteEvaluator` (a suite as a sentence-transformers evaluator).
 Heavy imports (torch, mteb) happen inside the functions.
 """
 
