@@ -48,7 +48,7 @@ def test_recipe_dry_run_on_a_tiny_backbone(name, tmp_path, capsys):
     assert code == 0, captured.err[-3000:]
     assert "dry run ok" in captured.out
     meta = json.loads((out / "run" / "hybridembed.json").read_text())
-    recipe_stages = {"conan.yaml": 2, "jina-bilingual.yaml": 3}.get(name, 0)
+    recipe_stages = {"conan.yaml": 2, "jina-bilingual.yaml": 3, "bilingual-extend.yaml": 3}.get(name, 0)
     assert len(meta.get("stages", [])) == recipe_stages
     assert all(s["global_step"] == 2 for s in meta.get("stages", []))
     if not recipe_stages:
