@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import random
 import re
 import time
@@ -168,6 +169,8 @@ class LocalGenerator:
         self.settings, self.generation, self.stats = settings, generation, stats
         self.name = f"local:{settings.path.rstrip('/').split('/')[-1]}"
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not os.path.isdir(settings.path):
+            raise HybridembedError(f"--local {settings.path}: not a folder (a transformers causal-LM folder with config.json)")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(settings.path)
             self.model = AutoModelForCausalLM.from_pretrained(settings.path).to(self.device).eval()
