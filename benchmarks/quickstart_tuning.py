@@ -100,7 +100,7 @@ def run_arm(arm: str, out: Path, suites: tuple[Path, Path], seed: int) -> dict:
     from hybridembed.evaluation import load_suite, run_suite
     from hybridembed.model import load_model
     from hybridembed.recipe import load_recipe
-    from hybridembed.train import run_training
+    from hybridembed.training import run_training
 
     folder = out / f"{arm}-s{seed}"
     cached = folder / "results.json"

@@ -113,7 +113,7 @@ def rows_drawn(recipe: Any) -> dict[str, Any]:
 
     from hybridembed.data import load_datasets
     from hybridembed.sampling import TaskBatchSampler
-    from hybridembed.train import _batch_plans
+    from hybridembed.training import _batch_plans
 
     datasets = load_datasets(recipe.datasets)
     sampler = TaskBatchSampler(_batch_plans(recipe, datasets), recipe.sampling.mixing, recipe.sampling.temperature, recipe.training.seed)
@@ -159,7 +159,7 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     from hybridembed.losses import matryoshka_mean_weights
     from hybridembed.model import build_model
     from hybridembed.tasks import RowShape
-    from hybridembed.train import DEFAULT_NEGATIVES
+    from hybridembed.training import DEFAULT_NEGATIVES
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_throughput import stock_columns
@@ -278,7 +278,7 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
             info = json.loads(train_info.read_text())
             print(f"[{arm} seed {seed}] model folder complete, evaluating it: {model_dir}", flush=True)
         else:
-            from hybridembed.train import last_complete_checkpoint
+            from hybridembed.training import last_complete_checkpoint
 
             # An interrupted arm of the same plan resumes from its last checkpoint (exactly: docs/recipes.md).
             started_plan = model_dir / PLAN_FILE
@@ -293,7 +293,7 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
             if spec["kind"] == "stock":
                 drawn = train_stock(recipe, model_dir)
             else:
-                from hybridembed.train import run_training
+                from hybridembed.training import run_training
 
                 drawn = rows_drawn(recipe)
                 run_training(recipe.model_copy(update={"training": recipe.training.model_copy(

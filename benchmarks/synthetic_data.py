@@ -176,7 +176,7 @@ def score(name_or_path: str, suite: Path, max_seq_length: int) -> dict[str, floa
 
 
 def train_arm(work: Path, name: str, synthetic: Path | None, cfg: dict, seed: int) -> Path:
-    # hybridembed.api, not `hybridembed.train`: importing the training code rebinds that package attribute to the module.
+    # (hybridembed.train is the same function; the training module is hybridembed.training)
     from hybridembed.api import train
 
     datasets = [

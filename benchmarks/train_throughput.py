@@ -150,7 +150,7 @@ def matmul_peak(size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
 
 
 def run_ours(steps: int, warmup: int, batch_size: int, out: str) -> dict:
-    from hybridembed.train import prepare_training
+    from hybridembed.training import prepare_training
 
     return timed_train(prepare_training(recipe(steps, batch_size, out)), warmup)
 
@@ -163,7 +163,7 @@ def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> dict:
     from hybridembed.data import load_datasets
     from hybridembed.model import build_model
     from hybridembed.tasks import RowShape
-    from hybridembed.train import DEFAULT_NEGATIVES
+    from hybridembed.training import DEFAULT_NEGATIVES
 
     r = recipe(steps, batch_size, out)
     model = build_model(r.model)

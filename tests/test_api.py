@@ -60,7 +60,10 @@ def test_python_train_evaluate_and_mine_produce_what_the_cli_produces(tmp_path, 
     import hybridembed
 
     raw = _recipe_dict(tmp_path / "out", tiny_bert_dir)
+    import hybridembed.training  # noqa: F401  (importing the training module must not shadow the function)
+
     folder = hybridembed.train(raw, training={"max_steps": 3})
+    assert callable(hybridembed.train)
     assert folder == tmp_path / "out" and (folder / "modules.json").is_file()
     steps = [json.loads(line).get("step") for line in (folder / "training_log.jsonl").read_text().splitlines()]
     assert max(s for s in steps if s is not None) == 3  # the override, not the mapping's 50

@@ -148,7 +148,7 @@ def test_rope_decoder_passes_through_to_long_inputs(tiny_dirs):
 def test_instruction_goes_on_queries_only_and_is_saved_as_a_prompt(tiny_dirs, tmp_path):
     from hybridembed.data import load_datasets
     from hybridembed.recipe import Recipe
-    from hybridembed.train import prepare_training
+    from hybridembed.training import prepare_training
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"query": f"question {i}", "positive": f"answer {i}"}) + "\n" for i in range(8)))

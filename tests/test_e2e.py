@@ -22,7 +22,7 @@ def _stsb_dev(limit: int):
 @pytest.fixture(scope="module")
 def quickstart_model(tmp_path_factory):
     from hybridembed.recipe import load_recipe
-    from hybridembed.train import run_training
+    from hybridembed.training import run_training
 
     out = tmp_path_factory.mktemp("quickstart") / "model"
     recipe = load_recipe(

@@ -129,7 +129,7 @@ def test_keep_best_saves_the_best_evaluated_steps_weights_and_says_so(tmp_path, 
 
 def test_early_stopping_ends_training_after_patience_evaluations_without_gain(tmp_path, tiny_bert_dir, suite_file):
     from hybridembed.recipe import recipe_from_mapping
-    from hybridembed.train import prepare_training
+    from hybridembed.training import prepare_training
 
     # A threshold no score can beat: every evaluation after the first counts as no improvement.
     eval_ = {"every_steps": 1, "keep_best": True, "early_stopping_patience": 2, "early_stopping_threshold": 10.0}

@@ -87,7 +87,7 @@ def _recipe(tmp_path: Path, backbone: Path, *, stages=None, eval_=None, max_samp
 def test_ddp_timeout_reaches_the_training_arguments_of_both_trainers(tmp_path, tiny_bert_dir):
     from hybridembed.mlm import _mlm_arguments
     from hybridembed.recipe import TrainingConfig, load_recipe
-    from hybridembed.train import _training_args
+    from hybridembed.training import _training_args
 
     assert TrainingConfig().ddp_timeout == 1800  # transformers' own default, documented in docs/distributed.md
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), overrides={"training.ddp_timeout": 45})
@@ -116,7 +116,7 @@ def test_slow_rank0_evaluation_does_not_time_out_the_other_rank(tmp_path, tiny_b
 
 
 def test_gather_groups_cover_all_trained_epochs_with_gradient_accumulation(tmp_path, tiny_bert_dir, monkeypatch):
-    import hybridembed.train as train
+    import hybridembed.training as train
     from hybridembed.recipe import load_recipe
     from hybridembed.sampling import TaskBatchSampler
 

@@ -29,7 +29,7 @@ def _recipe(tmp_path: Path, backbone: Path, name: str, sts_weight: float, weight
 
 def _train(path: Path):
     from hybridembed.recipe import load_recipe
-    from hybridembed.train import prepare_training
+    from hybridembed.training import prepare_training
 
     trainer = prepare_training(load_recipe(path))
     trainer.train()

@@ -71,7 +71,7 @@ def test_train_cli_writes_a_sentence_transformers_folder_with_projection(tmp_pat
 
 def test_training_changes_the_weights_and_lowers_the_loss(tmp_path, tiny_bert_dir):
     from hybridembed.recipe import load_recipe
-    from hybridembed.train import prepare_training
+    from hybridembed.training import prepare_training
 
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, max_steps=30))
     recipe.datasets = recipe.datasets[1:2]  # one retrieval dataset: the loss curve is comparable step to step

@@ -75,11 +75,11 @@ def _mlm_arguments(training: TrainingConfig):
     """The other stages' TrainingArguments (train._training_args: use_cpu + gloo under CPU torchrun, ddp_timeout, …), as transformers' class.
 
     DDP keeps looking for unused parameters here (transformers' default) rather than assuming none, as
-    train.py may for its sentence-transformers model: an MLM head is a different module set.
+    training.py may for its sentence-transformers model: an MLM head is a different module set.
     """
     from transformers import TrainingArguments
 
-    from hybridembed.train import _training_args
+    from hybridembed.training import _training_args
 
     return _training_args(training, TrainingArguments, ddp_find_unused_parameters=None, disable_tqdm=None)
 

@@ -1,6 +1,6 @@
 """Run a whole recipe: one training run, or its `stages:` (mlm → pairs → multitask) in order, each from the previous stage's weights, skipping finished stages and resuming an interrupted one.
 
-What this adds around `hybridembed.train.run_training` (which trains one stage): per-stage
+What this adds around `hybridembed.training.run_training` (which trains one stage): per-stage
 recipes resolved from the recipe's sections and the stage's overrides, the `pairs` defaults
 (retrieval rows, bidirectional InfoNCE), a marker file per finished stage with a fingerprint of
 what it trained on, resume from the stage's last checkpoint, LoRA merging between stages, and the
@@ -132,7 +132,7 @@ def finish_model(out: Path, model: ModelConfig, final: bool) -> None:
 def run_recipe(recipe: Recipe, recipe_text: str | None = None) -> Path:
     """Train as the recipe says (all stages, or one run) and return the final model folder."""
     if not recipe.stages:
-        from hybridembed.train import run_training
+        from hybridembed.training import run_training
 
         out = run_training(recipe, recipe_text)
         finish_model(out, recipe.model, final=True)
@@ -173,7 +173,7 @@ def _run_one(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool, final
             model = plan.model.model_copy(update={"backbone": backbone})
             run_mlm(model, plan.stage.texts or [], plan.training, plan.stage.mlm_probability, resume)
         case StageKind.PAIRS | StageKind.MULTITASK:
-            from hybridembed.train import run_training
+            from hybridembed.training import run_training
 
             run_training(stage_recipe(recipe, plan, backbone, resume))
             finish_model(plan.out, plan.model, final)

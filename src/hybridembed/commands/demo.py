@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.evaluation import load_suite, run_suite
     from hybridembed.model import load_model
     from hybridembed.recipe import load_recipe
-    from hybridembed.train import run_training
+    from hybridembed.training import run_training
 
     recipe = load_recipe(args.recipe, {"training.max_steps": args.max_steps, "training.output_dir": args.output_dir})
     suite = load_suite(args.suite)
