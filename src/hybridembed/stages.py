@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from hybridembed.errors import RecipeError
+from hybridembed.folder_compat import make_interoperable
 from hybridembed.lora import is_adapter_folder, merge_saved_adapter
 from hybridembed.model import write_metadata
 from hybridembed.recipe import (
@@ -127,6 +129,9 @@ def finish_model(out: Path, model: ModelConfig, final: bool) -> None:
     """Merge a LoRA adapter into the saved weights unless this is the final model and the recipe keeps the adapter."""
     if model.lora is not None and is_adapter_folder(out) and not (final and model.lora.save == "adapter"):
         merge_saved_adapter(out)
+    if not is_adapter_folder(out) and int(os.environ.get("RANK", "0")) == 0:
+        # After the merge, which re-saves the folder with sentence-transformers 6's names.
+        make_interoperable(out)
 
 
 def run_recipe(recipe: Recipe, recipe_text: str | None = None) -> Path:
@@ -197,6 +202,7 @@ def _publish(recipe: Recipe, plans: list[StagePlan], recipe_text: str | None) ->
     (root / "recipe.yaml").write_text(recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     stages = [{**(_read_marker(p.out) or {}), "dir": p.out.name} for p in plans]
     write_metadata(root, stages=stages)
+    make_interoperable(root)
     logger.info("final model (from %s) in %s", plans[-1].label, root)
     return root
 

@@ -45,7 +45,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dim", type=int, help="keep the first DIM coordinates and re-normalize")
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32, as sentence-transformers)")
     parser.add_argument("--as-query", action="store_true", help="apply the model's query prompt")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="quantize with sentence-transformers' quantize_embeddings: int8/uint8 (per-dimension ranges, written to "
+        "<stem>.ranges.npy), binary/ubinary (1 bit per dim, packed: dim/8 bytes). Default float32",
+    )
+    parser.add_argument(
+        "--ranges",
+        help="int8/uint8: a (2, dim) .npy of per-dimension min/max to quantize with, e.g. the corpus run's <stem>.ranges.npy, "
+        "so queries and corpus share one scale (default: the ranges of these embeddings)",
+    )
     parser.set_defaults(func=run)
+
+
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+
+
+def quantize(embeddings, precision: str, ranges_path: str | None = None):
+    """(quantized embeddings, the (2, dim) ranges used or None) for `precision`, on sentence-transformers' quantize_embeddings."""
+    import numpy as np
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    if precision == "float32":
+        return embeddings.astype(np.float32), None
+    dim = embeddings.shape[1]
+    if precision in ("binary", "ubinary"):
+        if dim % 8:
+            raise HybridembedError(f"--precision {precision}: the dimension {dim} must be a multiple of 8 (8 dims per byte)")
+        return quantize_embeddings(embeddings, precision), None
+    if ranges_path is not None:
+        try:
+            ranges = np.load(ranges_path)
+        except (OSError, ValueError) as err:
+            raise HybridembedError(f"--ranges {ranges_path}: cannot read: {err}") from None
+        if ranges.shape != (2, dim):
+            raise HybridembedError(f"--ranges {ranges_path}: shape {ranges.shape}, expected (2, {dim}) for these embeddings")
+    else:
+        ranges = np.vstack((embeddings.min(axis=0), embeddings.max(axis=0)))
+    return quantize_embeddings(embeddings, precision, ranges=ranges), ranges
 
 
 @dataclass
@@ -148,10 +187,16 @@ def run(args: argparse.Namespace) -> int:
         if not 0 < args.dim <= embeddings.shape[1]:
             raise HybridembedError(f"--dim {args.dim}: must be between 1 and the model's dimension {embeddings.shape[1]}")
         embeddings = truncate_embeddings(embeddings, args.dim)
+    if args.ranges and args.precision not in ("int8", "uint8"):
+        raise HybridembedError(f"--ranges applies to --precision int8/uint8, not {args.precision}")
+    quantized, ranges = quantize(embeddings, args.precision, args.ranges)
     npy, ids_path = output_paths(args.output)
-    np.save(npy, embeddings.astype(np.float32))
+    np.save(npy, quantized)
     empty = f" ({len(data.empty_lines)} empty line(s) embedded as \"\")" if data.empty_lines else ""
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {npy}{empty}")
+    print(f"wrote {quantized.shape[0]} x {quantized.shape[1]} {args.precision} embeddings ({quantized.dtype}) to {npy}{empty}")
+    if ranges is not None and not args.ranges:
+        np.save(npy.with_suffix(".ranges.npy"), ranges)
+        print(f"wrote the int8/uint8 ranges to {npy.with_suffix('.ranges.npy')} (pass them as --ranges when encoding queries)")
     if data.ids is not None:
         ids_path.write_text("".join(f"{i}\n" for i in data.ids), encoding="utf-8")
         print(f"wrote {len(data.ids)} ids (row order) to {ids_path}")
