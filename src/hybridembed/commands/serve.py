@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group = parser.add_argument_group("batching")
     group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts encoded in one forward pass (default: %(default)s)")
     group.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="also cap a batch at this many tokens, estimated without the tokenizer (1 per CJK character, 1 per 4 other "
+        "characters, at most max_seq_length per text); default: no token cap",
+    )
+    group.add_argument(
         "--max-wait-ms", type=float, default=DEFAULTS["max_wait_ms"], help="longest a text waits for others to fill its batch (default: %(default)s)"
     )
     group.add_argument(
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ServeSettings(
             max_batch_size=args.max_batch_size,
+            max_batch_tokens=args.max_batch_tokens,
             max_wait_ms=args.max_wait_ms,
             encode_batch_size=args.encode_batch_size,
             max_inputs=args.max_inputs,

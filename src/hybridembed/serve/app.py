@@ -6,6 +6,7 @@ import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,8 +18,9 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hybridembed.model import truncate_embeddings
-from hybridembed.serve.batching import BatcherClosed, InvalidInput, MicroBatcher, QueueFull
+from hybridembed.serve.batching import BatcherClosed, InvalidInput, MicroBatcher, QueueFull, estimate_tokens
 from hybridembed.serve.engine import ServedModel
+from hybridembed.serve.metrics import ServerMetrics
 from hybridembed.serve.schemas import ApiError, EmbeddingRequest, embeddings_response, error_body, parse_embedding_request
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class ServeSettings:
     """Limits and batching knobs of one server (the CLI options of `hybridembed serve`)."""
 
     max_batch_size: int = 32
+    max_batch_tokens: int | None = None  # estimated tokens per batch (serve.batching.estimate_tokens); None: count only
     max_wait_ms: float = 5.0
     encode_batch_size: int | None = None  # texts per forward pass inside a batch; None: 8 on CPU, else max_batch_size
     max_inputs: int = 2048
@@ -42,7 +45,7 @@ class ServeSettings:
     warmup: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_inputs", "max_chars", "max_body_bytes", "max_queue", "encode_batch_size"):
+        for name in ("max_batch_size", "max_batch_tokens", "max_inputs", "max_chars", "max_body_bytes", "max_queue", "encode_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -79,11 +82,15 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     def encode(texts: list[str], prompt_name: str | None):
         return served.encode(texts, prompt_name, batch_size=forward_batch)
 
+    metrics = ServerMetrics()
     batcher = MicroBatcher(
         encode,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
+        max_batch_tokens=settings.max_batch_tokens,
+        cost_fn=partial(estimate_tokens, max_tokens=served.max_seq_length),
+        on_batch=lambda texts, result, seconds: metrics.record_batch(len(texts), int(result[1].sum()), seconds),
     )
 
     @asynccontextmanager
@@ -108,7 +115,9 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     app.state.served = served
     app.state.batcher = batcher
     app.state.settings = settings
-    _install_error_handlers(app)
+    app.state.metrics = metrics
+    _install_error_handlers(app, metrics)
+    metrics.install(app, batcher)
     require_key = _auth_dependency(settings.api_key)
 
     @app.get("/health", summary="Liveness and batching statistics (no API key needed)")
@@ -174,6 +183,7 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         )
         headers = {}
         n_truncated = int(truncated.sum())
+        metrics.record_answer(len(req.input), int(token_counts.sum()), n_truncated)
         if n_truncated:
             headers[TRUNCATED_HEADER] = str(n_truncated)
         return Response(to_json(body), media_type="application/json", headers=headers)
@@ -245,14 +255,16 @@ def _auth_dependency(api_key: str | None):
     return require_key
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.record_error(exc.status, exc.code)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind, code = _STATUS_TYPES.get(exc.status_code, ("invalid_request_error", None))
+        metrics.record_error(exc.status_code, code)
         if exc.status_code >= 500:
             kind = "server_error"
         message = str(exc.detail)
@@ -269,11 +281,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = (exc.errors() or [{}])[0]
         loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
         param = ".".join(loc) or None
+        metrics.record_error(400, "invalid_request")
         return JSONResponse(error_body(str(first.get("msg", "invalid request")), type="invalid_request_error", param=param), status_code=400)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        metrics.record_error(500, "server_error")
         return JSONResponse(
             error_body("The server had an error while processing your request", type="server_error"), status_code=500
         )

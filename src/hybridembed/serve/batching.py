@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 # encode_fn(texts, key) returns a tuple of row-aligned arrays (e.g. embeddings and token counts);
 # `key` is what the texts of one batch share (here: the prompt name), None by default.
 EncodeFn = Callable[[list[str], Any], Sequence[Any]]
+# on_batch(texts, result, seconds) is told of every successfully encoded batch (metrics).
+BatchHook = Callable[[list[str], Sequence[Any], float], None]
 
 
 class QueueFull(Exception):
@@ -45,6 +47,15 @@ class _Item:
     key: Any
     future: asyncio.Future
     enqueued: float
+    cost: int = 0  # estimated tokens (cost_fn), for the token budget
+
+
+def estimate_tokens(text: str, max_tokens: int | None = None) -> int:
+    """A cheap upper-side estimate of a text's tokens, without the tokenizer: one per CJK/kana/hangul
+    character, one per 4 other characters, plus 2 special tokens; at most `max_tokens` (truncation)."""
+    wide = sum(1 for ch in text if ch >= "\u2e80")  # CJK, kana, hangul and other wide scripts: ~1 token each
+    estimate = 2 + wide + -(-(len(text) - wide) // 4)
+    return min(estimate, max_tokens) if max_tokens else estimate
 
 
 @dataclass
@@ -85,15 +96,30 @@ class MicroBatcher:
     only the items that still fail alone get the error.
     """
 
-    def __init__(self, encode_fn: EncodeFn, *, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 4096):
+    def __init__(
+        self,
+        encode_fn: EncodeFn,
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 4096,
+        max_batch_tokens: int | None = None,
+        cost_fn: Callable[[str], int] = estimate_tokens,
+        on_batch: BatchHook | None = None,
+    ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be >= 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
         self._encode_fn = encode_fn
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        self.max_batch_tokens = max_batch_tokens
+        self._cost_fn = cost_fn
+        self._on_batch = on_batch
         self.stats = BatcherStats()
         self._items: deque[_Item] = deque()
         self._queued_texts = 0
@@ -148,23 +174,44 @@ class MicroBatcher:
             raise QueueFull(f"the server queue is full ({self._queued_texts} texts waiting); retry shortly")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        futures = []
-        for start in range(0, len(texts), self.max_batch_size):
-            chunk = texts[start : start + self.max_batch_size]
-            item = _Item(chunk, key, loop.create_future(), now)
+        futures, starts = [], []
+        for start, end, cost in self._chunks(texts):
+            item = _Item(texts[start:end], key, loop.create_future(), now, cost)
             self._items.append(item)
-            self._queued_texts += len(chunk)
+            self._queued_texts += end - start
             futures.append(item.future)
+            starts.append(start)
         self._wakeup.set()
         parts = await asyncio.gather(*futures, return_exceptions=True)
         for k, part in enumerate(parts):
             if isinstance(part, InvalidInput):  # make the index relative to this caller's texts
-                raise InvalidInput(part.index + k * self.max_batch_size, part.reason) from part
+                raise InvalidInput(part.index + starts[k], part.reason) from part
             if isinstance(part, BaseException):
                 raise part
         if len(parts) == 1:
             return tuple(parts[0])
         return tuple(_concat([p[k] for p in parts]) for k in range(len(parts[0])))
+
+    def _chunks(self, texts: list[str]) -> list[tuple[int, int, int]]:
+        """(start, end, cost) of queue items: at most max_batch_size texts and, when set, max_batch_tokens
+        estimated tokens each (a single text over the budget is an item of its own)."""
+        if self.max_batch_tokens is None:
+            return [(s, min(s + self.max_batch_size, len(texts)), 0) for s in range(0, len(texts), self.max_batch_size)]
+        chunks, start, cost = [], 0, 0
+        for i, text in enumerate(texts):
+            c = self._cost_fn(text)
+            if i > start and (i - start >= self.max_batch_size or cost + c > self.max_batch_tokens):
+                chunks.append((start, i, cost))
+                start, cost = i, 0
+            cost += c
+        if texts:
+            chunks.append((start, len(texts), cost))
+        return chunks
+
+    def _over_budget(self, size: int, tokens: int, item: _Item) -> bool:
+        if size + len(item.texts) > self.max_batch_size:
+            return True
+        return self.max_batch_tokens is not None and size > 0 and tokens + item.cost > self.max_batch_tokens
 
     async def _run(self) -> None:
         assert self._wakeup is not None
@@ -191,21 +238,22 @@ class MicroBatcher:
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
         kept: deque[_Item] = deque()
-        size = 0
+        size = tokens = 0
         key = self._items[0].key
         while self._items:
             item = self._items.popleft()
             if item.future.done():  # the caller went away (client disconnected)
                 self._queued_texts -= len(item.texts)
                 continue
-            if item.key != key or size + len(item.texts) > self.max_batch_size:
+            if item.key != key or self._over_budget(size, tokens, item):
                 kept.append(item)
-                if size >= self.max_batch_size:
+                if size >= self.max_batch_size or (self.max_batch_tokens is not None and tokens >= self.max_batch_tokens):
                     break
                 continue
             self._queued_texts -= len(item.texts)
             batch.append(item)
             size += len(item.texts)
+            tokens += item.cost
         kept.extend(self._items)
         self._items = kept
         return batch
@@ -271,6 +319,11 @@ class MicroBatcher:
         self.stats.texts += len(texts)
         self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
         self.stats.encode_seconds += elapsed
+        if self._on_batch is not None:
+            try:
+                self._on_batch(texts, result, elapsed)
+            except Exception:  # metrics must never fail a request
+                logger.exception("on_batch hook failed")
         logger.debug("encoded %d texts from %d requests in %.1f ms", len(texts), len(items), elapsed * 1000)
         return result
 
