@@ -1,6 +1,6 @@
 """Evaluation of embedding models on local or named MTEB tasks: suites, runs, Matryoshka sweeps, reports.
 
-Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=64)`, `EvalConfig`
+Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=32)`, `EvalConfig`
 (a recipe's `eval:` section), `hybridembed.evaluation.evaluator.SuiteEvaluator` (a suite as a sentence-transformers evaluator).
 Heavy imports (torch, mteb) happen inside the functions.
 """
@@ -24,7 +24,7 @@ def run_suite(
     model: SentenceTransformer | str,
     suite: Suite | str | Path,
     dims: list[int] | None = None,
-    batch_size: int = 64,
+    batch_size: int = 32,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Evaluate `model` on every task of `suite` at every dim; see `hybridembed.evaluation.runner.run_suite`."""

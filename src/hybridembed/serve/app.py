@@ -55,7 +55,7 @@ class ServeSettings:
 
     def forward_batch_size(self, device_type: str) -> int:
         """Texts per forward pass. On a CPU, length-sorted passes of 8 beat one padded pass of 32
-        (1.7x faster on all-MiniLM-L6-v2, see docs/serving.md); accelerators want the whole batch."""
+        on all-MiniLM-L6-v2 (docs/serving.md, "Load benchmark"); accelerators want the whole batch."""
         if self.encode_batch_size is not None:
             return min(self.encode_batch_size, self.max_batch_size)
         return min(CPU_FORWARD_BATCH, self.max_batch_size) if device_type == "cpu" else self.max_batch_size
