@@ -11,7 +11,7 @@ from hybridembed import __version__
 from hybridembed.errors import HybridembedError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func`.
-COMMAND_MODULES = ("train", "data", "encode", "demo", "eval", "mine", "serve", "push", "tokenizer")
+COMMAND_MODULES = ("train", "data", "encode", "demo", "eval", "mine", "serve", "push", "tokenizer", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
