@@ -118,7 +118,13 @@ def mine(
         raise HybridembedError(f"mine: {err}") from None
     if Path(out).resolve() == Path(data).resolve():
         raise HybridembedError(f"mine: out {out} would overwrite data; choose another file")
+    fingerprint = None
     if isinstance(model, (str, Path)):
-        model = load_model(str(model))
+        from hybridembed.mining.cache import model_fingerprint
+
+        source, model = str(model), load_model(str(model))
+        fingerprint = model_fingerprint(model, source)  # from the folder's files, not its weights
     texts = read_corpus(corpus, corpus_field) if isinstance(corpus, (str, Path)) else corpus
-    return mine_hard_negatives(model, load_queries(data, data_format), out, texts, settings, cache_dir, progress=show_progress)
+    return mine_hard_negatives(
+        model, load_queries(data, data_format), out, texts, settings, cache_dir, progress=show_progress, fingerprint=fingerprint
+    )

@@ -80,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise HybridembedError(f"--model {args.model}: cannot load: {err}") from None
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
-    report = mine_hard_negatives(model, dataset, args.out, corpus, options, args.cache_dir, progress=not args.no_progress)
+    from hybridembed.mining.cache import model_fingerprint
+
+    fingerprint = model_fingerprint(model, args.model)  # from the folder's files, not its weights
+    report = mine_hard_negatives(model, dataset, args.out, corpus, options, args.cache_dir, progress=not args.no_progress, fingerprint=fingerprint)
     cache = "reused" if report.cache_hit else "built"
     print(
         f"wrote {report.rows} rows with {report.negatives_written} negatives (ranks {args.range[0]}-{args.range[1]}, "

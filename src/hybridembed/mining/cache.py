@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -32,21 +32,61 @@ def default_cache_dir() -> Path:
     return Path(root) / "embeddings"
 
 
-def model_fingerprint(model: SentenceTransformer) -> str:
-    """A digest of everything that decides an embedding: every weight's bytes, the module stack, the sequence limit."""
+def model_fingerprint(model: SentenceTransformer, source: str | Path | None = None) -> str:
+    """A digest of what decides an embedding: the module stack, the sequence limit, the tokenizer, and the weights.
+
+    With `source` (the local folder, bundled alias or hub id the model was loaded from, as it is on
+    disk now) the weights are identified by the folder's files — each file's path, size, modification
+    time and target blob, and each safetensors header (names, dtypes, shapes, offsets) — without
+    reading a weight: milliseconds for a 14–28 GB checkpoint. Without one (a model changed in memory,
+    as during training), or when the source is not on disk, every weight's bytes are hashed.
+    """
     import torch
 
     digest = hashlib.sha256()
     digest.update(repr([type(m).__name__ for m in model]).encode())
     digest.update(str(getattr(model, "max_seq_length", None)).encode())
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        digest.update(str(len(tokenizer)).encode() + str(getattr(tokenizer, "do_lower_case", "")).encode())
+    folder = _source_folder(source)
+    if folder is not None:
+        digest.update(b"files")
+        _hash_files(digest, folder)
+        return digest.hexdigest()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        digest.update(str(len(tokenizer)).encode() + str(getattr(tokenizer, "do_lower_case", "")).encode())
     return digest.hexdigest()
+
+
+def _source_folder(source: str | Path | None) -> Path | None:
+    """The folder holding the model's files: a local path (or the bundled copy), else the hub cache's snapshot."""
+    if source is None:
+        return None
+    from hybridembed.model import resolve_backbone
+
+    path = Path(resolve_backbone(str(source)))
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), local_files_only=True))  # the snapshot folder names the revision
+    except Exception:  # not a hub id, or not in the local cache
+        return None
+
+
+def _hash_files(digest: Any, folder: Path) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        real = path.resolve()  # hub snapshots link to blobs named by their content hash
+        stat = real.stat()
+        digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}|{real.name}".encode())
+        if path.suffix == ".safetensors":
+            with open(real, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                digest.update(f.read(min(size, 100 * 2**20)))  # the JSON header: tensor names, dtypes, shapes, offsets
 
 
 def corpus_fingerprint(texts: Sequence[str]) -> str:

@@ -192,6 +192,7 @@ def mine_hard_negatives(
     options: MiningOptions | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    fingerprint: str | None = None,
 ) -> MiningReport:
     """Mine `options.num_negatives` negatives per row of `dataset` from `corpus` (default: all its positives and negatives) into `out`."""
     options = options or MiningOptions()
@@ -204,7 +205,8 @@ def mine_hard_negatives(
     query_prefix, passage_prefix = _prefixes(model, options)
 
     started = time.perf_counter()
-    cached = embed_corpus(model, corpus, passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress)
+    # `fingerprint`: the model's cache key, e.g. model_fingerprint(model, its folder) (default: hash its weights)
+    cached = embed_corpus(model, corpus, passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress, fingerprint)
     report.cache_path, report.cache_hit = str(cached.path), cached.hit
     vectors = cached.vectors
     position_of = {text: i for i, text in enumerate(corpus)}
