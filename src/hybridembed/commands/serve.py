@@ -41,11 +41,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model-name", help="the id clients send as `model` (default: folder name or hub id)")
     parser.add_argument("--device", help="torch device (default: what sentence-transformers picks)")
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch (default) or onnx: onnxruntime on the CPU, on a folder written by `hybridembed export --format onnx`",
+    )
+    parser.add_argument(
+        "--onnx-file",
+        help="graph under the folder's onnx/ for --backend onnx: model.onnx (fp32, default) or model_qint8.onnx (int8)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="weights' precision on the torch backend (default: %(default)s; the onnx backend takes float32 only)",
+    )
     add_trust_remote_code(parser)
     parser.add_argument(
         "--threads",
         type=int,
-        help="torch CPU threads for encoding on CPU (default: one per core minus one, leaving a core for HTTP work)",
+        help="CPU threads for encoding (torch's, or onnxruntime's with --backend onnx; default: one per core minus one, leaving a core for HTTP work)",
     )
     group = parser.add_argument_group("batching")
     group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts encoded in one forward pass (default: %(default)s)")
@@ -144,11 +160,28 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.serve.app import create_app
     from hybridembed.serve.engine import load_served_model
 
+    if args.onnx_file and args.backend != "onnx":
+        raise HybridembedError("--onnx-file needs --backend onnx")
+    onnx_threads = None
+    if args.backend == "onnx":
+        import torch
+
+        # The same one-core-free default as set_cpu_threads, for onnxruntime's own thread pool.
+        onnx_threads = args.threads or max(1, torch.get_num_threads() - 1)
     try:
-        served = load_served_model(args.model, model_name=args.model_name, device=args.device, trust_remote_code=args.trust_remote_code)
+        served = load_served_model(
+            args.model,
+            model_name=args.model_name,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            backend=args.backend,
+            onnx_file=args.onnx_file or "model.onnx",
+            dtype=args.dtype,
+            threads=onnx_threads,
+        )
     except OSError as err:
         raise HybridembedError(f"cannot load model {args.model!r}: {err}") from None
-    if served.device_type == "cpu":
+    if served.device_type == "cpu" and args.backend == "torch":
         set_cpu_threads(args.threads)
     app = create_app(served, settings)
     uvicorn.run(

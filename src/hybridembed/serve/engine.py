@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hybridembed.errors import HybridembedError
 from hybridembed.serve.batching import InvalidInput
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
+
+    from hybridembed.serve.onnx_backend import OnnxEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ BUNDLED_ALIASES = ("bundled:all-MiniLM-L6-v2", "bundled")
 class ServedModel:
     """A loaded model plus what the API reports about it (id, dims, Matryoshka dims, token limit)."""
 
-    model: SentenceTransformer
+    model: SentenceTransformer | OnnxEncoder
     name: str
     dim: int
     matryoshka_dims: list[int] = field(default_factory=list)
@@ -161,21 +164,57 @@ def default_model_name(name_or_path: str) -> str:
     return name_or_path
 
 
+BACKENDS = ("torch", "onnx")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
 def load_served_model(
-    name_or_path: str, *, model_name: str | None = None, device: str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    *,
+    model_name: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    backend: str = "torch",
+    onnx_file: str = "model.onnx",
+    dtype: str = "float32",
+    threads: int | None = None,
 ) -> ServedModel:
-    """Load a model folder, hub id or the bundled alias for serving."""
+    """Load a model folder, hub id or the bundled alias for serving.
+
+    backend="onnx" serves onnx/`onnx_file` of a folder written by `hybridembed export` with
+    onnxruntime on the CPU (`threads` intra-op threads; float32 only: the graph's own precision);
+    the torch backend casts the model to `dtype` after loading (one copy of the fp32 weights
+    is briefly in memory).
+    """
     from hybridembed.model import load_model, matryoshka_dims, resolve_backbone
 
+    if backend not in BACKENDS:
+        raise HybridembedError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if dtype not in DTYPES:
+        raise HybridembedError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     resolved = resolve_backbone(name_or_path)
     started = time.perf_counter()
-    model = load_model(name_or_path, device=device, trust_remote_code=trust_remote_code)
+    if backend == "onnx":
+        if dtype != "float32":
+            raise HybridembedError(f"--dtype {dtype}: the onnx backend runs the exported float32 (or int8) graph; use --dtype float32")
+        if device not in (None, "cpu"):
+            raise HybridembedError(f"--device {device}: the onnx backend runs on the CPU only")
+        from hybridembed.serve.onnx_backend import OnnxEncoder
+
+        model: Any = OnnxEncoder(resolved, file_name=onnx_file, intra_op_num_threads=threads)
+    else:
+        import torch
+
+        model = load_model(name_or_path, device=device, trust_remote_code=trust_remote_code)
+        if dtype != "float32":
+            model.to(getattr(torch, dtype))
     model.eval()
     dims = matryoshka_dims(resolved) if os.path.isdir(resolved) else []
     served = ServedModel.from_model(model, model_name or default_model_name(name_or_path), dims)
     logger.info(
-        "loaded %s as %r in %.1f s: %d dims, Matryoshka dims %s, max %s tokens per input",
+        "loaded %s (%s) as %r in %.1f s: %d dims, Matryoshka dims %s, max %s tokens per input",
         resolved,
+        f"onnx {onnx_file}" if backend == "onnx" else f"torch {dtype}",
         served.name,
         time.perf_counter() - started,
         served.dim,
