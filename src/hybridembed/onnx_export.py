@@ -150,6 +150,7 @@ def export_onnx(
         # Tracer warnings about Python-level branches on tensors: the check below runs the graph on a padded batch instead.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")  # chosen, see above
         torch.onnx.export(
             graph,
             tuple(example[n] for n in input_names),
