@@ -120,8 +120,26 @@ def test_routing_rejects_a_loss_for_the_wrong_row_shape():
 
     with pytest.raises(RecipeError, match="cosent trains on scored_pair rows"):
         build_loss(None, TaskType.RETRIEVAL, LossConfig(name=LossName.COSENT))
-    with pytest.raises(RecipeError, match="no parameter 'bidirectional'"):
-        build_loss(None, TaskType.STS, LossConfig(name=LossName.COSENT, bidirectional=True))
+    with pytest.raises(ValueError, match="loss cosent has no setting 'bidirectional'"):
+        LossConfig(name=LossName.COSENT, bidirectional=True)
+
+
+VALUES = {"temperature": 0.1, "bidirectional": True, "in_batch_negatives": False}
+
+
+@pytest.mark.parametrize("name", list(LossName))
+def test_each_losss_settings_are_what_its_class_takes_and_nothing_else(name):
+    """LOSS_SETTINGS (recipe validation) against the loss classes: every listed setting builds, every other is refused up front."""
+    from hybridembed.losses import LOSS_CLASSES
+    from hybridembed.recipe import LOSS_SETTINGS
+
+    loss_class = LOSS_CLASSES[name]
+    for key in LOSS_SETTINGS[name] | {"weight"}:
+        value = VALUES.get(key, 0.5)
+        assert getattr(loss_class(_Identity(), **{key: value}), key) == value
+    for key in set(VALUES) - LOSS_SETTINGS[name]:
+        with pytest.raises(ValueError, match=f"loss {name} has no setting '{key}'"):
+            LossConfig(name=name, **{key: VALUES[key]})
 
 
 def test_default_temperatures_follow_piccolo2_and_weights_are_equal():

@@ -94,6 +94,24 @@ class LossConfig(Strict):
     bidirectional: bool | None = Field(None, description="infonce: add the passage→query term")
     in_batch_negatives: bool | None = Field(None, description="infonce: score against other rows' passages too (default true)")
 
+    @model_validator(mode="after")
+    def _settings_of_this_loss(self) -> LossConfig:
+        given = {key for key, value in self if value is not None and key not in ("name", "weight")}
+        unknown = sorted(given - LOSS_SETTINGS[self.name])
+        if unknown:
+            takes = ", ".join(sorted(LOSS_SETTINGS[self.name] | {"weight"}))
+            raise ValueError(f"loss {self.name} has no setting {', '.join(map(repr, unknown))} (it takes: {takes})")
+        return self
+
+
+# What each loss takes besides `weight` (tests/test_losses.py checks it against the loss classes).
+LOSS_SETTINGS: dict[LossName, set[str]] = {
+    LossName.INFONCE: {"temperature", "bidirectional", "in_batch_negatives"},
+    LossName.COSENT: {"temperature"},
+    LossName.LABEL_CONTRASTIVE: {"temperature"},
+    LossName.PEARSON: set(),  # invariant to the scale of the scores: no temperature
+}
+
 
 class DatasetConfig(Strict):
     path: str

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed.errors import RecipeError
 from hybridembed.folder_compat import make_interoperable
@@ -122,7 +123,7 @@ def _read_marker(out: Path) -> dict[str, Any] | None:
 
 
 def _has_checkpoint(out: Path) -> bool:
-    return out.is_dir() and any(p.is_dir() and p.name.startswith("checkpoint-") for p in out.iterdir())
+    return out.is_dir() and any(p.is_dir() and p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") for p in out.iterdir())
 
 
 def finish_model(out: Path, model: ModelConfig, final: bool) -> None:
@@ -192,7 +193,7 @@ def _publish(recipe: Recipe, plans: list[StagePlan], recipe_text: str | None) ->
     root = Path(recipe.training.output_dir)
     last = plans[-1].out
     for item in last.iterdir():
-        if item.name == MARKER or item.name == "runs" or item.name.startswith("checkpoint-"):
+        if item.name == MARKER or item.name == "runs" or item.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
             continue
         target = root / item.name
         if item.is_dir():
