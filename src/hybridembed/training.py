@@ -65,6 +65,7 @@ class HybridTrainer(SentenceTransformerTrainer):
         dataset_tasks: dict[str, TaskType],
         gather_groups: GatherGroups | None = None,
         weighted_clipping: WeightedClipping | None = None,
+        dynamic_miner: Any = None,
         **kwargs: Any,
     ) -> None:
         self.task_sampler = task_sampler
@@ -80,6 +81,11 @@ class HybridTrainer(SentenceTransformerTrainer):
         if weighted_clipping is not None:
             kwargs["callbacks"].append(weighted_clipping)
         super().__init__(*args, **kwargs)
+        self.dynamic_miner = dynamic_miner  # hybridembed.mining.dynamic: re-mines the hard negatives on schedule
+        if dynamic_miner is not None:
+            from hybridembed.mining.dynamic import DynamicMiningCallback
+
+            self.add_callback(DynamicMiningCallback(dynamic_miner, self))  # it logs through this trainer
         weights = {name: loss_weight(fn) for name, fn in self.loss.items()} if isinstance(self.loss, dict) else {}
         self.dataset_weights = [weights.get(name, 1.0) for name in dataset_tasks]  # by dataset index
 
@@ -266,7 +272,13 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     if is_distributed():
         epochs = math.ceil(recipe.training.max_steps / math.ceil(len(sampler) / recipe.training.gradient_accumulation_steps)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)  # the trainer: ceil(batches / accumulation) steps per epoch
         gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
-    collator = HybridCollator(model.preprocess, _dataset_views(recipe, datasets), seed=recipe.training.seed, rank=args.process_index)
+    views = _dataset_views(recipe, datasets)
+    miner = None
+    if recipe.mining is not None and recipe.mining.dynamic is not None:
+        from hybridembed.mining.dynamic import build_dynamic_miner
+
+        miner = build_dynamic_miner(model, recipe.mining.dynamic, datasets, views, sampler, args.gradient_accumulation_steps)
+    collator = HybridCollator(model.preprocess, views, seed=recipe.training.seed, rank=args.process_index)
     evaluator = recipe.eval.build_evaluator() if recipe.eval is not None else None
     trainer = HybridTrainer(
         model=model,
@@ -280,13 +292,8 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         weighted_clipping=weighted_clipping,
         evaluator=evaluator,
         callbacks=recipe.eval.build_callbacks(evaluator) if evaluator is not None else [],
+        dynamic_miner=miner,
     )
-    # --- dynamic hard-negative mining (hybridembed.mining.dynamic): active-negative hooks + callback ---
-    if recipe.mining is not None and recipe.mining.dynamic is not None:
-        from hybridembed.mining.dynamic import attach_dynamic_mining
-
-        attach_dynamic_mining(trainer, recipe.mining.dynamic, datasets)
-    # --- end dynamic mining ---
     return trainer
 
 

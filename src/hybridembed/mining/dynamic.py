@@ -460,18 +460,19 @@ WORKERS_ERROR = (
 )
 
 
-def attach_dynamic_mining(trainer: Any, config: DynamicMiningConfig, datasets: Sequence[TaskDataset]) -> DynamicMiner | None:
-    """Set the collator's `active_negatives` hooks of the retrieval/reranking datasets and register the callback."""
-    views = trainer.data_collator.views
-    miner = DynamicMiner(trainer.model, config, datasets, views, trainer.task_sampler, trainer.args.gradient_accumulation_steps)
+def build_dynamic_miner(
+    model: Any, config: DynamicMiningConfig, datasets: Sequence[TaskDataset], views: dict[str, Any], sampler: Any, accumulation: int
+) -> DynamicMiner | None:
+    """The miner for a run, with the `active_negatives` hooks of the retrieval/reranking datasets' views set
+    (before the collator and trainer are built from them); None when no dataset has negatives to re-mine.
+    The trainer registers its `DynamicMiningCallback` (HybridTrainer(dynamic_miner=…))."""
+    miner = DynamicMiner(model, config, datasets, views, sampler, accumulation)
     if not miner.tables:
         logger.warning("mining.dynamic: no retrieval/reranking dataset with negatives; nothing to re-mine")
         return None
     for name in miner.tables:
         views[name].active_negatives = miner.active_negatives(name)
-    trainer.add_callback(DynamicMiningCallback(miner, trainer))
-    trainer.dynamic_miner = miner
     return miner
 
 
-__all__ = ["DynamicMiner", "DynamicMiningCallback", "MiningEvent", "attach_dynamic_mining", "easy_threshold", "is_easy", "prefetched_batches"]
+__all__ = ["DynamicMiner", "DynamicMiningCallback", "MiningEvent", "build_dynamic_miner", "easy_threshold", "is_easy", "prefetched_batches"]
