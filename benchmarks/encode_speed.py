@@ -3,8 +3,10 @@
 hybridembed encodes (CLI `encode`, evaluation, mining) through `SentenceTransformer.encode` with
 its own batch size, and the server through length-sorted passes of a micro-batch. This prints
 sentences/s for each on the STS-B dev sentences shipped in data/quickstart (3000 texts), one
-timed run after a warm-up, and as its last line `ratio: X.XX` (slowest hybridembed path ÷ stock).
-Run it alone.
+timed run after a warm-up, and as its last line `ratio: X.XX` (slowest hybridembed torch path ÷ stock).
+The ONNX rows (fp32 and int8, `hybridembed export` + `serve --backend onnx`, same threads as
+torch) run the serve engine too; every row also reports the STS-B dev Spearman of its own
+embeddings, so a faster path never silently costs quality. Run it alone.
 """
 
 from __future__ import annotations
@@ -19,17 +21,39 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def texts() -> list[str]:
+PAIRS: int | None = None  # --pairs: the first N pairs only, for a quick run on a busy machine
+
+
+def stsb_dev() -> list[dict[str, str]]:
     with open(REPO / "data" / "quickstart" / "stsb_dev.tsv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:PAIRS]
+
+
+def texts() -> list[str]:
+    rows = stsb_dev()
     return [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
 
 
-def rate(encode, sentences: list[str]) -> float:
+def rate(encode, sentences: list[str]) -> tuple[float, float]:
+    """(sentences/s, STS-B dev Spearman of the timed run's embeddings: sentence1 rows first, then sentence2)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
     encode(sentences[:64])  # warm-up: first shapes cost seconds on CPU
     started = time.perf_counter()
-    encode(sentences)
-    return len(sentences) / (time.perf_counter() - started)
+    embeddings = np.asarray(encode(sentences), dtype=np.float32)
+    speed = len(sentences) / (time.perf_counter() - started)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    half = len(sentences) // 2
+    gold = [float(r["score"]) for r in stsb_dev()]
+    return speed, float(spearmanr(gold, (embeddings[:half] * embeddings[half:]).sum(axis=1)).statistic)
+
+
+def served_rate(served, sentences: list[str]) -> tuple[float, float]:
+    """The server's path: micro-batches of 32 in length-sorted passes of 8."""
+    import numpy as np
+
+    return rate(lambda t: np.concatenate([served.encode(t[i : i + 32], batch_size=8)[0] for i in range(0, len(t), 32)]), sentences)
 
 
 def main() -> None:
@@ -40,25 +64,51 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled:all-MiniLM-L6-v2")
+    parser.add_argument("--onnx-dir", help="an earlier `hybridembed export --quantize int8` of --model (default: export to a temporary folder)")
+    parser.add_argument("--no-onnx", action="store_true", help="torch rows only")
+    parser.add_argument("--pairs", type=int, help="only the first N STS-B dev pairs (default: all 1500)")
     args = parser.parse_args()
+    global PAIRS
+    PAIRS = args.pairs
     sentences = texts()
     model = load_model(args.model)
     served = ServedModel.from_model(model, "bench")
     results = {
         "SentenceTransformer.encode (defaults, batch 32)": rate(lambda t: model.encode(t, show_progress_bar=False), sentences),
         "hybridembed encode / eval (batch 32)": rate(lambda t: model.encode(t, batch_size=32, show_progress_bar=False), sentences),
-        "hybridembed serve engine (micro-batches of 32, passes of 8)": rate(
-            lambda t: [served.encode(t[i : i + 32], batch_size=8) for i in range(0, len(t), 32)], sentences
-        ),
+        "hybridembed serve engine (micro-batches of 32, passes of 8)": served_rate(served, sentences),
     }
+    if not args.no_onnx:
+        results.update(onnx_rows(args.model, args.onnx_dir, sentences, torch.get_num_threads()))
     print(f"\n{len(sentences)} STS-B dev sentences, {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| path | sentences/s |")
-    print("|---|---|")
-    for name, value in results.items():
-        print(f"| {name} | {value:.0f} |")
-    stock = results["SentenceTransformer.encode (defaults, batch 32)"]
-    print(f"ratio: {min(v for k, v in results.items() if k.startswith('hybridembed')) / stock:.2f}")
+    print("| path | sentences/s | STS-B dev Spearman |")
+    print("|---|---|---|")
+    for name, (value, spearman) in results.items():
+        print(f"| {name} | {value:.0f} | {spearman:.4f} |")
+    stock = results["SentenceTransformer.encode (defaults, batch 32)"][0]
+    print(f"ratio: {min(v for k, (v, _) in results.items() if k.startswith('hybridembed')) / stock:.2f}")
 
+
+def onnx_rows(model: str, onnx_dir: str | None, sentences: list[str], threads: int) -> dict[str, tuple[float, float]]:
+    """The serve engine on onnxruntime, fp32 and int8, with as many intra-op threads as torch has."""
+    import tempfile
+
+    import onnxruntime
+
+    from hybridembed.onnx_export import export_onnx
+    from hybridembed.serve.engine import ServedModel
+    from hybridembed.serve.onnx_backend import OnnxEncoder
+
+    with tempfile.TemporaryDirectory(prefix="encode-speed-onnx-") as tmp:
+        folder = Path(onnx_dir) if onnx_dir else Path(tmp) / "model"
+        if not onnx_dir:
+            print(export_onnx(model, folder, quantize="int8").summary())
+        rows = {}
+        for label, file_name in (("fp32", "model.onnx"), ("int8", "model_qint8.onnx")):
+            served = ServedModel.from_model(OnnxEncoder(folder, file_name, intra_op_num_threads=threads), "bench")
+            name = f"ONNX {label} serve engine (onnxruntime {onnxruntime.__version__}, {file_name}, same batching)"
+            rows[name] = served_rate(served, sentences)
+        return rows
 
 if __name__ == "__main__":
     main()
