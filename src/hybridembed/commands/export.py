@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", required=True, help="onnx (openvino is not offered, see docs/serving.md)")
     parser.add_argument("--quantize", choices=["int8"], help="also write a dynamically quantized int8 graph")
     parser.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export of the same model)")
+    parser.add_argument(
+        "--exporter",
+        choices=["auto", "dynamo", "torchscript"],
+        default="auto",
+        help="torch's ONNX exporter: auto (default) tries dynamo and falls back to TorchScript when torch.export fails",
+    )
     add_trust_remote_code(parser)
     parser.set_defaults(func=run)
 
@@ -41,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         import onnxruntime  # noqa: F401
     except ModuleNotFoundError:
         raise HybridembedError("hybridembed export needs onnx and onnxruntime: pip install 'hybridembed[onnx]'") from None
-    report = export_onnx(args.model, args.out, quantize=args.quantize, trust_remote_code=args.trust_remote_code)
+    report = export_onnx(
+        args.model, args.out, quantize=args.quantize, trust_remote_code=args.trust_remote_code, exporter=args.exporter
+    )
     print(report.summary())
     print(f"wrote {', '.join(str(p) for p in report.files)}")
     return 0
