@@ -100,3 +100,14 @@ def test_train_cli_set_overrides_any_key_and_the_named_flags_win(tmp_path, tiny_
     assert saved["training"]["max_steps"] == 2 and saved["training"]["learning_rate"] == 2e-4 and saved["model"]["max_seq_length"] == 24
     bad = subprocess.run([*cmd[:5], "--set", "training.learning_rate"], capture_output=True, text=True)
     assert bad.returncode != 0 and "expected KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_every_required_option_says_so_in_its_help(capsys):
+    from hybridembed.cli import build_parser, main
+
+    build_parser()
+    for command in (["mine"], ["encode"], ["data", "synthesize"], ["tokenizer", "extend"], ["export"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert "(required)" in out, command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,16 @@ def test_recipe_dry_run_on_a_tiny_backbone(name, tmp_path, capsys):
     assert all(s["global_step"] == 2 for s in meta.get("stages", []))
     if not recipe_stages:
         assert meta["global_step"] == 2
+
+
+def test_the_readme_recipe_validates_and_its_files_exist():
+    import re
+
+    import yaml
+
+    from hybridembed.recipe import recipe_from_mapping
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    recipe = recipe_from_mapping(yaml.safe_load(block), REPO)
+    assert recipe.datasets and all(Path(d.path).is_file() for d in recipe.datasets)

@@ -29,7 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a command not built yet in this checkout
             raise
         module.register(subparsers)
+    _mark_required(parser)
     return parser
+
+
+def _mark_required(parser: argparse.ArgumentParser) -> None:
+    """Say "(required)" in the help of every required option, in every sub-command (argparse only leaves off the brackets)."""
+    for action in parser._actions:  # argparse has no public way to walk a parser's arguments
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _mark_required(child)
+        elif action.required and action.option_strings and action.help and not action.help.startswith("(required)"):
+            action.help = f"(required) {action.help}"
 
 
 def main(argv: list[str] | None = None) -> int:
