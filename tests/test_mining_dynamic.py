@@ -90,7 +90,9 @@ def test_training_with_dynamic_mining_logs_replacements_and_resume_restores_the_
     from hybridembed.training import prepare_training
 
     out = tmp_path / "run"
-    recipe = _recipe(tiny_bert_dir, pool_data, out)
+    # ratio 1.001: a negative whose score fell at all is easy. At 1.02 whether any of the 24 fell by 2% in
+    # two steps hung on float rounding, which a busy machine changes (MKL re-partitions its threads).
+    recipe = _recipe(tiny_bert_dir, pool_data, out, ratio=1.001)
     recipe.training.save_steps = 6
     trainer = prepare_training(recipe)
     trainer.train()
