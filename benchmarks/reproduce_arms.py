@@ -2,7 +2,7 @@
 
 Every training arm of a language reads the same sliced rows (reproduce_data) with the same steps,
 batch size, learning rate and proportional mixing; an arm changes one thing against the arm it is
-compared with. ``run_training`` writes the model to the recipe's ``training.output_dir``, which is
+compared with. ``run_recipe`` writes the model to the recipe's ``training.output_dir``, which is
 OUT/arms/<arm>-s<seed>/model — a sentence-transformers folder (``SentenceTransformer(path)``).
 """
 
@@ -293,10 +293,10 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
             if spec["kind"] == "stock":
                 drawn = train_stock(recipe, model_dir)
             else:
-                from hybridembed.training import run_training
+                from hybridembed.stages import run_recipe
 
                 drawn = rows_drawn(recipe)
-                run_training(recipe.model_copy(update={"training": recipe.training.model_copy(
+                run_recipe(recipe.model_copy(update={"training": recipe.training.model_copy(
                     update={"save_steps": CHECKPOINT_EVERY, "save_total_limit": 1, "resume": True})}))  # fmt: skip
                 for checkpoint in model_dir.glob("checkpoint-*"):
                     shutil.rmtree(checkpoint)  # only resuming needed them

@@ -25,13 +25,13 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.evaluation import load_suite, run_suite
     from hybridembed.model import load_model
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import run_training
+    from hybridembed.stages import run_recipe
 
     recipe = load_recipe(args.recipe, {"training.max_steps": args.max_steps, "training.output_dir": args.output_dir})
     suite = load_suite(args.suite)
     dims = recipe.model.matryoshka_dims
     base = run_suite(load_model(recipe.model.backbone, trust_remote_code=recipe.model.trust_remote_code), suite)
-    out = run_training(recipe, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))
+    out = run_recipe(recipe, recipe_text=Path(args.recipe).read_text(encoding="utf-8"))  # as `hybridembed train` does
     trained = run_suite(load_model(str(out), trust_remote_code=recipe.model.trust_remote_code), suite, dims=sorted(dims, reverse=True) if dims else None)
     print()
     print(f"Before/after on {args.suite} (main score: {', '.join(sorted({t['type'] for t in trained['tasks'].values()}))})")
