@@ -1,6 +1,7 @@
 """torchrun worker: train a recipe (with or without its `deepspeed:` section) and write the per-step losses and what engine ran (run by test_deepspeed.py)."""
 
 import json
+import os
 import sys
 
 import torch.distributed as dist
@@ -27,6 +28,13 @@ def main() -> None:
     }
     with open(f"{out_prefix}.rank{rank}.json", "w") as f:
         json.dump(report, f)
+    # Leave together, then skip interpreter teardown: DeepSpeed's CPU communication threads sometimes
+    # abort the exit ("terminate called without an active exception", rc 250) after the run is complete.
+    if dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
