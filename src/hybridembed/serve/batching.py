@@ -53,6 +53,8 @@ class _Item:
 def estimate_tokens(text: str, max_tokens: int | None = None) -> int:
     """A cheap upper-side estimate of a text's tokens, without the tokenizer: one per CJK/kana/hangul
     character, one per 4 other characters, plus 2 special tokens; at most `max_tokens` (truncation)."""
+    if max_tokens and len(text) // 4 + 2 >= max_tokens:
+        return max_tokens  # at least this many whatever the script: no need to scan a long text on the event loop
     wide = sum(1 for ch in text if ch >= "\u2e80")  # CJK, kana, hangul and other wide scripts: ~1 token each
     estimate = 2 + wide + -(-(len(text) - wide) // 4)
     return min(estimate, max_tokens) if max_tokens else estimate
