@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Validated rows go to a per-session Arrow store, not the user's datasets cache (subprocesses inherit it).
+if "HYBRIDEMBED_DATA_CACHE" not in os.environ:
+    os.environ["HYBRIDEMBED_DATA_CACHE"] = tempfile.mkdtemp(prefix="hybridembed-data-store-")
+    atexit.register(shutil.rmtree, os.environ["HYBRIDEMBED_DATA_CACHE"], ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -114,7 +114,10 @@ LOSS_SETTINGS: dict[LossName, set[str]] = {
 
 
 class DatasetConfig(Strict):
-    path: str
+    path: str = Field(description="a .jsonl/.csv/.tsv/.parquet file, a save_to_disk folder, or hf:owner/name (a hub dataset)")
+    config: str | None = Field(None, description="hf: datasets: the dataset's configuration (subset)")
+    split: str | None = Field(None, description="hf: datasets: the split to read (default train)")
+    revision: str | None = Field(None, description="hf: datasets: a branch, tag or commit")
     name: str | None = None
     task: TaskType | None = Field(None, description="required unless the format carries it (Piccolo's `type` column)")
     format: DataFormat = DataFormat.AUTO
@@ -130,6 +133,13 @@ class DatasetConfig(Strict):
     passage_prefix: str | None = None
     instruction: str | None = Field(None, description="task instruction put before queries via model.instruction_template")
     loss: LossConfig | None = None
+
+    @model_validator(mode="after")
+    def _hub_settings_need_a_hub_path(self) -> DatasetConfig:
+        given = [name for name in ("config", "split", "revision") if getattr(self, name) is not None]
+        if given and not self.path.startswith("hf:"):
+            raise ValueError(f"{', '.join(given)}: only for hub datasets (path: hf:owner/name), not for {self.path}")
+        return self
 
 
 class TrainingConfig(Strict):
@@ -332,7 +342,7 @@ def recipe_from_mapping(
     raw = copy.deepcopy(raw)  # the caller's mapping stays as it was
     stages = [s for s in raw.get("stages") or [] if isinstance(s, dict)]
     for entry in [*(raw.get("datasets") or []), *(e for s in stages for key in ("datasets", "texts") for e in s.get(key) or [])]:
-        if isinstance(entry, dict) and "path" in entry:
+        if isinstance(entry, dict) and "path" in entry and not str(entry["path"]).startswith("hf:"):
             entry["path"] = str(resolve_relative(entry["path"], base))
     if isinstance(raw.get("eval"), dict) and "suite" in raw["eval"]:
         raw["eval"]["suite"] = str(resolve_relative(raw["eval"]["suite"], base))

@@ -42,6 +42,17 @@ class DatasetPlan:
         return full + (1 if rest >= 2 else 0)
 
 
+def _take(index: int, plan: DatasetPlan, batch: list[int], texts: set[str], deferred: list[int]) -> bool:
+    """Put row `index` in the open batch unless it shares a text with it (then it waits); True when the batch is full."""
+    row_texts = plan.texts_of(index)
+    if texts.isdisjoint(row_texts):
+        batch.append(index)
+        texts |= row_texts
+        return len(batch) == plan.batch_size
+    deferred.append(index)
+    return False
+
+
 class TaskBatchSampler(Sampler[list[int]]):
     """Yield index batches over the concatenation of several datasets, each batch from a single dataset."""
 
@@ -110,7 +121,8 @@ class TaskBatchSampler(Sampler[list[int]]):
         plan = self.plans[d]
         for pass_index in range(10**9):
             rng = np.random.default_rng([self.seed, self.epoch, d, pass_index])
-            permutation = rng.permutation(plan.size).tolist()
+            # A numpy permutation (8 bytes a row) read lazily: the sampler's index is all it holds per row.
+            permutation = rng.permutation(plan.size)
             batches = self._no_duplicate_batches(permutation, plan) if plan.texts_of else self._chunks(permutation, plan.batch_size)
             produced = 0
             for batch in batches:
@@ -120,32 +132,38 @@ class TaskBatchSampler(Sampler[list[int]]):
                 raise ValueError(f"dataset {plan.name!r}: no batch of two rows without shared texts can be formed")
 
     @staticmethod
-    def _chunks(indices: list[int], size: int) -> Iterator[list[int]]:
+    def _chunks(indices: np.ndarray, size: int) -> Iterator[list[int]]:
         for start in range(0, len(indices), size):
-            batch = indices[start : start + size]
+            batch = indices[start : start + size].tolist()
             if len(batch) >= 2:  # a one-row batch gives no contrastive or ranking signal
                 yield batch
 
     @staticmethod
-    def _no_duplicate_batches(indices: list[int], plan: DatasetPlan) -> Iterator[list[int]]:
-        """Greedy fill; a row sharing a text with the open batch waits for the next one."""
-        pending = list(indices)
-        while len(pending) >= 2:
+    def _no_duplicate_batches(indices: np.ndarray, plan: DatasetPlan) -> Iterator[list[int]]:
+        """Greedy fill; a row sharing a text with the open batch waits for the next one.
+
+        Each batch scans the rows that waited (oldest first), then the rest of the permutation;
+        only the waiting rows are held in a list, so a pass costs no memory per row of the dataset.
+        """
+        waiting: list[int] = []
+        cursor = 0
+        while len(waiting) + len(indices) - cursor >= 2:
             batch, texts, deferred = [], set(), []
-            for position, index in enumerate(pending):
-                row_texts = plan.texts_of(index)
-                if texts.isdisjoint(row_texts):
-                    batch.append(index)
-                    texts |= row_texts
-                    if len(batch) == plan.batch_size:
-                        deferred.extend(pending[position + 1 :])
+            scanned = 0
+            for index in waiting:
+                scanned += 1
+                if _take(index, plan, batch, texts, deferred):
+                    break
+            if len(batch) < plan.batch_size:
+                while cursor < len(indices):
+                    index = int(indices[cursor])
+                    cursor += 1
+                    if _take(index, plan, batch, texts, deferred):
                         break
-                else:
-                    deferred.append(index)
             if len(batch) < 2:
                 return
             yield batch
-            pending = deferred
+            waiting = deferred + waiting[scanned:]
 
     def schedule(self, epoch: int | None = None) -> Iterator[list[int]]:
         """For each step, the dataset index every rank trains on (the same answer on every rank)."""

@@ -255,17 +255,19 @@ def _check_group(group: CheckGroup, totals: CheckTotals, allow_missing: bool, ca
     import json
 
     from hybridembed.data import load_dataset
+    from hybridembed.data.loading import reader_settings
+    from hybridembed.data.sources import is_hub
     from hybridembed.errors import DataError
 
     lines = []
     for cfg in group.datasets:
         name = cfg.name or Path(cfg.path).stem
-        if allow_missing and not Path(cfg.path).exists():
+        if allow_missing and not is_hub(cfg.path) and not Path(cfg.path).exists():
             totals.missing.append(cfg.path)
             lines.append(f"{name}: {cfg.path} is not here (not checked)")
             continue
         # The same file read the same way in two stages is validated once.
-        key = json.dumps(cfg.model_dump(mode="json", include={"path", "task", "format", "columns", "header", "score_range", "max_samples"}), sort_keys=True)
+        key = json.dumps({"path": cfg.path, **reader_settings(cfg)}, sort_keys=True)
         if key not in cache:
             try:
                 cache[key] = load_dataset(cfg)

@@ -91,6 +91,11 @@ def _text(value: Any, name: str, problems: list[str]) -> str | None:
     if not value.strip():
         problems.append(f"{name}: empty or whitespace-only text")
         return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # a JSON escape like "\ud800": half of a UTF-16 pair, which no tokenizer or Arrow file takes
+        problems.append(f"{name}: contains a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}")
+        return None
     return value
 
 
