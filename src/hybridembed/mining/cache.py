@@ -89,12 +89,31 @@ def _hash_files(digest: Any, folder: Path) -> None:
                 digest.update(f.read(min(size, 100 * 2**20)))  # the JSON header: tensor names, dtypes, shapes, offsets
 
 
+def source_fingerprint(path: Path) -> str:
+    """A data file or folder identified by its files' paths, sizes and modification times (nothing is read but safetensors headers)."""
+    digest = hashlib.sha256()
+    if path.is_dir():
+        _hash_files(digest, path)
+    else:
+        stat = path.stat()
+        digest.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def frame_text(digest: Any, encoded: bytes | memoryview) -> None:
+    """Add one UTF-8 text to a corpus digest, length-prefixed so that no two text lists share a byte stream."""
+    digest.update(len(encoded).to_bytes(8, "little"))
+    digest.update(encoded)
+
+
 def corpus_fingerprint(texts: Sequence[str]) -> str:
+    """The digest of the texts in order; a `corpus.TextStore` carries the same digest, computed when it was written."""
+    stored = getattr(texts, "fingerprint", None)
+    if isinstance(stored, str):
+        return stored
     digest = hashlib.sha256()
     for text in texts:
-        encoded = text.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
+        frame_text(digest, text.encode("utf-8"))
     return digest.hexdigest()
 
 
@@ -167,4 +186,4 @@ def embed_corpus(
     return CachedEmbeddings(np.memmap(data_path, dtype=np.float32, mode="r", shape=(n, dim)), folder, reused)
 
 
-__all__ = ["CachedEmbeddings", "corpus_fingerprint", "default_cache_dir", "embed_corpus", "model_fingerprint"]
+__all__ = ["CachedEmbeddings", "corpus_fingerprint", "default_cache_dir", "embed_corpus", "frame_text", "model_fingerprint", "source_fingerprint"]

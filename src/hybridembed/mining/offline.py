@@ -8,7 +8,10 @@ this module adds:
   corpus content (sentence-transformers keys its `.npy` cache by the model's name, keeps the whole
   corpus in memory and writes it only at the end); an interrupted run resumes at its last chunk,
   and exact search streams the memmap instead of loading it;
-* **IVF / HNSW indexes** beside exact inner-product search (hybridembed.mining.index);
+* **a corpus kept on disk** (hybridembed.mining.corpus): read once, deduplicated by 8-byte text
+  hashes and written to a text store beside the cache; texts are looked up by hash and fetched by
+  id only for the negatives written, so no list or dict of the corpus is ever built;
+* **IVF / HNSW / IVF-PQ indexes** beside exact inner-product search (hybridembed.mining.index);
 * **rows with several positives** (none is ever written as a negative) read from every input
   format our readers accept (ours, FlagEmbedding, Piccolo, sentence-transformers columns, …)
   with the same `file:line` validation as training;
@@ -28,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +41,7 @@ from tqdm.auto import tqdm
 
 from hybridembed.errors import HybridembedError
 from hybridembed.mining.cache import embed_corpus
+from hybridembed.mining.corpus import TextStore, iter_corpus_texts, open_corpus
 from hybridembed.mining.index import IndexKind, Searcher
 
 if TYPE_CHECKING:
@@ -63,6 +67,7 @@ class MiningOptions:
     query_prefix: str | None = None  # None: the model's "query" prompt, if any
     passage_prefix: str | None = None  # None: the model's "document" prompt, if any
     nprobe: int = 16
+    pq_m: int | None = None  # ivfpq: one-byte codes per vector (None: the largest divisor of dim not above dim / 8)
 
     def check(self) -> None:
         lo, hi = self.rank_range
@@ -72,6 +77,8 @@ class MiningOptions:
             raise HybridembedError(f"--num-negatives {self.num_negatives}: must be at least 1")
         if self.max_ratio is not None and self.max_ratio <= 0:
             raise HybridembedError(f"--max-ratio {self.max_ratio}: must be positive")
+        if self.pq_m is not None and self.pq_m < 1:
+            raise HybridembedError(f"--pq-m {self.pq_m}: must be at least 1")
 
 
 @dataclass
@@ -85,6 +92,8 @@ class MiningReport:
     dropped_by_guard: int = 0
     cache_path: str = ""
     cache_hit: bool = False
+    text_store: str = ""  # the corpus's text store folder
+    text_store_reused: bool = False  # it was there before this run (a corpus file's: nothing of the file was read)
     embed_seconds: float = 0.0
     search_seconds: float = 0.0  # query encoding + search + sampling
     out: str = ""
@@ -95,28 +104,19 @@ class MiningReport:
         return self.rows / self.search_seconds if self.search_seconds else float("nan")
 
 
-def unique(texts: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(texts))
-
-
 def read_corpus(path: str | Path, text_field: str = "text") -> list[str]:
-    """Corpus texts, deduplicated in first-seen order: `.txt` one per line, else `text_field` of each record."""
-    from hybridembed.data.readers import read_records
-
-    path = Path(path)
-    if path.suffix.lower() == ".txt" and path.is_file():
-        with open(path, encoding="utf-8") as f:
-            texts = [line.rstrip("\n") for line in f if line.strip()]
-    else:
-        texts = []
-        for record in read_records(path):
-            value = record.fields.get(text_field)
-            if not isinstance(value, str) or not value.strip():
-                raise HybridembedError(f"{path}:{record.line}: {text_field}: missing or empty text (choose the field with --corpus-field)")
-            texts.append(value)
+    """Corpus texts in a list, deduplicated in first-seen order (small corpora; mining takes the path and keeps them on disk)."""
+    texts = list(dict.fromkeys(iter_corpus_texts(path, text_field)))
     if not texts:
         raise HybridembedError(f"{path}: the corpus is empty")
-    return unique(texts)
+    return texts
+
+
+def row_texts(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """The default corpus: every positive and negative of the rows, in order (the store drops repeats)."""
+    for row in rows:
+        yield from row["positives"]
+        yield from row["negatives"] or []
 
 
 def load_queries(path: str | Path, fmt: str = "auto") -> TaskDataset:
@@ -188,36 +188,39 @@ def mine_hard_negatives(
     model: SentenceTransformer,
     dataset: TaskDataset,
     out: str | Path,
-    corpus: Sequence[str] | None = None,
+    corpus: str | Path | Iterable[str] | TextStore | None = None,
     options: MiningOptions | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     fingerprint: str | None = None,
+    corpus_field: str = "text",
 ) -> MiningReport:
-    """Mine `options.num_negatives` negatives per row of `dataset` from `corpus` (default: all its positives and negatives) into `out`."""
+    """Mine `options.num_negatives` negatives per row of `dataset` from `corpus` into `out`.
+
+    `corpus`: a file (`.txt` lines or records with `corpus_field`), texts, or a `TextStore`; default:
+    all positives and negatives of the rows. It goes to a text store under `cache_dir` first.
+    """
     options = options or MiningOptions()
     options.check()
     rows = dataset.rows
-    corpus = unique(corpus) if corpus is not None else unique(t for r in rows for t in [*r["positives"], *(r["negatives"] or [])])
-    report = MiningReport(rows=len(rows), corpus_size=len(corpus), out=str(out))
-    if options.rank_range[0] > len(corpus):
-        report.notes.append(f"the corpus has {len(corpus)} texts, fewer than the first rank {options.rank_range[0]}: nothing can be mined")
+    store = open_corpus(corpus if corpus is not None else row_texts(rows), corpus_field, cache_dir, progress)
+    report = MiningReport(rows=len(rows), corpus_size=len(store), out=str(out), text_store=str(store.path), text_store_reused=store.reused)
+    if options.rank_range[0] > len(store):
+        report.notes.append(f"the corpus has {len(store)} texts, fewer than the first rank {options.rank_range[0]}: nothing can be mined")
     query_prefix, passage_prefix = _prefixes(model, options)
 
     started = time.perf_counter()
     # `fingerprint`: the model's cache key, e.g. model_fingerprint(model, its folder) (default: hash its weights)
-    cached = embed_corpus(model, corpus, passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress, fingerprint)
+    cached = embed_corpus(model, store, passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress, fingerprint)
     report.cache_path, report.cache_hit = str(cached.path), cached.hit
     vectors = cached.vectors
-    position_of = {text: i for i, text in enumerate(corpus)}
-    # Positives missing from the corpus still need a score for the guard.
-    missing = unique(p for r in rows for p in r["positives"] if p not in position_of)
-    extra = dict(zip(missing, _encode(model, missing, passage_prefix, options.batch_size)))
-    searcher = Searcher(vectors, options.index, chunk_size=max(options.chunk_size, 4096), nprobe=options.nprobe, seed=options.seed)
+    searcher = Searcher(
+        vectors, options.index, chunk_size=max(options.chunk_size, 4096), nprobe=options.nprobe, seed=options.seed, pq_m=options.pq_m
+    )
     report.embed_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    k = min(options.rank_range[1], len(corpus))
+    k = min(options.rank_range[1], len(store))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as sink, tqdm(total=len(rows), desc="mining", unit="query", disable=not progress) as bar:
@@ -225,17 +228,18 @@ def mine_hard_negatives(
             block = rows[start : start + options.query_block]
             query_vectors = _encode(model, [r["query"] for r in block], query_prefix, options.batch_size)
             all_scores, all_ids = searcher.search(query_vectors, k)
+            positive_ids, query_ids, positive_vectors = _block_positives(model, block, store, vectors, passage_prefix, options.batch_size)
             for offset, row in enumerate(block):
                 index = start + offset
-                positive_vectors = np.stack([vectors[position_of[p]] if p in position_of else extra[p] for p in row["positives"]])
-                positive_scores = positive_vectors @ query_vectors[offset]
-                excluded = {position_of[t] for t in (*row["positives"], row["query"]) if t in position_of}
+                positive_scores = positive_vectors[offset] @ query_vectors[offset]
+                excluded = {int(i) for i in (*positive_ids[offset], query_ids[offset]) if i >= 0}
                 chosen = select_negatives(
                     all_scores[offset], all_ids[offset], excluded, float(positive_scores.min()), options,
                     np.random.default_rng([options.seed, index]), report,
                 )  # fmt: skip
                 chosen.sort(key=lambda c: -c[1])
-                sink.write(json.dumps(_output_row(row, chosen, corpus, positive_scores), ensure_ascii=False) + "\n")
+                negatives = store.texts(i for i, _, _ in chosen)  # the only corpus texts read back
+                sink.write(json.dumps(_output_row(row, chosen, negatives, positive_scores), ensure_ascii=False) + "\n")
                 report.negatives_written += len(chosen)
                 report.short_rows += len(chosen) < options.num_negatives
                 report.empty_rows += not chosen
@@ -249,15 +253,32 @@ def mine_hard_negatives(
     return report
 
 
-def _output_row(row: dict[str, Any], chosen: list[tuple[int, float, int]], corpus: Sequence[str], positive_scores: np.ndarray) -> dict[str, Any]:
+def _block_positives(
+    model: SentenceTransformer, block: Sequence[dict[str, Any]], store: TextStore, vectors: np.ndarray, prefix: str, batch_size: int
+) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """Per row of a query block: its positives' corpus ids (-1: not in the corpus), its query's id, its positives' vectors."""
+    flat = [p for row in block for p in row["positives"]]
+    ids = store.lookup(flat)
+    # Positives missing from the corpus still need a vector for the guard: encoded here, once per block.
+    missing = list(dict.fromkeys(p for p, i in zip(flat, ids) if i < 0))
+    extra = dict(zip(missing, _encode(model, missing, prefix, batch_size)))
+    bounds = np.cumsum([0] + [len(row["positives"]) for row in block])
+    positive_ids = [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    positive_vectors = [
+        np.stack([vectors[i] if i >= 0 else extra[p] for p, i in zip(row["positives"], row_ids)]) for row, row_ids in zip(block, positive_ids)
+    ]
+    return positive_ids, store.lookup([row["query"] for row in block]), positive_vectors
+
+
+def _output_row(row: dict[str, Any], chosen: list[tuple[int, float, int]], negatives: list[str], positive_scores: np.ndarray) -> dict[str, Any]:
     return {
         "query": row["query"],
         "positives": row["positives"],
-        "negatives": [corpus[i] for i, _, _ in chosen],
+        "negatives": negatives,
         "negative_scores": [round(s, 6) for _, s, _ in chosen],
         "negative_ranks": [r for _, _, r in chosen],
         "positive_scores": [round(float(s), 6) for s in positive_scores],
     }
 
 
-__all__ = ["MiningOptions", "MiningReport", "load_queries", "mine_hard_negatives", "read_corpus", "select_negatives"]
+__all__ = ["MiningOptions", "MiningReport", "load_queries", "mine_hard_negatives", "read_corpus", "row_texts", "select_negatives"]

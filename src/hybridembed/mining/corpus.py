@@ -1,0 +1,255 @@
+"""The mining corpus on disk: its unique texts in a UTF-8 blob with offsets and sorted 8-byte hashes, looked up and fetched by id without holding them in RAM.
+
+A store is built by streaming the corpus once (`iter_corpus_texts` for a file, any iterable of
+strings otherwise). Every non-blank text is appended to a raw blob and its 8-byte BLAKE2b hash to
+a raw hash file; duplicates are then found by sorting the hashes (about 33 bytes of RAM per raw
+text at that moment, never the texts), and the first occurrence of each text is copied, in
+first-seen order, into ``texts.bin``. The folder beside the embedding cache
+(``<cache>/texts/<key>/``) holds:
+
+* ``texts.bin`` and ``offsets.i64`` (n + 1 offsets): text ``i`` is ``texts.bin[offsets[i]:offsets[i+1]]``;
+* ``hashes.u64`` (sorted) and ``hash_ids.i64`` (the id of each): a text's id is found with
+  ``np.searchsorted``, then confirmed by comparing its bytes with the stored ones, so a hash
+  collision can never make a different text look present;
+* ``meta.json``: the count and the content fingerprint the embedding cache is keyed by (the
+  same digest `cache.corpus_fingerprint` computes for a list of the same texts).
+
+All arrays are memory-mapped: a lookup touches about log2(n) pages of the hash file, a fetch one
+range of the blob. A file's store is keyed by its path, size and modification time (as the
+model's files key the embedding cache), so a second run reads nothing of the file; a store built
+from texts already in memory is keyed by their content.
+
+Collisions: two distinct texts share a 64-bit hash with probability about n²/2⁶⁵ (3·10⁻⁸ for a
+million texts, 3·10⁻⁴ for 100 million). The only effect is that the later of the two is dropped
+from the corpus as a "duplicate" (so it is never a candidate); lookups stay exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hybridembed.errors import HybridembedError
+from hybridembed.mining.cache import default_cache_dir, frame_text, source_fingerprint
+
+STORE_VERSION = 1
+BATCH = 65536  # texts hashed, written or decoded per step: bounds the transient Python objects
+STORE_FILES = ("texts.bin", "offsets.i64", "hashes.u64", "hash_ids.i64")
+
+
+def text_hash(encoded: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8).digest(), "little")
+
+
+def iter_corpus_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
+    """A corpus file's texts in file order: `.txt` one per non-blank line, else `text_field` of each record.
+
+    The one place a corpus file is read, so a streaming reader of the training readers can replace it.
+    """
+    from hybridembed.data.readers import read_records
+
+    path = Path(path)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield line.rstrip("\n")
+        return
+    for record in read_records(path):
+        value = record.fields.get(text_field)
+        if not isinstance(value, str) or not value.strip():
+            raise HybridembedError(f"{path}:{record.line}: {text_field}: missing or empty text (choose the field with --corpus-field)")
+        yield value
+
+
+class TextStore:
+    """The unique texts of a corpus, by id (0-based, first-seen order), read from their folder on demand."""
+
+    def __init__(self, folder: Path, reused: bool = False) -> None:
+        self.path = Path(folder)
+        self.reused = reused  # the folder was there before this run
+        meta = json.loads((self.path / "meta.json").read_text())
+        self.fingerprint: str = meta["fingerprint"]
+        self._n = int(meta["rows"])
+        self.offsets = np.memmap(self.path / "offsets.i64", dtype=np.int64, mode="r")
+        self.hashes = np.memmap(self.path / "hashes.u64", dtype=np.uint64, mode="r")
+        self.hash_ids = np.memmap(self.path / "hash_ids.i64", dtype=np.int64, mode="r")
+        size = int(self.offsets[-1])
+        # A zero-length file cannot be mapped (a corpus of empty strings only).
+        self.blob = np.memmap(self.path / "texts.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _bytes(self, i: int) -> bytes:
+        return self.blob[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes()
+
+    def __getitem__(self, item: int | slice) -> str | list[str]:
+        if isinstance(item, slice):
+            start, stop, step = item.indices(self._n)
+            if step != 1:
+                return self.texts(range(start, stop, step))
+            if stop <= start:
+                return []
+            bounds = np.asarray(self.offsets[start : stop + 1]) - int(self.offsets[start])
+            data = self.blob[int(self.offsets[start]) : int(self.offsets[stop])].tobytes()  # one read for the whole range
+            return [data[a:b].decode("utf-8") for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+        index = int(item) + (self._n if item < 0 else 0)
+        if not 0 <= index < self._n:
+            raise IndexError(item)
+        return self._bytes(index).decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, self._n, BATCH):
+            yield from self[start : start + BATCH]
+
+    def texts(self, ids: Iterable[int]) -> list[str]:
+        return [self._bytes(int(i)).decode("utf-8") for i in ids]
+
+    def lookup(self, texts: Sequence[str]) -> np.ndarray:
+        """The id of each text (int64), -1 for a text not in the corpus."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        encoded = [t.encode("utf-8") for t in texts]
+        wanted = np.fromiter((text_hash(e) for e in encoded), dtype=np.uint64, count=len(encoded))
+        slots = np.minimum(np.searchsorted(self.hashes, wanted), self._n - 1)
+        found = np.asarray(self.hashes[slots]) == wanted
+        ids = np.where(found, np.asarray(self.hash_ids[slots]), -1)
+        for j in np.flatnonzero(found):  # a shared hash is not a shared text
+            if self._bytes(ids[j]) != encoded[j]:
+                ids[j] = -1
+        return ids
+
+
+def store_root(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / "texts"
+
+
+def open_corpus(
+    source: str | Path | Iterable[str] | TextStore,
+    text_field: str = "text",
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> TextStore:
+    """The store of a corpus file (built on first use, then reused while the file is unchanged) or of an iterable of texts."""
+    if isinstance(source, TextStore):
+        return source
+    root = store_root(cache_dir)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise HybridembedError(f"{path}: corpus not found")
+        key = hashlib.sha256(f"{STORE_VERSION}|{path.resolve()}|{text_field}|{source_fingerprint(path)}".encode()).hexdigest()[:24]
+        if (root / f"f{key}" / "meta.json").exists():
+            return TextStore(root / f"f{key}", reused=True)
+        return build_store(iter_corpus_texts(path, text_field), root, f"f{key}", f"{path}: the corpus is empty", progress)
+    return build_store(source, root, None, "the corpus is empty", progress)
+
+
+def build_store(texts: Iterable[str], root: Path, key: str | None, empty_message: str, progress: bool = False) -> TextStore:
+    """Write the unique texts of `texts` to `root/key` (key None: named by their content); reuse an equal store already there."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".building-{uuid.uuid4().hex}"  # renamed into place when complete: a killed run leaves no half store
+    tmp.mkdir()
+    try:
+        raw_rows = _write_raw(texts, tmp, progress)
+        if not raw_rows:
+            raise HybridembedError(empty_message)
+        meta = _deduplicate(tmp, raw_rows)
+        key = key or f"c{meta['fingerprint'][:24]}"
+        final = root / key
+        if not (final / "meta.json").exists():
+            try:
+                os.rename(tmp, final)
+                return TextStore(final)
+            except OSError:  # another process put the same store in place first
+                if not (final / "meta.json").exists():
+                    raise
+        return TextStore(final, reused=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_raw(texts: Iterable[str], folder: Path, progress: bool) -> int:
+    """Append every text to raw.bin, its length to raw_lengths.i64 and its hash to raw_hashes.u64; return the count."""
+    count = 0
+    with (
+        open(folder / "raw.bin", "wb", buffering=1 << 20) as blob,
+        open(folder / "raw_lengths.i64", "wb") as lengths,
+        open(folder / "raw_hashes.u64", "wb") as hashes,
+        tqdm(desc="reading corpus", unit="text", disable=not progress) as bar,
+    ):
+        batch_lengths: list[int] = []
+        batch_hashes: list[int] = []
+        for text in texts:
+            encoded = text.encode("utf-8")
+            blob.write(encoded)
+            batch_lengths.append(len(encoded))
+            batch_hashes.append(text_hash(encoded))
+            if len(batch_hashes) == BATCH:
+                lengths.write(np.asarray(batch_lengths, dtype=np.int64).tobytes())
+                hashes.write(np.asarray(batch_hashes, dtype=np.uint64).tobytes())
+                count += BATCH
+                bar.update(BATCH)
+                batch_lengths.clear()
+                batch_hashes.clear()
+        lengths.write(np.asarray(batch_lengths, dtype=np.int64).tobytes())
+        hashes.write(np.asarray(batch_hashes, dtype=np.uint64).tobytes())
+        count += len(batch_hashes)
+        bar.update(len(batch_hashes))
+    return count
+
+
+def _deduplicate(folder: Path, raw_rows: int) -> dict:
+    """Keep the first occurrence of each hash, in first-seen order: write the store's files and meta.json; drop the raw ones."""
+    hashes = np.fromfile(folder / "raw_hashes.u64", dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")  # among equal hashes, the earliest occurrence comes first
+    del hashes
+    sorted_hashes = np.fromfile(folder / "raw_hashes.u64", dtype=np.uint64)[order]
+    first = np.ones(raw_rows, dtype=bool)
+    np.not_equal(sorted_hashes[1:], sorted_hashes[:-1], out=first[1:])
+    first_raw = order[first]  # raw index of each distinct hash, in hash order
+    del order
+    sorted_hashes[: len(first_raw)] = sorted_hashes[first]
+    sorted_hashes[: len(first_raw)].tofile(folder / "hashes.u64")
+    del sorted_hashes, first
+    keep = np.sort(first_raw)  # the raw index of corpus id i is keep[i]
+    np.searchsorted(keep, first_raw).astype(np.int64).tofile(folder / "hash_ids.i64")
+    del first_raw
+    raw_lengths = np.fromfile(folder / "raw_lengths.i64", dtype=np.int64)
+    starts = (np.cumsum(raw_lengths) - raw_lengths)[keep]
+    lengths = raw_lengths[keep]
+    del raw_lengths, keep
+    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64).tofile(folder / "offsets.i64")
+    meta = {"version": STORE_VERSION, "rows": len(lengths), "raw_rows": raw_rows, "bytes": int(lengths.sum())}
+    meta["fingerprint"] = _copy_kept(folder, starts, lengths)
+    for name in ("raw.bin", "raw_lengths.i64", "raw_hashes.u64"):
+        (folder / name).unlink()
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _copy_kept(folder: Path, starts: np.ndarray, lengths: np.ndarray) -> str:
+    """Copy the kept texts from raw.bin to texts.bin, in id order; return their `corpus_fingerprint`."""
+    digest = hashlib.sha256()
+    raw = np.memmap(folder / "raw.bin", dtype=np.uint8, mode="r") if os.path.getsize(folder / "raw.bin") else np.zeros(0, np.uint8)
+    view = memoryview(raw)
+    with open(folder / "texts.bin", "wb", buffering=1 << 20) as out:
+        for at in range(0, len(starts), BATCH):
+            for start, length in zip(starts[at : at + BATCH].tolist(), lengths[at : at + BATCH].tolist()):
+                piece = view[start : start + length]
+                frame_text(digest, piece)
+                out.write(piece)
+    view.release()
+    return digest.hexdigest()
+
+
+__all__ = ["TextStore", "build_store", "iter_corpus_texts", "open_corpus", "store_root", "text_hash"]
