@@ -210,7 +210,7 @@ def test_mixed_load_of_valid_and_malformed_requests(served, reference):
 def test_bad_texts_that_reach_a_batch_fail_alone(tiny_model_dir, reference, monkeypatch):
     """With the up-front check switched off, lone surrogates reach the shared batches: the
     tokenizer refuses them at encode time, and still only their own requests fail (with a 400)."""
-    monkeypatch.setattr(schemas, "_lone_surrogate", lambda text: None)
+    monkeypatch.setattr(schemas, "lone_surrogate", lambda text: None)
     served = load_served_model(str(tiny_model_dir), model_name=MODEL)
     batches: list[list[str]] = []
     original = served.encode

@@ -1,21 +1,23 @@
-"""Readers that stream raw records with their line (or row) number from jsonl, csv, tsv, parquet and HF save_to_disk folders."""
+"""The one place input files are read: raw records (`read_records`) and texts (`iter_texts`), streamed with the same `file:line: field: problem` errors for every command."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hybridembed.errors import DataError
 
-# csv's default limit (131,072 characters per field) would end a long passage in a traceback; the
-# eval reader (evaluation/local_data.py) raises it the same way.
+# csv's default limit (131,072 characters per field) would end a long passage in a traceback.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+PARQUET_BATCH_ROWS = 1024  # rows decoded at a time: memory holds one batch, not the file
+MAX_PROBLEMS = 200  # problems kept for the message (the count covers them all)
+OnEmpty = Literal["skip", "keep", "fail"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,19 @@ def file_kind(path: Path) -> str:
     raise DataError([f"{path}: unsupported file type (expected .jsonl, .csv, .tsv, .parquet or a save_to_disk folder)"])
 
 
-def read_records(path: str | Path, header: bool = True) -> Iterator[RawRecord]:
-    """Yield records; without a header, csv/tsv fields are keyed by their 0-based column index."""
-    path = Path(path)
+def _check_exists(path: Path) -> None:
     if not path.exists():
         raise DataError([f"{path}: file not found"])
-    kind = file_kind(path)
+
+
+def read_records(path: str | Path, header: bool = True, kind: str | None = None) -> Iterator[RawRecord]:
+    """Yield records; without a header, csv/tsv fields are keyed by their 0-based column index.
+
+    `kind` (jsonl / csv / tsv / parquet / hf_disk) overrides the one the file name implies.
+    """
+    path = Path(path)
+    _check_exists(path)
+    kind = kind or file_kind(path)
     if kind in ("jsonl", "csv", "tsv") and path.stat().st_size == 0:
         raise DataError([f"{path}: empty file"])
     match kind:
@@ -64,17 +73,34 @@ def read_records(path: str | Path, header: bool = True) -> Iterator[RawRecord]:
 
 
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line end) one line at a time, so invalid UTF-8 is reported with its line."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                yield number, raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise DataError([f"{path}:{number}: (line): invalid UTF-8 at byte {err.start}"]) from None
+            # A UTF-8 byte order mark (Windows editors write one) is not part of the first text or column name.
+            yield number, text.removeprefix("\ufeff") if number == 1 else text
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRecord]:
+    lines = _decoded_lines(path)
+    first = next(((n, t) for n, t in lines if t.strip()), None)
+    lines = chain([first] if first else [], lines)
+    # A .json file may be one array of records (alpaca, ShareGPT dumps) instead of one record per line.
+    is_array = path.suffix.lower() == ".json" and first is not None and first[1].lstrip().startswith("[")
+    records = _read_json_array(path, lines) if is_array else _read_json_lines(path, lines)
     seen_any = False
-    for number, text in _decoded_lines(path):
+    for record in records:
+        seen_any = True
+        yield record
+    if not seen_any:
+        raise DataError([f"{path}: empty file (no records)"])
+
+
+def _read_json_lines(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[RawRecord]:
+    for number, text in lines:
         if not text.strip():
             continue
         try:
@@ -83,18 +109,62 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
             raise DataError([f"{path}:{number}: (line): invalid JSON: {err.msg}"]) from None
         if not isinstance(value, dict):
             raise DataError([f"{path}:{number}: (line): expected a JSON object, got {type(value).__name__}"])
-        seen_any = True
         yield RawRecord(number, value)
-    if not seen_any:
-        raise DataError([f"{path}: empty file (no records)"])
+
+
+def _read_json_array(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[RawRecord]:
+    """The records of a `[{...}, {...}]` file, each at the line where it starts, holding about one record in memory."""
+    decoder = json.JSONDecoder()
+    pending: list[str] = []  # lines not decoded yet; the first of them is line `first`
+    first, size, retry_at, opened = 1, 0, 0, False
+    for number, text in chain(lines, [(0, "")]):  # line 0: the end of the file
+        final = number == 0
+        if not final:
+            if not pending:
+                first = number
+            pending.append(text)
+            size += len(text)
+            # Only a line ending a value (`}`, `},`, `]`) can complete a record, and after a failed
+            # attempt the next waits until the pending text has doubled: decoding stays linear.
+            if size < retry_at or not text.rstrip().endswith(("}", "},", "]", "],")):
+                continue
+        buffer = "".join(pending)
+        pos, counted, line = 0, 0, first
+        while True:
+            while pos < len(buffer) and buffer[pos] in " \t\r\n,":
+                pos += 1
+            if pos == len(buffer):
+                break
+            if not opened:  # _read_jsonl saw that the first line starts with "["
+                opened, pos = True, pos + 1
+                continue
+            if buffer[pos] == "]":
+                return
+            line += buffer.count("\n", counted, pos)
+            counted = pos
+            try:
+                value, pos = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError as err:
+                # JSON strings and numbers never span lines, so an undecodable record may just
+                # continue on the next line: only at the end of the file is it an error.
+                if final:
+                    raise DataError([f"{path}:{line}: (record): invalid JSON: {err.msg}"]) from None
+                break
+            if not isinstance(value, dict):
+                raise DataError([f"{path}:{line}: (record): expected a JSON object, got {type(value).__name__}"])
+            yield RawRecord(line, value)
+        rest = buffer[pos:]
+        first = line + buffer.count("\n", counted, pos)
+        pending, size = ([rest], len(rest)) if rest.strip() else ([], 0)
+        retry_at = 2 * size
 
 
 def _read_delimited(path: Path, delimiter: str, header: bool, quoting: int) -> Iterator[RawRecord]:
-    # Decode line by line first so invalid UTF-8 is reported with its line number.
-    lines = [text for _, text in _decoded_lines(path)]
-    # csv: strict quoting, so an unterminated or stray quote is an error instead of a field that
-    # silently swallows the following lines (tsv has no quoting at all).
-    reader = csv.reader(io.StringIO("".join(lines)), delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
+    # csv.reader pulls decoded lines one at a time: the file is streamed, and invalid UTF-8 is still
+    # reported with its line number. csv: strict quoting, so an unterminated or stray quote is an
+    # error instead of a field that silently swallows the following lines (tsv has no quoting at all).
+    lines = (text for _, text in _decoded_lines(path))
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
     names: list[str] | None = None
     seen_any = False
     while True:
@@ -127,13 +197,20 @@ def _read_delimited(path: Path, delimiter: str, header: bool, quoting: int) -> I
 
 
 def _read_parquet(path: Path) -> Iterator[RawRecord]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    if table.num_rows == 0:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError([f"{path}: not a readable parquet file ({err})"]) from None
+    if parquet.metadata.num_rows == 0:
         raise DataError([f"{path}: empty file (no rows)"])
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield RawRecord(number, row)
+    number = 0
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for row in batch.to_pylist():
+            number += 1
+            yield RawRecord(number, row)
 
 
 def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
@@ -153,3 +230,124 @@ def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
 def is_line_numbered(path: str | Path) -> bool:
     """Text formats report `file:line`; binary ones report `file:row`."""
     return file_kind(Path(path)) in ("jsonl", "csv", "tsv")
+
+
+def lone_surrogate(text: str) -> tuple[int, int] | None:
+    """(position, code point) of the first unpaired surrogate in `text`, None when there is none.
+
+    JSON allows escapes such as "\\ud800" that decode to half of a UTF-16 pair; Python keeps such a
+    code point in a str, but it is not Unicode text: it cannot be UTF-8 encoded, and the Rust
+    tokenizers refuse it. (A proper pair, "\\ud83d\\ude00", decodes to one character and is fine.)
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start, ord(text[err.start])
+    return None
+
+
+def text_problem(value: Any, allow_blank: bool = False) -> str | None:
+    """Why `value` is not usable text, in the words every reader reports after `file:line: field: `; None when it is."""
+    if value is None or (isinstance(value, str) and not allow_blank and not value.strip()):
+        return "missing or empty text"
+    if not isinstance(value, str):
+        return f"expected text, got {type(value).__name__}"
+    surrogate = lone_surrogate(value)
+    if surrogate is not None:
+        return f"contains a lone surrogate (U+{surrogate[1]:04X}) at character {surrogate[0]}"
+    return None
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    line: int  # 1-based line (row number for binary formats)
+    text: str  # "" for a blank line or empty text kept with on_empty="keep"
+    fields: dict[str | int, Any]  # the whole record ({} for a .txt line)
+
+
+@dataclass
+class TextStream:
+    """The texts of one file, streamed: iterate once; problems of single records are collected and raised together at the end.
+
+    `.txt`: one text per line (the line end removed, nothing else). Other files: field `text_field`
+    of each record (`read_records`). `on_empty` says what a blank line / an empty text is:
+    ``"skip"`` (default): a blank .txt line is skipped, an empty record field is a problem (a
+    record is meant as data, a blank line is layout); ``"keep"``: both are yielded as "" (rows
+    stay aligned with the input); ``"fail"``: both are problems. Blank lines and empty texts,
+    skipped or kept, are counted in `blank_lines`. A file without any text is an error.
+    """
+
+    path: Path
+    text_field: str | int = "text"
+    on_empty: OnEmpty = "skip"
+    header: bool = True
+    kind: str | None = None
+    blank_lines: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS
+    problem_count: int = 0
+
+    def add_problem(self, problem: str) -> None:
+        """Record a problem; callers add their own (e.g. a bad id) so that one error lists them all."""
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+
+    def check(self) -> None:
+        """Raise the collected problems; iteration does so at its end (call it after stopping early)."""
+        if self.problem_count:
+            noun = "line(s)" if self.is_text_file else "record(s)"
+            raise DataError(self.problems, summary=f"{self.path}: {self.problem_count} invalid {noun}")
+
+    @property
+    def is_text_file(self) -> bool:
+        return self.kind is None and self.path.suffix.lower() == ".txt"
+
+    def __iter__(self) -> Iterator[TextRecord]:
+        texts = 0
+        for item in self._lines() if self.is_text_file else self._records():
+            texts += bool(item.text)
+            yield item
+        self.check()
+        if not texts:
+            raise DataError([f"{self.path}: empty file (no text lines)" if self.is_text_file else f"{self.path}: no text in field {self.text_field!r}"])
+
+    def _empty(self, line: int, problem: str, fields: dict[str | int, Any], skippable: bool) -> Iterator[TextRecord]:
+        if self.on_empty == "fail" or (self.on_empty == "skip" and not skippable):
+            self.add_problem(f"{self.path}:{line}: {problem}")
+            return
+        self.blank_lines.append(line)
+        if self.on_empty == "keep":
+            yield TextRecord(line, "", fields)
+
+    def _lines(self) -> Iterator[TextRecord]:
+        _check_exists(self.path)
+        if self.path.stat().st_size == 0:
+            raise DataError([f"{self.path}: empty file"])
+        for number, line in _decoded_lines(self.path):
+            text = line.removesuffix("\n").removesuffix("\r")
+            if text.strip():
+                yield TextRecord(number, text, {})
+            else:
+                yield from self._empty(number, "text: empty line", {}, skippable=True)
+
+    def _records(self) -> Iterator[TextRecord]:
+        for record in read_records(self.path, self.header, self.kind):
+            value = record.fields.get(self.text_field)
+            if value is None:
+                names = sorted(map(str, record.fields))
+                problem = f"missing or empty text (the record's fields: {', '.join(names[:10])}{', …' if len(names) > 10 else ''})"
+            else:
+                problem = text_problem(value, allow_blank=True)
+            if problem is not None:
+                self.add_problem(f"{self.path}:{record.line}: {self.text_field}: {problem}")
+            elif not value.strip():
+                yield from self._empty(record.line, f"{self.text_field}: missing or empty text", record.fields, skippable=False)
+            else:
+                yield TextRecord(record.line, value, record.fields)
+
+
+def iter_texts(path: str | Path, text_field: str | int = "text", on_empty: OnEmpty = "skip", header: bool = True, kind: str | None = None) -> TextStream:
+    """The texts of `path` as TextRecord(line, text, fields) items; see `TextStream` for the rules."""
+    return TextStream(Path(path), text_field, on_empty, header, kind)

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from hybridembed.data.readers import lone_surrogate
+
 
 class ApiError(Exception):
     """A request that cannot be served; rendered as OpenAI's `{"error": {...}}` body with `status`."""
@@ -86,7 +88,7 @@ class EmbeddingRequest(BaseModel):
                 raise ValueError(f"{where} must be a string, got {_json_type(text)}")
             if not text:
                 raise ValueError(f"{where} is an empty string; every input must contain text")
-            surrogate = _lone_surrogate(text)
+            surrogate = lone_surrogate(text)
             if surrogate is not None:
                 position, codepoint = surrogate
                 raise ValueError(
@@ -111,22 +113,6 @@ class EmbeddingRequest(BaseModel):
         if max_dim is not None and value > max_dim:
             raise ValueError(f"'dimensions' is {value} but this model's embeddings have {max_dim} dimensions")
         return value
-
-
-def _lone_surrogate(text: str) -> tuple[int, int] | None:
-    """(position, code point) of the first unpaired surrogate in `text`, None when there is none.
-
-    JSON allows escapes such as "\\ud800" that decode to half of a UTF-16 pair; Python keeps such a
-    code point in a str, but it is not Unicode text: it cannot be UTF-8 encoded, and the Rust
-    tokenizers refuse it. (A proper pair, "\\ud83d\\ude00", decodes to one character and is fine.)
-    """
-    if text.isascii():
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return err.start, ord(text[err.start])
-    return None
 
 
 def _is_token_array(items: list[Any]) -> bool:
