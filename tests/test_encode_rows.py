@@ -49,7 +49,7 @@ def test_invalid_utf8_line_is_a_file_line_error(tmp_path, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_bytes(b"fine\nbad \xff byte\n")
     code, _, stderr = _encode(capsys, "unused-model", "--input", str(texts), "--output", str(tmp_path / "e.npy"))
-    assert code == 2 and f"{texts}:2: text: invalid UTF-8" in stderr
+    assert code == 2 and f"{texts}:2: (line): invalid UTF-8 at byte 4" in stderr
 
 
 def test_jsonl_and_csv_ids_are_written_beside_the_embeddings(tmp_path, tiny_model_dir, capsys):
@@ -77,4 +77,4 @@ def test_record_problems_are_file_line_errors(tmp_path, capsys):
     records = tmp_path / "docs.jsonl"
     records.write_text(json.dumps({"id": "a", "text": "ok"}) + "\n" + json.dumps({"id": "b", "body": "x"}) + "\n", encoding="utf-8")
     code, _, stderr = _encode(capsys, "unused-model", "--input", str(records), "--output", str(tmp_path / "e.npy"))
-    assert code == 2 and f"{records}:2: text: missing or not text" in stderr
+    assert code == 2 and f"{records}:2: text: missing or empty text (the record's fields: body, id)" in stderr

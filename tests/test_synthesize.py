@@ -296,7 +296,7 @@ def test_cli_bad_corpus_line(tmp_path, capsys):
     code = main(["data", "synthesize", "--corpus", str(corpus), "--out", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9", "--model", "m"])
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
-    assert f"{corpus}:2: text: empty or whitespace-only text" in err and f"{corpus}:3: id: duplicate id 'a' (first on line 1)" in err
+    assert f"{corpus}:2: text: missing or empty text" in err and f"{corpus}:3: id: duplicate id 'a' (first on line 1)" in err
     assert not (tmp_path / "o.jsonl").exists()
 
 

@@ -201,7 +201,7 @@ def test_cli_corpus_errors_are_one_line(tmp_path, content, capsys):
     code = main(["tokenizer", "extend", "--backbone", "bundled:all-MiniLM-L6-v2", "--corpus", str(corpus), "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err
     assert code != 0 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert ("not found" if content is None else "empty corpus") in err
+    assert (f"{corpus}: file not found" if content is None else f"{corpus}: empty file") in err
     assert not (tmp_path / "m").exists()
 
 

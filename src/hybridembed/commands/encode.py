@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridembed.commands import add_trust_remote_code
-from hybridembed.errors import DataError, HybridembedError
+from hybridembed.errors import HybridembedError
 
 logger = logging.getLogger(__name__)
-RECORD_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
 ID_FIELDS = ("id", "_id")
-MAX_PROBLEMS = 200
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -97,71 +95,26 @@ class EncodeInput:
 
 
 def read_input(path: Path, text_field: str = "text", on_empty: str = "embed", id_field: str | None = None) -> EncodeInput:
-    """Every line (.txt) or record of `path`; problems are DataError `file:line: field: problem` lines."""
-    if not path.is_file():
-        raise HybridembedError(f"{path}: file not found")
-    if path.suffix.lower() in RECORD_SUFFIXES:
-        return _read_records(path, text_field, on_empty, id_field)
-    return _read_lines(path, on_empty)
+    """Every line (.txt) or record of `path`, through the shared reader; problems are DataError `file:line: field: problem` lines."""
+    from hybridembed.data.readers import iter_texts
 
-
-def _read_lines(path: Path, on_empty: str) -> EncodeInput:
-    texts, empty, problems = [], [], []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                problems.append(f"{path}:{number}: text: invalid UTF-8 at byte {err.start}")
-                continue
-            if not line.strip():
-                if on_empty == "fail":
-                    problems.append(f"{path}:{number}: text: empty line")
-                    continue
-                empty.append(number)
-                line = ""
-            texts.append(line)
-    if problems:
-        raise DataError(problems[:MAX_PROBLEMS], summary=f"{path}: {len(problems)} problem(s); nothing was encoded")
-    if not texts:
-        raise HybridembedError(f"{path}: empty file")
-    return EncodeInput(texts, None, empty)
-
-
-def _read_records(path: Path, text_field: str, on_empty: str, id_field: str | None) -> EncodeInput:
-    from hybridembed.data.readers import read_records
-
+    stream = iter_texts(path, text_field, on_empty="keep" if on_empty == "embed" else "fail")
     texts: list[str] = []
     ids: list[str] | None = None
     id_key: str | None = None
-    empty, problems = [], []
-    for index, record in enumerate(read_records(path)):
-        where = f"{path}:{record.line}"
-        if index == 0:  # the first record decides whether the file carries ids
-            id_key = id_field or next((k for k in ID_FIELDS if k in record.fields), None)
+    for index, item in enumerate(stream):
+        if index == 0 and item.fields:  # the first record decides whether the file carries ids
+            id_key = id_field or next((k for k in ID_FIELDS if k in item.fields), None)
             ids = [] if id_key is not None else None
-        value = record.fields.get(text_field)
-        if not isinstance(value, str):
-            known = "" if text_field in record.fields else f" (fields: {sorted(map(str, record.fields))}; set --field)"
-            problems.append(f"{where}: {text_field}: missing or not text{known}")
-            continue
-        if not value.strip():
-            if on_empty == "fail":
-                problems.append(f"{where}: {text_field}: empty text")
-                continue
-            empty.append(record.line)
-            value = ""
         if ids is not None and id_key is not None:
-            identifier = record.fields.get(id_key)
+            identifier = item.fields.get(id_key)
             text_id = "" if identifier is None else str(identifier)
             if not text_id.strip() or "\n" in text_id or "\r" in text_id:
-                problems.append(f"{where}: {id_key}: missing, empty or multi-line id")
+                stream.add_problem(f"{path}:{item.line}: {id_key}: missing, empty or multi-line id")
                 continue
             ids.append(text_id)
-        texts.append(value)
-    if problems:
-        raise DataError(problems[:MAX_PROBLEMS], summary=f"{path}: {len(problems)} invalid record(s); nothing was encoded")
-    return EncodeInput(texts, ids, empty)
+        texts.append(item.text)
+    return EncodeInput(texts, ids, stream.blank_lines)
 
 
 def output_paths(output: str | Path) -> tuple[Path, Path]:

@@ -65,27 +65,21 @@ def parse_corpus_source(value: str) -> tuple[Path, list[str | int] | None]:
 
 
 def read_corpus(sources: list[str | Path]) -> list[str]:
-    """The texts of every source: a .txt file's non-blank lines, or a data file's text fields (`PATH:FIELDS`, default every text field of its format).
+    """The texts of every source: a .txt file's non-blank lines (stripped), or a data file's text fields (`PATH:FIELDS`, default every text field of its format).
 
-    A missing, unreadable or empty corpus is a one-line error.
+    Read by the shared reader (.txt) and the mlm stage's reader (data files), so a missing, empty or
+    undecodable source is the same `file[:line]: problem` error as everywhere else.
     """
+    from hybridembed.data.readers import iter_texts
     from hybridembed.mlm import read_texts
     from hybridembed.recipe import TextsConfig
 
     texts: list[str] = []
     for source in sources:
         path, fields = parse_corpus_source(str(source))
-        if not path.is_file():
-            raise HybridembedError(f"{path}: corpus file not found")
         if path.suffix.lower() == ".txt" and fields is None:
-            try:
-                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-            except UnicodeDecodeError as err:
-                raise HybridembedError(f"{path}: not UTF-8 text (byte {err.start})") from None
-            texts += [line for line in lines if line]
-        elif path.stat().st_size:
+            texts += [item.text.strip() for item in iter_texts(path)]
+        else:
             header = not (fields and all(isinstance(f, int) for f in fields))
             texts += read_texts(TextsConfig(path=str(path), text_fields=fields, header=header))
-    if not texts:
-        raise HybridembedError(f"{', '.join(map(str, sources))}: empty corpus (no text lines)")
     return texts

@@ -6,19 +6,19 @@ output; ShareGPT (``conversations`` of ``from``/``value``) and OpenAI chat (``me
 ``role``/``content``, content as text or a list of ``{"type": "text"}`` parts) → each user turn and
 the assistant turn right after it. ``turns="first"`` (default) keeps only the first exchange of a
 conversation, whose query needs no earlier context; ``"all"`` keeps every exchange. System turns
-are skipped. Files: ``.jsonl`` (one record per line) or ``.json`` (an array of records, each
-reported at the line where it starts).
+are skipped. Files are read by the shared reader (hybridembed.data.readers): ``.jsonl`` (one
+record per line), ``.json`` (also an array of records, each reported at the line where it
+starts), or any other record format it reads (csv, parquet, ...).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from hybridembed.data.readers import read_records, text_problem
 from hybridembed.errors import DataError
 
 MAX_PROBLEMS = 200
@@ -41,38 +41,6 @@ class Pair:
     line: int
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line, parsed value) for each record of a .jsonl file or a .json array."""
-    if not path.is_file():
-        raise DataError([f"{path}: file not found"])
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        yield from _array_records(path, text)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError([f"{path}:{number}: (line): invalid JSON: {err.msg}"]) from None
-
-
-def _array_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    decoder = json.JSONDecoder()
-    position = text.index("[") + 1
-    while True:
-        while position < len(text) and text[position] in " \t\r\n,":
-            position += 1
-        if position >= len(text) or text[position] == "]":
-            return
-        line = text.count("\n", 0, position) + 1
-        try:
-            value, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as err:
-            raise DataError([f"{path}:{line}: (record): invalid JSON: {err.msg}"]) from None
-        yield line, value
-
-
 def detect_instruction_format(record: dict[str, Any]) -> InstructionFormat | None:
     if "conversations" in record:
         return InstructionFormat.SHAREGPT
@@ -89,8 +57,9 @@ def _alpaca(record: dict[str, Any], problems: list[str]) -> list[tuple[str, str]
         value = record.get(key)
         if value is None and not required:
             value = ""
-        if not isinstance(value, str):
-            problems.append(f"{key}: {'missing field' if value is None else f'expected text, got {type(value).__name__}'}")
+        problem = text_problem(value, allow_blank=True)
+        if problem is not None:
+            problems.append(f"{key}: {problem}")
             continue
         values[key] = value
     if problems:
@@ -102,16 +71,17 @@ def _alpaca(record: dict[str, Any], problems: list[str]) -> list[tuple[str, str]
 
 
 def _content_text(content: Any, where: str, problems: list[str]) -> str | None:
-    if isinstance(content, str):
-        return content
     if isinstance(content, list):
         parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if all(isinstance(p, str) for p in parts) and parts:
-            return "\n".join(parts)
-        problems.append(f"{where}: content parts without text")
+        if not parts or not all(isinstance(p, str) for p in parts):
+            problems.append(f"{where}: content parts without text")
+            return None
+        content = "\n".join(parts)
+    problem = text_problem(content, allow_blank=True)
+    if problem is not None:
+        problems.append(f"{where}: {problem}")
         return None
-    problems.append(f"{where}: {'missing field' if content is None else f'expected text, got {type(content).__name__}'}")
-    return None
+    return content
 
 
 def _turns(record: dict[str, Any], fmt: InstructionFormat, problems: list[str]) -> list[tuple[str, str]]:
@@ -154,16 +124,13 @@ def read_instruction_pairs(path: str | Path, fmt: InstructionFormat = Instructio
     pairs: list[Pair] = []
     problems: list[str] = []
     records = 0
-    for line, record in _records(path):
+    for raw in read_records(path):
+        line, record = raw.line, raw.fields
         records += 1
         found: list[str] = []
-        if not isinstance(record, dict):
-            found.append(f"(record): expected a JSON object, got {type(record).__name__}")
-            record_format = None
-        else:
-            record_format = fmt if fmt is not InstructionFormat.AUTO else detect_instruction_format(record)
-            if record_format is None:
-                found.append(f"(record): not alpaca (instruction/output), ShareGPT (conversations) or OpenAI chat (messages); keys {sorted(record)}")
+        record_format = fmt if fmt is not InstructionFormat.AUTO else detect_instruction_format(record)
+        if record_format is None:
+            found.append(f"(record): not alpaca (instruction/output), ShareGPT (conversations) or OpenAI chat (messages); keys {sorted(record)}")
         match record_format:
             case InstructionFormat.ALPACA:
                 exchanges = _alpaca(record, found)
@@ -177,6 +144,4 @@ def read_instruction_pairs(path: str | Path, fmt: InstructionFormat = Instructio
         pairs.extend(Pair(q, p, line) for q, p in exchanges)
     if problems:
         raise DataError(problems, summary=f"{path}: invalid record(s); nothing was written")
-    if records == 0:
-        raise DataError([f"{path}: empty file (no records)"])
     return pairs, records

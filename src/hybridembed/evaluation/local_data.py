@@ -1,62 +1,40 @@
 """Read a suite task's local file(s) into the column roles it maps (text1/text2/score, text/label, query/...).
 
 csv / tsv (with a header, or headerless with 0-based column indices), jsonl, and BEIR folders
-(corpus.jsonl, queries.jsonl, qrels/<split>.tsv). Errors name the file, the line and the column.
+(corpus.jsonl, queries.jsonl, qrels/<split>.tsv), all read by the shared reader
+(hybridembed.data.readers). Errors name the file, the line and the column.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybridembed.data.readers import TextRecord, TextStream, iter_texts, read_records, text_problem
 from hybridembed.errors import DataError
 from hybridembed.evaluation.suite import TaskSpec
-
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-
-
-def _rows(path: Path, fmt: str, header: bool) -> Iterator[tuple[int, dict[str | int, Any]]]:
-    """Yield (1-based line, record); headerless csv/tsv records are keyed by 0-based column index."""
-    with open(path, encoding="utf-8", newline="") as f:
-        if fmt == "jsonl":
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield number, json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError([f"{path}:{number}: invalid JSON: {err.msg}"]) from None
-            return
-        quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",", quoting=quoting)
-        names: list[str] | None = next(reader, None) if header else None
-        for cells in reader:
-            if not cells:
-                continue
-            number = reader.line_num  # the physical line where this record ends
-            if names is None:
-                yield number, dict(enumerate(cells))
-            else:
-                yield number, dict(zip(names, cells, strict=False))
 
 
 def read_columns(spec: TaskSpec, path: Path | None = None) -> list[dict[str, Any]]:
     """Rows of `path` (default: spec.path) as {role: value} for the roles in spec.columns, plus `_line`."""
     path = path or spec.path
     assert path is not None
-    fmt = spec.resolved_format
+    fmt = spec.resolved_format  # an explicit `format:` wins over the file name
     out: list[dict[str, Any]] = []
     problems: list[str] = []
-    for number, record in _rows(path, fmt, spec.header):
+    for raw in read_records(path, spec.header, kind=fmt):
+        number, record = raw.line, raw.fields
         row: dict[str, Any] = {"_line": number}
         for role, column in spec.columns.items():
             if column not in record or record[column] is None:
                 problems.append(f"{path}:{number}: column {column!r} ({role}) missing")
+                break
+            # A JSON "\ud800" escape would only fail later, inside the tokenizer, without a line.
+            problem = text_problem(record[column], allow_blank=True) if isinstance(record[column], str) else None
+            if problem is not None:
+                problems.append(f"{path}:{number}: {column}: {problem}")
                 break
             row[role] = record[column]
         else:
@@ -104,27 +82,43 @@ def read_beir(spec: TaskSpec) -> RetrievalData:
     for name in ("corpus.jsonl", "queries.jsonl"):
         if not (folder / name).is_file():
             raise DataError([f"{folder}: BEIR folder lacks {name}"])
-    for _, rec in _rows(folder / "corpus.jsonl", "jsonl", True):
-        title, text = rec.get("title") or "", rec.get("text") or ""
-        data.corpus[str(rec["_id"])] = f"{title} {text}".strip() if title else text
-    for _, rec in _rows(folder / "queries.jsonl", "jsonl", True):
-        data.queries[str(rec["_id"])] = rec["text"]
+    stream = iter_texts(folder / "corpus.jsonl", "text", on_empty="keep")  # a title-only document is fine
+    for item in stream:
+        doc_id = _record_id(item, stream)
+        title = item.fields.get("title") or ""
+        problem = text_problem(title, allow_blank=True)
+        if problem is not None:
+            stream.add_problem(f"{stream.path}:{item.line}: title: {problem}")
+        elif doc_id is not None:
+            data.corpus[doc_id] = f"{title} {item.text}".strip() if title else item.text
+    stream = iter_texts(folder / "queries.jsonl", "text")
+    for item in stream:
+        query_id = _record_id(item, stream)
+        if query_id is not None:
+            data.queries[query_id] = item.text
     qrels_dir = folder / "qrels"
     qrels_file = qrels_dir / f"{spec.split}.tsv"
     if not qrels_file.is_file():
         found = sorted(p.name for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
         raise DataError([f"{qrels_file}: not found (split {spec.split!r}; available: {found})"])
-    with open(qrels_file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3 or not parts[2].lstrip("-").isdigit():
-                if number == 1:
-                    continue  # header row (query-id corpus-id score)
-                raise DataError([f"{qrels_file}:{number}: expected `query-id<TAB>corpus-id<TAB>score`"])
-            qid, did, grade = parts[0], parts[1], int(parts[2])
-            if qid in data.queries and did in data.corpus:
-                data.qrels.setdefault(qid, {})[did] = grade
+    for record in read_records(qrels_file, header=False, kind="tsv"):
+        parts = list(record.fields.values())
+        if len(parts) < 3 or not parts[2].lstrip("-").isdigit():
+            if record.line == 1:
+                continue  # header row (query-id corpus-id score)
+            raise DataError([f"{qrels_file}:{record.line}: expected `query-id<TAB>corpus-id<TAB>score`"])
+        qid, did, grade = parts[0], parts[1], int(parts[2])
+        if qid in data.queries and did in data.corpus:
+            data.qrels.setdefault(qid, {})[did] = grade
     return data
+
+
+def _record_id(item: TextRecord, stream: TextStream) -> str | None:
+    value = item.fields.get("_id")
+    if value is None or str(value).strip() == "":
+        stream.add_problem(f"{stream.path}:{item.line}: _id: missing or empty id")
+        return None
+    return str(value)
 
 
 def _as_list(value: Any) -> list[str]:

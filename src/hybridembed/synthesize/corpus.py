@@ -35,41 +35,34 @@ def corpus_file(path: str | Path) -> Path:
 
 
 def read_passages(path: str | Path, limit: int | None = None) -> list[Passage]:
-    """Every passage, validated: `text` must be non-empty text, an id text or integer, a title text; ids must be unique."""
-    from hybridembed.data.readers import read_records
+    """Every passage, validated by the shared reader: `text` must be non-empty text, an id text or integer, a title text; ids must be unique."""
+    from hybridembed.data.readers import iter_texts, text_problem
 
     source = corpus_file(path)
     passages: list[Passage] = []
-    problems: list[str] = []
     seen: dict[str, int] = {}
-    for record in read_records(source):
+    stream = iter_texts(source, "text")
+    for item in stream:
         if limit is not None and len(passages) >= limit:
             break
-        fields = record.fields
-        where = f"{source}:{record.line}"
-        text = fields.get("text")
-        if not isinstance(text, str) or not text.strip():
-            problem = "missing field" if text is None else ("empty or whitespace-only text" if isinstance(text, str) else f"expected text, got {type(text).__name__}")
-            problems.append(f"{where}: text: {problem}")
-            continue
+        fields = item.fields
+        where = f"{source}:{item.line}"
         raw_id = next((fields[k] for k in ID_FIELDS if fields.get(k) not in (None, "")), None)
         if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int)):
-            problems.append(f"{where}: id: expected text or an integer, got {type(raw_id).__name__}")
+            stream.add_problem(f"{where}: id: expected text or an integer, got {type(raw_id).__name__}")
             continue
-        passage_id = str(raw_id) if raw_id is not None else content_id(text)
+        passage_id = str(raw_id) if raw_id is not None else content_id(item.text)
         if passage_id in seen:
             if raw_id is None:
                 continue  # the same text twice without ids: one passage
-            problems.append(f"{where}: id: duplicate id {passage_id!r} (first on line {seen[passage_id]})")
+            stream.add_problem(f"{where}: id: duplicate id {passage_id!r} (first on line {seen[passage_id]})")
             continue
         title = fields.get("title")
-        if title is not None and not isinstance(title, str):
-            problems.append(f"{where}: title: expected text, got {type(title).__name__}")
+        problem = None if title is None else text_problem(title, allow_blank=True)
+        if problem is not None:
+            stream.add_problem(f"{where}: title: {problem}")
             continue
-        seen[passage_id] = record.line
-        passages.append(Passage(passage_id, text, title or None, len(passages)))
-    if problems:
-        raise DataError(problems[:200], summary=f"{source}: {len(problems)} invalid passage(s); nothing was generated")
-    if not passages:
-        raise DataError([f"{source}: no passages"])
+        seen[passage_id] = item.line
+        passages.append(Passage(passage_id, item.text, title or None, len(passages)))
+    stream.check()  # also after stopping at `limit`
     return passages
