@@ -133,7 +133,7 @@ def test_lone_surrogate_finds_only_unpaired_halves():
     assert lone_surrogate(json.loads('"\\udc00x"')) == (0, 0xDC00)
 
 
-def test_blank_lines_of_a_text_file_are_skipped_and_counted_or_kept_or_errors(tmp_path):
+def test_blank_lines_of_a_text_file_are_skipped_and_counted_or_kept_or_errors(tmp_path, caplog):
     from hybridembed.commands.encode import read_input
     from hybridembed.commands.tokenizer import read_corpus
 
@@ -144,7 +144,9 @@ def test_blank_lines_of_a_text_file_are_skipped_and_counted_or_kept_or_errors(tm
     assert stream.blank_lines == [2, 3, 5]
     kept = read_input(path)  # encode keeps rows aligned with lines
     assert kept.texts == ["first", "", "", "  second  ", ""] and kept.empty_lines == [2, 3, 5]
-    assert read_corpus([path]) == ["first", "second"]
+    with caplog.at_level("INFO", logger="hybridembed.commands.tokenizer"):
+        assert read_corpus([path]) == ["first", "second"]
+    assert f"{path}: 3 blank line(s) skipped" in caplog.text
     problems = _problems(lambda: read_input(path, on_empty="fail"))
     assert problems == "\n".join(f"{path}:{n}: text: empty line" for n in (2, 3, 5))
 

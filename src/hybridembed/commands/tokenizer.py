@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from pathlib import Path
 
 from hybridembed.errors import HybridembedError
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +81,10 @@ def read_corpus(sources: list[str | Path]) -> list[str]:
     for source in sources:
         path, fields = parse_corpus_source(str(source))
         if path.suffix.lower() == ".txt" and fields is None:
-            texts += [item.text.strip() for item in iter_texts(path)]
+            stream = iter_texts(path)
+            texts += [item.text.strip() for item in stream]
+            if stream.blank_lines:
+                logger.info("%s: %d blank line(s) skipped", path, len(stream.blank_lines))
         else:
             header = not (fields and all(isinstance(f, int) for f in fields))
             texts += read_texts(TextsConfig(path=str(path), text_fields=fields, header=header))
