@@ -133,6 +133,9 @@ class DatasetConfig(Strict):
     passage_prefix: str | None = None
     instruction: str | None = Field(None, description="task instruction put before queries via model.instruction_template")
     loss: LossConfig | None = None
+    streaming: bool = Field(
+        False, description="read the shards (a file, folder or glob of .jsonl/.parquet) as a stream, validated as rows arrive (needs training.max_steps)"
+    )
 
     @model_validator(mode="after")
     def _hub_settings_need_a_hub_path(self) -> DatasetConfig:
@@ -393,6 +396,9 @@ def resolve_relative(value: str, base: Path) -> Path:
     candidate = Path(value)
     if candidate.is_absolute():
         return candidate
+    if any(ch in value for ch in "*?["):  # a glob of shards: beside the recipe when its folder is there
+        folder = base / candidate.parent
+        return folder.resolve() / candidate.name if folder.is_dir() else candidate
     beside_recipe = base / candidate
     if beside_recipe.exists() or not candidate.exists():
         return beside_recipe.resolve() if beside_recipe.exists() else candidate

@@ -21,12 +21,16 @@ import yaml
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed import __version__
 from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.collator import DatasetView, HybridCollator
+from hybridembed.data.streaming import StreamCollate, StreamedRows, open_stream
+from hybridembed.data.streaming import load_state as load_stream_state
+from hybridembed.data.streaming import save_state as save_stream_state
 from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_over, is_distributed
-from hybridembed.errors import RecipeError
+from hybridembed.errors import DataError, RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
 from hybridembed.recipe import DistributedStrategy, Recipe
@@ -35,6 +39,7 @@ from hybridembed.task_weighting import WeightedClipping, loss_weight
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 
 logger = logging.getLogger(__name__)
+TRACE_ENV = "HYBRIDEMBED_TRACE_ROWS"  # a folder: each rank appends the rows of every streamed batch it trains
 DEFAULT_NEGATIVES = {TaskType.RETRIEVAL: 7, TaskType.RERANKING: 7, TaskType.CLASSIFICATION: 10, TaskType.CLUSTERING: 10}
 
 
@@ -46,6 +51,18 @@ class _SamplerEpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.sampler.set_epoch(int(state.epoch or 0))
+
+
+class _StreamStateCallback(TrainerCallback):
+    """Write the readers' positions into a checkpoint folder before the trainer fills it (its trainer_state.json comes last, so a complete checkpoint has them)."""
+
+    def __init__(self, trainer: HybridTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            save_stream_state(folder, args.process_index, args.world_size, max(args.dataloader_num_workers, 1), self.trainer.stream_positions)
 
 
 class HybridTrainer(SentenceTransformerTrainer):
@@ -61,8 +78,9 @@ class HybridTrainer(SentenceTransformerTrainer):
     def __init__(
         self,
         *args: Any,
-        task_sampler: TaskBatchSampler,
+        task_sampler: TaskBatchSampler | None,
         dataset_tasks: dict[str, TaskType],
+        streamed: StreamedRows | None = None,
         gather_groups: GatherGroups | None = None,
         weighted_clipping: WeightedClipping | None = None,
         dynamic_miner: Any = None,
@@ -77,7 +95,13 @@ class HybridTrainer(SentenceTransformerTrainer):
         self.task_batches: dict[str, int] = defaultdict(int)  # batches trained per task type by this rank
         self.step_tasks: list[str] = []  # this rank's task type at every training step (cheap; for logs and tests)
         self.weighted_clipping = weighted_clipping
-        kwargs.setdefault("callbacks", []).append(_SamplerEpochCallback(task_sampler))
+        self.streamed = streamed  # streamed datasets: batches come from their readers, not from the sampler
+        self.stream_positions: dict[str, Any] = {}  # dataloader worker → reader state after its last trained batch
+        kwargs.setdefault("callbacks", [])
+        if task_sampler is not None:
+            kwargs["callbacks"].append(_SamplerEpochCallback(task_sampler))
+        if streamed is not None:
+            kwargs["callbacks"].append(_StreamStateCallback(self))
         if weighted_clipping is not None:
             kwargs["callbacks"].append(weighted_clipping)
         super().__init__(*args, **kwargs)
@@ -89,7 +113,19 @@ class HybridTrainer(SentenceTransformerTrainer):
         weights = {name: loss_weight(fn) for name, fn in self.loss.items()} if isinstance(self.loss, dict) else {}
         self.dataset_weights = [weights.get(name, 1.0) for name in dataset_tasks]  # by dataset index
 
+    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+        if self.streamed is not None and isinstance(resume_from_checkpoint, str):
+            # Each reader seeks to where its last trained batch ended (the trainer skips no batches: ignore_data_skip).
+            self.streamed.resume = load_stream_state(
+                Path(resume_from_checkpoint), self.args.process_index, self.args.world_size, self.args.dataloader_num_workers
+            )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def get_train_dataloader(self) -> DataLoader:
+        if self.streamed is not None:
+            return DataLoader(
+                self.streamed, batch_size=None, collate_fn=StreamCollate(self.data_collator), num_workers=self.args.dataloader_num_workers
+            )
         loader = DataLoader(
             KeyedRows(list(self.train_dataset.values())),
             batch_sampler=KeyedBatches(self.task_sampler),  # each row carries its draw key to the collator
@@ -104,12 +140,27 @@ class HybridTrainer(SentenceTransformerTrainer):
         return self.accelerator.prepare(loader)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        name = inputs["dataset_name"]
-        task = self.dataset_tasks[name]
+        problems = inputs.pop("stream_error", None)
+        summary = inputs.pop("stream_error_summary", None)
+        stream_state = inputs.pop("stream_state", None)
+        if problems is not None and not is_distributed():
+            raise DataError(problems, summary=summary)
+        name = inputs.get("dataset_name")
         group, scale = None, 1.0
-        datasets_of_ranks = [self.dataset_index[name]]
+        datasets_of_ranks = [self.dataset_index.get(name, -1)]
         if is_distributed():
-            datasets_of_ranks = all_gather_ints(self.dataset_index[name])
+            datasets_of_ranks = all_gather_ints(-1 if problems is not None else self.dataset_index[name])
+            if -1 in datasets_of_ranks:  # every rank stops at the same step, not only the one that read the bad row
+                bad = [r for r, d in enumerate(datasets_of_ranks) if d == -1]
+                raise DataError(problems or [f"rank(s) {bad} read an invalid record of a streamed dataset (their log has the file:line)"], summary=summary)
+        task = self.dataset_tasks[name]
+        stream_rows = inputs.pop("stream_rows", None)
+        if stream_state is not None and model.training:
+            self.stream_positions[str(stream_state["worker"])] = stream_state
+            if os.environ.get(TRACE_ENV):  # debugging aid (docs/data.md): which rows every step trained on
+                with open(Path(os.environ[TRACE_ENV]) / f"rank{self.args.process_index}.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": self.state.global_step, "rows": stream_rows}) + "\n")
+        if is_distributed():
             sharing = frozenset(r for r, d in enumerate(datasets_of_ranks) if d == self.dataset_index[name])
             group = self.gather_groups.for_ranks(sharing)
             scale = len(datasets_of_ranks) / len(sharing)
@@ -170,7 +221,7 @@ def _dataset_views(recipe: Recipe, datasets: list[TaskDataset]) -> dict[str, Dat
 def _batch_plans(recipe: Recipe, datasets: list[TaskDataset]) -> list[DatasetPlan]:
     plans = []
     for ds in datasets:
-        batch_size = ds.config.batch_size or recipe.training.batch_size_per_task.get(ds.task) or recipe.training.batch_size
+        batch_size = _batch_size(recipe, ds.config, ds.task)
         texts_of = None
         if ds.task in IN_BATCH_NEGATIVE_TASKS:
             rows = ds.rows
@@ -229,8 +280,14 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         from hybridembed.mining.dynamic import WORKERS_ERROR
 
         raise RecipeError(f"training.dataloader_num_workers: {WORKERS_ERROR}")
-    datasets = datasets if datasets is not None else load_datasets(recipe.datasets)
-    for ds in datasets:
+    streaming = _check_streaming(recipe)
+    if streaming:
+        datasets = [open_stream(cfg, _batch_size(recipe, cfg, cfg.task)) for cfg in recipe.datasets]
+        for spec in datasets:
+            logger.info("data %s: streamed from %d shard(s), task %s, format %s (rows are validated as they arrive)", spec.name, len(spec.files), spec.task, spec.format)
+    else:
+        datasets = datasets if datasets is not None else load_datasets(recipe.datasets)
+    for ds in [] if streaming else datasets:
         logger.info("data %s", ds.summary())
     torch.manual_seed(recipe.training.seed)
     model = build_model(recipe.model)
@@ -258,18 +315,26 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     overrides = {"max_grad_norm": 0.0} if weighted_clipping else {}
     if recipe.eval is not None:
         overrides |= recipe.eval.training_arguments(recipe.training.save_steps)
+    if streaming:
+        overrides["ignore_data_skip"] = True  # the readers resume at their saved positions; nothing is skipped
     args = _training_args(recipe, **overrides)
-    sampler = TaskBatchSampler(
-        _batch_plans(recipe, datasets),
-        recipe.sampling.mixing,
-        recipe.sampling.temperature,
-        recipe.training.seed,
-        num_replicas=args.world_size,
-        rank=args.process_index,
-        cross_device_balance=recipe.sampling.strategy is DistributedStrategy.CBB,
-    )
+    sampler, streamed = None, None
+    if streaming:
+        streamed = StreamedRows(datasets, recipe.training.seed, rank=args.process_index, world_size=args.world_size)
+    else:
+        sampler = TaskBatchSampler(
+            _batch_plans(recipe, datasets),
+            recipe.sampling.mixing,
+            recipe.sampling.temperature,
+            recipe.training.seed,
+            num_replicas=args.world_size,
+            rank=args.process_index,
+            cross_device_balance=recipe.sampling.strategy is DistributedStrategy.CBB,
+        )
     gather_groups = None
-    if is_distributed():
+    if streaming:
+        gather_groups = GatherGroups()  # every rank trains the step's dataset: the world group
+    elif is_distributed():
         epochs = math.ceil(recipe.training.max_steps / math.ceil(len(sampler) / recipe.training.gradient_accumulation_steps)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)  # the trainer: ceil(batches / accumulation) steps per epoch
         gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
     views = _dataset_views(recipe, datasets)
@@ -283,7 +348,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     trainer = HybridTrainer(
         model=model,
         args=args,
-        train_dataset={ds.name: ds.to_hf() for ds in datasets},
+        train_dataset={ds.name: ds.placeholder() if streaming else ds.to_hf() for ds in datasets},
         loss=losses,
         data_collator=collator,
         task_sampler=sampler,
@@ -293,8 +358,29 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         evaluator=evaluator,
         callbacks=recipe.eval.build_callbacks(evaluator) if evaluator is not None else [],
         dynamic_miner=miner,
+        streamed=streamed,
     )
     return trainer
+
+
+def _check_streaming(recipe: Recipe) -> bool:
+    """Whether the run streams its datasets; a streamed run needs max_steps and every dataset streamed."""
+    flags = [cfg.streaming for cfg in recipe.datasets]
+    if not any(flags):
+        return False
+    if not all(flags):
+        raise RecipeError("datasets: stream every dataset of a run or none (streamed and in-memory datasets cannot share one schedule)")
+    if not recipe.training.max_steps:
+        raise RecipeError("training.max_steps: a streamed run has no epoch length; set max_steps")
+    if recipe.sampling.strategy is DistributedStrategy.CBB:
+        raise RecipeError("sampling.strategy: cbb needs the datasets' sizes; streamed runs use synchronized")
+    if recipe.mining is not None and recipe.mining.dynamic is not None:
+        raise RecipeError("mining.dynamic: re-mining needs indexed rows; a streamed dataset has none")
+    return True
+
+
+def _batch_size(recipe: Recipe, cfg, task: TaskType | None) -> int:
+    return cfg.batch_size or (recipe.training.batch_size_per_task.get(task) if task else None) or recipe.training.batch_size
 
 
 def _resume_checkpoint(recipe: Recipe) -> str | bool | None:
@@ -313,8 +399,6 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     A run killed while saving leaves a newer folder without (or with a truncated) trainer_state.json;
     transformers' ``get_last_checkpoint`` would pick it and the resume would fail or load torn state.
     """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
     folder = Path(output_dir)
     if not folder.is_dir():
         return None

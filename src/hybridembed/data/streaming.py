@@ -1,0 +1,303 @@
+"""Streamed datasets (`streaming: true`): sharded jsonl/parquet files read as a torch IterableDataset, striped over ranks and dataloader workers, validated as rows arrive, resumable from a saved cursor.
+
+`datasets`' streaming mode shards by file and resumes through `state_dict()` of a whole pipeline;
+what this adds for training embedding models:
+
+* **striping without overlap for any number of shards:** the records of a pass are numbered in
+  the pass's shard order, and record *c* belongs to reader slot *c mod S* (S = ranks × workers),
+  so 1 shard or 1,000 shards give every (rank, worker) its own rows and none twice; a reader
+  parses only its own records (the others are skipped as raw lines);
+* **a cursor per reader** — pass, shard, byte offset (row for parquet), line and the rows a
+  duplicate-free batch deferred — carried with every batch, so a checkpoint stores exactly where
+  each worker's *trained* batches ended (prefetched batches are read again) and a resumed run
+  seeks there instead of reading from the start;
+* **task-homogeneous, duplicate-free batches** as in the map-style sampler (one dataset per batch,
+  the same dataset on every rank in a step, chosen by a pure function of (seed, batch index));
+* **validation on the fly** with the same `file:line: field: problem` messages, raised in the
+  training process before the step that would use the row; format, task and shard files are
+  checked up front.
+
+Shard order is reshuffled every pass (seeded); rows inside a shard keep their order, so shuffle
+large corpora when you shard them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from hybridembed.data.collator import DRAW_KEY
+from hybridembed.data.formats import canonical_fields, convert, detect_format, record_task
+from hybridembed.data.readers import read_records
+from hybridembed.errors import DataError, RecipeError
+from hybridembed.recipe import DataFormat, DatasetConfig
+from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, LABEL_TASKS, TaskType
+
+STATE_FILE = "stream_state_rank{rank}.json"
+SHARD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+
+
+def shard_files(path: str) -> list[Path]:
+    """The shards of a streamed dataset: one file, a folder of .jsonl/.parquet files, or a glob pattern (sorted)."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(path))
+    elif Path(path).is_dir():
+        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in SHARD_SUFFIXES)
+    else:
+        files = [Path(path)]
+    if not files:
+        raise DataError([f"{path}: no shards (.jsonl, .ndjson or .parquet files) found"])
+    problems = []
+    for file in files:
+        if not file.is_file():
+            problems.append(f"{file}: file not found")
+        elif file.suffix.lower() not in SHARD_SUFFIXES:
+            problems.append(f"{file}: a streamed shard is .jsonl, .ndjson or .parquet")
+        elif file.stat().st_size == 0:
+            problems.append(f"{file}: empty file")
+    if problems:
+        raise DataError(problems)
+    return files
+
+
+@dataclass
+class StreamSpec:
+    """One streamed dataset, checked up front in the training process."""
+
+    name: str
+    task: TaskType
+    files: list[str]
+    format: DataFormat
+    config: DatasetConfig
+    batch_size: int
+    dedup: bool  # in-batch negatives: no text twice in a batch
+    sample: list[dict[str, Any]] = field(default_factory=list)  # the first valid rows (model card, checks)
+    label_pool: None = None  # label tasks are not streamed
+
+    def placeholder(self):
+        """A one-row `datasets.Dataset` for what sentence-transformers' trainer inspects (columns, model card); batches come from the stream."""
+        from datasets import Dataset
+
+        return Dataset.from_list([{"row_id": 0, **self.sample[0]}])
+
+
+def open_stream(cfg: DatasetConfig, batch_size: int) -> StreamSpec:
+    """Check the shards, the format and the task of a streamed dataset; later rows are validated as they arrive."""
+    files = shard_files(cfg.path)
+    first = next(read_records(files[0], header=cfg.header))
+    fmt = cfg.format if cfg.format is not DataFormat.AUTO else detect_format(first.fields, has_columns=cfg.columns is not None)
+    if fmt is None:
+        raise DataError([f"{files[0]}:{first.line}: (columns): cannot tell the format from columns {sorted(map(str, first.fields))}; set `format:` or `columns:`"])
+    task = cfg.task or record_task(first.fields, fmt)[0]
+    if task is None:
+        raise DataError([f"{cfg.path}: no task type: set `task:` for this dataset"])
+    if task in LABEL_TASKS:
+        raise RecipeError(f"datasets[{cfg.name}]: streaming: a {task} dataset draws negatives from its whole label set; read it without streaming")
+    spec = StreamSpec(cfg.name or files[0].stem, task, [str(f) for f in files], fmt, cfg, batch_size, task in IN_BATCH_NEGATIVE_TASKS)
+    spec.sample = [row for _, _, row in _validated(spec, iter([(first.line, first.fields)]), str(files[0]))]
+    return spec
+
+
+@dataclass
+class Cursor:
+    """Where one reader slot stands in one streamed dataset."""
+
+    passes: int = 0  # passes over the shards completed
+    shard: int = 0  # position in this pass's shard order
+    offset: int = 0  # byte offset (jsonl) or row index (parquet) of the next record in that shard
+    line: int = 0  # lines (jsonl) or rows (parquet) of that shard read so far
+    record: int = 0  # records of this pass seen (the striping counter)
+    waiting: list[dict[str, Any]] = field(default_factory=list)  # rows a duplicate-free batch deferred
+
+
+def _validated(spec: StreamSpec, records, path: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    cfg = spec.config
+    for line, fields in records:
+        problems = []
+        row_task, problem = record_task(fields, spec.format)
+        if problem:
+            problems.append(problem)
+        elif row_task is not None and row_task != spec.task:
+            problems.append(f"type: {fields.get('type')!r} means task {row_task}, but the dataset's task is {spec.task}")
+        else:
+            converted = convert(canonical_fields(fields, spec.format, cfg.columns), spec.task, cfg.score_range)
+            problems = converted.problems
+        if problems:
+            raise DataError([f"{path}:{line}: {p}" for p in problems], summary=f"{path}: invalid record in a streamed dataset; training stopped")
+        yield line, path, converted.row
+
+
+def _shard_order(spec: StreamSpec, seed: int, dataset_index: int, passes: int) -> list[int]:
+    return np.random.default_rng([seed, dataset_index, passes]).permutation(len(spec.files)).tolist()
+
+
+def _jsonl_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """This slot's records of a jsonl shard from the cursor on; the cursor moves past each line before it is yielded."""
+    with open(path, "rb") as f:
+        f.seek(cursor.offset)
+        while raw := f.readline():
+            cursor.offset += len(raw)
+            cursor.line += 1
+            if not raw.strip():
+                continue
+            mine = cursor.record % slots == slot
+            cursor.record += 1
+            if not mine:
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise DataError([f"{path}:{cursor.line}: (line): invalid UTF-8 at byte {err.start}"]) from None
+            except json.JSONDecodeError as err:
+                raise DataError([f"{path}:{cursor.line}: (line): invalid JSON: {err.msg}"]) from None
+            if not isinstance(value, dict):
+                raise DataError([f"{path}:{cursor.line}: (line): expected a JSON object, got {type(value).__name__}"])
+            yield cursor.line, value
+
+
+def _parquet_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    start, groups = 0, []
+    for g in range(file.num_row_groups):  # skip the whole row groups before the cursor
+        rows = file.metadata.row_group(g).num_rows
+        if not groups and start + rows <= cursor.offset:
+            start += rows
+        else:
+            groups.append(g)
+    position = start
+    for batch in file.iter_batches(batch_size=1024, row_groups=groups):
+        for row in batch.to_pylist():
+            position += 1
+            if position <= cursor.offset:
+                continue
+            cursor.offset = cursor.line = position
+            mine = cursor.record % slots == slot
+            cursor.record += 1
+            if mine:
+                yield position, row
+
+
+class StreamedRows(IterableDataset):
+    """Batches of canonical rows of several streamed datasets for one rank; each dataloader worker reads its own stripe."""
+
+    def __init__(self, specs: list[StreamSpec], seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.specs = specs
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.resume: dict[str, Any] = {}  # worker id → the state of its last trained batch
+        weights = np.array([s.config.weight for s in specs], dtype=float)
+        self.probabilities = weights / weights.sum()
+
+    def dataset_of_batch(self, batch_index: int) -> int:
+        """The dataset of this rank's `batch_index`-th batch: the same on every rank, so the step's ranks share negatives."""
+        if len(self.specs) == 1:
+            return 0
+        return int(np.random.default_rng([self.seed, batch_index]).choice(len(self.specs), p=self.probabilities))
+
+    def _rows(self, d: int, cursor: Cursor, slot: int, slots: int) -> Iterator[dict[str, Any]]:
+        spec = self.specs[d]
+        while True:
+            order = _shard_order(spec, self.seed, d, cursor.passes)
+            got = cursor.record > slot  # a resumed pass may already have given this slot rows
+            while cursor.shard < len(order):
+                path = spec.files[order[cursor.shard]]
+                read = _parquet_records if path.lower().endswith(".parquet") else _jsonl_records
+                for _, _, row in _validated(spec, read(path, cursor, slot, slots), path):
+                    got = True
+                    yield row
+                cursor.shard, cursor.offset, cursor.line = cursor.shard + 1, 0, 0
+            if not got:
+                raise DataError([f"{spec.name}: no rows for reader slot {slot} of {slots}: fewer records than ranks × dataloader workers"])
+            cursor.passes, cursor.shard, cursor.offset, cursor.line, cursor.record = cursor.passes + 1, 0, 0, 0, 0
+
+    def _batch(self, d: int, cursor: Cursor, stream: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
+        spec = self.specs[d]
+        batch, texts, deferred, scanned = [], set(), [], 0
+        for row in cursor.waiting:
+            scanned += 1
+            if self._take(spec, row, batch, texts, deferred):
+                break
+        while len(batch) < spec.batch_size:
+            self._take(spec, next(stream), batch, texts, deferred)
+            if len(deferred) > 64 * spec.batch_size:
+                raise DataError([f"{spec.name}: {len(deferred)} rows in a row share a text with the open batch; a duplicate-free batch cannot be formed"])
+        cursor.waiting = deferred + cursor.waiting[scanned:]
+        return batch
+
+    @staticmethod
+    def _take(spec: StreamSpec, row: dict[str, Any], batch: list, texts: set, deferred: list) -> bool:
+        row_texts = {row["query"], *row["positives"], *(row["negatives"] or [])} if spec.dedup else set()
+        if texts.isdisjoint(row_texts):
+            batch.append(row)
+            texts |= row_texts
+        else:
+            deferred.append(row)
+        return len(batch) == spec.batch_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        state = self.resume.get(str(worker))
+        cursors = [Cursor(**state["cursors"][s.name]) if state else Cursor() for s in self.specs]
+        streams = [self._rows(d, cursors[d], slot, slots) for d in range(len(self.specs))]
+        batch_index = state["batch"] if state else worker
+        try:
+            while True:
+                d = self.dataset_of_batch(batch_index)
+                rows = self._batch(d, cursors[d], streams[d])
+                name = self.specs[d].name
+                yield {
+                    "rows": [{**row, "dataset_name": name, DRAW_KEY: (0, batch_index)} for row in rows],
+                    "state": {"worker": worker, "batch": batch_index + workers, "cursors": {s.name: asdict(c) for s, c in zip(self.specs, cursors)}},
+                }
+                batch_index += workers
+        except DataError as err:  # raised in the training process, with its file:line (see StreamCollate)
+            yield {"error": err.problems, "summary": str(err).splitlines()[0]}
+
+
+@dataclass
+class StreamCollate:
+    """The collate_fn of a streamed loader: the collator's batch plus the reader's state (or the data error it met)."""
+
+    collator: Any
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        if "error" in item:
+            return {"stream_error": item["error"], "stream_error_summary": item["summary"]}
+        batch = self.collator(item["rows"])
+        batch["stream_state"] = item["state"]
+        batch["stream_rows"] = [row.get("query", row.get("text1")) for row in item["rows"]]  # for the trainer's row trace
+        return batch
+
+
+def save_state(folder: Path, rank: int, world_size: int, workers: int, positions: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"world_size": world_size, "workers": workers, "positions": positions}
+    (folder / STATE_FILE.format(rank=rank)).write_text(json.dumps(payload), encoding="utf-8")
+
+
+def load_state(folder: Path, rank: int, world_size: int, workers: int) -> dict[str, Any]:
+    path = Path(folder) / STATE_FILE.format(rank=rank)
+    if not path.is_file():
+        raise RecipeError(f"{folder}: no {path.name}: this checkpoint was not written by a streamed run")
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if (payload["world_size"], payload["workers"]) != (world_size, max(workers, 1)):
+        raise RecipeError(
+            f"{folder}: the streamed run was checkpointed with {payload['world_size']} rank(s) × {payload['workers']} dataloader worker(s); "
+            f"resume it with the same (now {world_size} × {max(workers, 1)}), since each reader's stripe of the data depends on both"
+        )
+    return payload["positions"]
+
+
+__all__ = ["StreamCollate", "StreamSpec", "StreamedRows", "load_state", "open_stream", "save_state", "shard_files"]
