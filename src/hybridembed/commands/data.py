@@ -257,17 +257,29 @@ def _check_group(group: CheckGroup, totals: CheckTotals, allow_missing: bool, ca
     from hybridembed.data import load_dataset
     from hybridembed.data.loading import reader_settings
     from hybridembed.data.sources import is_hub
+    from hybridembed.data.streaming import check_stream
     from hybridembed.errors import DataError
 
     lines = []
     for cfg in group.datasets:
         name = cfg.name or Path(cfg.path).stem
-        if allow_missing and not is_hub(cfg.path) and not Path(cfg.path).exists():
+        if allow_missing and not is_hub(cfg.path) and not cfg.streaming and not Path(cfg.path).exists():
             totals.missing.append(cfg.path)
             lines.append(f"{name}: {cfg.path} is not here (not checked)")
             continue
         # The same file read the same way in two stages is validated once.
         key = json.dumps({"path": cfg.path, **reader_settings(cfg)}, sort_keys=True)
+        if cfg.streaming:
+            try:
+                spec, count = check_stream(cfg)
+            except DataError as err:
+                totals.problems.extend(err.problems or [str(err)])
+                lines.append(f"{name}: {cfg.path}: FAILED (streamed; the first bad record is listed below)")
+                continue
+            totals.datasets += 1
+            totals.rows += count
+            lines.append(f"{name}: {count} rows in {len(spec.files)} shard(s), task {spec.task}, format {spec.format} (streamed: validated, not stored)")
+            continue
         if key not in cache:
             try:
                 cache[key] = load_dataset(cfg)

@@ -266,6 +266,17 @@ class StreamedRows(IterableDataset):
             yield {"error": err.problems, "summary": str(err).splitlines()[0]}
 
 
+def check_stream(cfg: DatasetConfig) -> tuple[StreamSpec, int]:
+    """`data check` of a streamed dataset: one pass over every shard, validating each record (stops at the first bad one)."""
+    spec = open_stream(cfg, batch_size=2)
+    cursor, rows = Cursor(), 0
+    for index, path in enumerate(spec.files):
+        cursor.shard, cursor.offset, cursor.line = index, 0, 0
+        read = _parquet_records if path.lower().endswith(".parquet") else _jsonl_records
+        rows += sum(1 for _ in _validated(spec, read(path, cursor, 0, 1), path))
+    return spec, rows
+
+
 @dataclass
 class StreamCollate:
     """The collate_fn of a streamed loader: the collator's batch plus the reader's state (or the data error it met)."""
@@ -300,4 +311,4 @@ def load_state(folder: Path, rank: int, world_size: int, workers: int) -> dict[s
     return payload["positions"]
 
 
-__all__ = ["StreamCollate", "StreamSpec", "StreamedRows", "load_state", "open_stream", "save_state", "shard_files"]
+__all__ = ["StreamCollate", "check_stream", "StreamSpec", "StreamedRows", "load_state", "open_stream", "save_state", "shard_files"]
