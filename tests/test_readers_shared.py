@@ -275,3 +275,18 @@ def test_problems_are_capped_but_counted(tmp_path):
         list(iter_texts(path))
     assert len(err.value.problems) == readers.MAX_PROBLEMS
     assert str(err.value).startswith(f"{path}: {readers.MAX_PROBLEMS + 50} invalid record(s)")
+
+
+def test_beir_keeps_empty_queries_and_title_only_documents(tmp_path):
+    """Real sets hold them (cmrc2018 has empty queries); evaluation read them before the shared reader, and still does."""
+    from hybridembed.evaluation.local_data import read_beir
+    from hybridembed.evaluation.suite import TaskSpec
+
+    queries = _beir(tmp_path / "beir")
+    (queries.parent / "corpus.jsonl").write_text('{"_id": "d1", "title": "a title", "text": ""}\n{"_id": "d2", "text": "body"}\n', encoding="utf-8")
+    queries.write_text('{"_id": "q1", "text": "a question"}\n{"_id": "q2", "text": ""}\n', encoding="utf-8")
+    data = read_beir(TaskSpec(name="b", type="retrieval", path=queries.parent))
+    assert data.queries == {"q1": "a question", "q2": ""}
+    assert data.corpus == {"d1": "a title", "d2": "body"} and data.qrels == {"q1": {"d1": 1}}
+    queries.write_text('{"_id": "q1", "text": "a question"}\n{"text": "no id"}\n', encoding="utf-8")
+    assert _problems(lambda: read_beir(TaskSpec(name="b", type="retrieval", path=queries.parent))) == f"{queries}:2: _id: missing or empty id"

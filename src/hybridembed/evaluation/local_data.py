@@ -91,7 +91,7 @@ def read_beir(spec: TaskSpec) -> RetrievalData:
             stream.add_problem(f"{stream.path}:{item.line}: title: {problem}")
         elif doc_id is not None:
             data.corpus[doc_id] = f"{title} {item.text}".strip() if title else item.text
-    stream = iter_texts(folder / "queries.jsonl", "text")
+    stream = iter_texts(folder / "queries.jsonl", "text", on_empty="keep")  # as before: real sets (cmrc2018) hold empty queries
     for item in stream:
         query_id = _record_id(item, stream)
         if query_id is not None:
