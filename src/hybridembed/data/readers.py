@@ -44,9 +44,11 @@ def file_kind(path: Path) -> str:
     raise DataError([f"{path}: unsupported file type (expected .jsonl, .csv, .tsv, .parquet or a save_to_disk folder)"])
 
 
-def _check_exists(path: Path) -> None:
+def _check_file(path: Path, is_text: bool) -> None:
     if not path.exists():
         raise DataError([f"{path}: file not found"])
+    if is_text and path.stat().st_size == 0:
+        raise DataError([f"{path}: empty file"])
 
 
 def read_records(path: str | Path, header: bool = True, kind: str | None = None) -> Iterator[RawRecord]:
@@ -55,10 +57,9 @@ def read_records(path: str | Path, header: bool = True, kind: str | None = None)
     `kind` (jsonl / csv / tsv / parquet / hf_disk) overrides the one the file name implies.
     """
     path = Path(path)
-    _check_exists(path)
+    _check_file(path, is_text=False)  # before file_kind: a missing path is "not found", not "unsupported"
     kind = kind or file_kind(path)
-    if kind in ("jsonl", "csv", "tsv") and path.stat().st_size == 0:
-        raise DataError([f"{path}: empty file"])
+    _check_file(path, is_text=kind in ("jsonl", "csv", "tsv"))
     match kind:
         case "jsonl":
             yield from _read_jsonl(path)
@@ -70,6 +71,8 @@ def read_records(path: str | Path, header: bool = True, kind: str | None = None)
             yield from _read_parquet(path)
         case "hf_disk":
             yield from _read_hf_disk(path)
+        case _:
+            raise ValueError(f"unknown reader kind {kind!r}")
 
 
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -322,9 +325,7 @@ class TextStream:
             yield TextRecord(line, "", fields)
 
     def _lines(self) -> Iterator[TextRecord]:
-        _check_exists(self.path)
-        if self.path.stat().st_size == 0:
-            raise DataError([f"{self.path}: empty file"])
+        _check_file(self.path, is_text=True)
         for number, line in _decoded_lines(self.path):
             text = line.removesuffix("\n").removesuffix("\r")
             if text.strip():
