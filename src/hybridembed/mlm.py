@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+from itertools import islice
 from pathlib import Path
 
 from hybridembed.data.formats import canonical_fields, detect_format
-from hybridembed.data.readers import read_records
+from hybridembed.data.readers import iter_texts, read_records, text_problem
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.model import resolve_backbone
 from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
@@ -36,11 +37,11 @@ def read_texts(config: TextsConfig) -> list[str]:
     """Every text of one `texts:` entry, in file order; a record without any text is an error with its line."""
     path = Path(config.path)
     if path.suffix.lower() == ".txt" and path.is_file():
-        with open(path, encoding="utf-8") as f:
-            texts = [line.strip() for line in f if line.strip()]
-        if not texts:
-            raise DataError([f"{path}: empty file (no text lines)"])
-        return texts[: config.max_samples]
+        # The shared reader: invalid UTF-8 and lone surrogates name their line, a BOM is dropped, blank lines are skipped.
+        stream = iter_texts(path)
+        texts = [item.text.strip() for item in islice(stream, config.max_samples)]
+        stream.check()  # islice may stop before the end, where iteration would check
+        return texts
     texts, problems = [], []
     fmt = None
     for record in read_records(path, header=config.header):
@@ -54,6 +55,10 @@ def read_texts(config: TextsConfig) -> list[str]:
             found = [t for key in TEXT_FIELDS for t in _strings(fields.get(key))]
         if not found:
             problems.append(f"{path}:{record.line}: text_fields: no text in this record")
+            continue
+        bad = next((problem for text in found if (problem := text_problem(text))), None)
+        if bad:
+            problems.append(f"{path}:{record.line}: text_fields: {bad}")
             continue
         texts.extend(found)
         if config.max_samples is not None and len(texts) >= config.max_samples:

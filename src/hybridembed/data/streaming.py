@@ -145,6 +145,8 @@ def _jsonl_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator
         while raw := f.readline():
             cursor.offset += len(raw)
             cursor.line += 1
+            if cursor.line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first record
             if not raw.strip():
                 continue
             mine = cursor.record % slots == slot
