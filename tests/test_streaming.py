@@ -179,15 +179,15 @@ def test_a_training_run_stops_at_the_bad_streamed_row_with_its_line(tmp_path, ti
     assert "Traceback" not in result.stderr
 
 
-def test_data_check_validates_every_record_of_a_streamed_dataset(tmp_path, tiny_bert_dir):
+def test_data_check_validates_every_record_of_a_streamed_dataset(tmp_path, tiny_bert_dir, capsys):
+    from hybridembed.cli import main
+
     folder = _shards(tmp_path / "d")
-    recipe = yaml.safe_load(_recipe(tmp_path, tiny_bert_dir, folder, tmp_path / "out").read_text())
-    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    ok = subprocess.run([sys.executable, "-m", "hybridembed.cli", "data", "check", str(tmp_path / "ok.yaml")], text=True, capture_output=True, env=env)
-    assert ok.returncode == 0, ok.stderr
-    assert "320 rows in 2 shard(s), task retrieval" in ok.stdout
+    recipe = _recipe(tmp_path, tiny_bert_dir, folder, tmp_path / "out")
+    assert main(["data", "check", str(recipe)]) == 0
+    assert "320 rows in 2 shard(s), task retrieval" in capsys.readouterr().out
     with open(folder / "part-0.jsonl", "a", encoding="utf-8") as f:
         f.write('{"query": "x"}\n')
-    bad = subprocess.run([sys.executable, "-m", "hybridembed.cli", "data", "check", str(tmp_path / "ok.yaml")], text=True, capture_output=True, env=env)
-    assert bad.returncode == 2 and f"{folder / 'part-0.jsonl'}:{_line_of(folder / 'part-0.jsonl', 'x')}: positive: row has no positive" in bad.stdout + bad.stderr
+    assert main(["data", "check", str(recipe)]) == 2
+    printed = capsys.readouterr()
+    assert f"{folder / 'part-0.jsonl'}:{_line_of(folder / 'part-0.jsonl', 'x')}: positive: row has no positive" in printed.out + printed.err
