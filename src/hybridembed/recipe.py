@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -258,7 +259,7 @@ def name_datasets(datasets: list[DatasetConfig], model: ModelConfig) -> None:
     for ds in datasets:
         if ds.name is None:
             path = Path(ds.path)
-            ds.name = path.stem.replace(".", "_")
+            ds.name = re.sub(r"[^\w-]", "_", path.stem)  # a glob of shards (`part-*`) or a dotted stem names a loss module
             if hasattr(nn.Module, ds.name):  # `train`, `eval`, …: a loss-module key must not shadow a Module attribute
                 ds.name = f"{path.parent.name}_{ds.name}"
         base, n = ds.name, 2
