@@ -2,7 +2,7 @@
 
 A store is built by streaming the corpus once (`iter_corpus_texts` for a file, any iterable of
 strings otherwise). Every non-blank text is appended to a raw blob and its 8-byte BLAKE2b hash to
-a raw hash file; duplicates are then found by sorting the hashes (about 33 bytes of RAM per raw
+a raw hash file; duplicates are then found by sorting the hashes (about 17 bytes of RAM per raw
 text at that moment, never the texts), and the first occurrence of each text is copied, in
 first-seen order, into ``texts.bin``. The folder beside the embedding cache
 (``<cache>/texts/<key>/``) holds:
@@ -41,7 +41,7 @@ from hybridembed.errors import HybridembedError
 from hybridembed.mining.cache import default_cache_dir, frame_text, source_fingerprint
 
 STORE_VERSION = 1
-BATCH = 65536  # texts hashed, written or decoded per step: bounds the transient Python objects
+BATCH = 8192  # texts hashed, copied or decoded per step: bounds the transient Python objects
 STORE_FILES = ("texts.bin", "offsets.i64", "hashes.u64", "hash_ids.i64")
 
 
@@ -179,77 +179,84 @@ def build_store(texts: Iterable[str], root: Path, key: str | None, empty_message
 
 
 def _write_raw(texts: Iterable[str], folder: Path, progress: bool) -> int:
-    """Append every text to raw.bin, its length to raw_lengths.i64 and its hash to raw_hashes.u64; return the count."""
-    count = 0
+    """Append every text to raw.bin, where it ends to raw_ends.i64 and its hash to raw_hashes.u64; return the count."""
+    count, filled, size = 0, 0, 0
+    ends, hashes = np.empty(BATCH, dtype=np.int64), np.empty(BATCH, dtype=np.uint64)  # reused: no per-text list grows
     with (
         open(folder / "raw.bin", "wb", buffering=1 << 20) as blob,
-        open(folder / "raw_lengths.i64", "wb") as lengths,
-        open(folder / "raw_hashes.u64", "wb") as hashes,
+        open(folder / "raw_ends.i64", "wb") as ends_file,
+        open(folder / "raw_hashes.u64", "wb") as hashes_file,
         tqdm(desc="reading corpus", unit="text", disable=not progress) as bar,
     ):
-        batch_lengths: list[int] = []
-        batch_hashes: list[int] = []
         for text in texts:
             encoded = text.encode("utf-8")
             blob.write(encoded)
-            batch_lengths.append(len(encoded))
-            batch_hashes.append(text_hash(encoded))
-            if len(batch_hashes) == BATCH:
-                lengths.write(np.asarray(batch_lengths, dtype=np.int64).tobytes())
-                hashes.write(np.asarray(batch_hashes, dtype=np.uint64).tobytes())
-                count += BATCH
+            size += len(encoded)
+            ends[filled], hashes[filled] = size, text_hash(encoded)
+            filled += 1
+            if filled == BATCH:
+                ends.tofile(ends_file)
+                hashes.tofile(hashes_file)
+                count, filled = count + filled, 0
                 bar.update(BATCH)
-                batch_lengths.clear()
-                batch_hashes.clear()
-        lengths.write(np.asarray(batch_lengths, dtype=np.int64).tobytes())
-        hashes.write(np.asarray(batch_hashes, dtype=np.uint64).tobytes())
-        count += len(batch_hashes)
-        bar.update(len(batch_hashes))
-    return count
+        ends[:filled].tofile(ends_file)
+        hashes[:filled].tofile(hashes_file)
+        bar.update(filled)
+    return count + filled
 
 
 def _deduplicate(folder: Path, raw_rows: int) -> dict:
-    """Keep the first occurrence of each hash, in first-seen order: write the store's files and meta.json; drop the raw ones."""
-    hashes = np.fromfile(folder / "raw_hashes.u64", dtype=np.uint64)
-    order = np.argsort(hashes, kind="stable")  # among equal hashes, the earliest occurrence comes first
-    del hashes
-    sorted_hashes = np.fromfile(folder / "raw_hashes.u64", dtype=np.uint64)[order]
+    """Keep the first occurrence of each hash, in first-seen order: write the store's files and meta.json; drop the raw ones.
+
+    The raw arrays are read through memmaps and the outputs written in batches, so the heap holds
+    about 17 bytes per raw text at the peak (the sort order, the sorted hashes, a mask), never a text.
+    """
+    raw_hashes = np.memmap(folder / "raw_hashes.u64", dtype=np.uint64, mode="r")
+    order = np.argsort(raw_hashes, kind="stable")  # among equal hashes, the earliest occurrence comes first
+    sorted_hashes = raw_hashes[order]
+    del raw_hashes
     first = np.ones(raw_rows, dtype=bool)
     np.not_equal(sorted_hashes[1:], sorted_hashes[:-1], out=first[1:])
+    with open(folder / "hashes.u64", "wb") as out:
+        for at in range(0, raw_rows, BATCH):
+            sorted_hashes[at : at + BATCH][first[at : at + BATCH]].tofile(out)
+    del sorted_hashes
     first_raw = order[first]  # raw index of each distinct hash, in hash order
-    del order
-    sorted_hashes[: len(first_raw)] = sorted_hashes[first]
-    sorted_hashes[: len(first_raw)].tofile(folder / "hashes.u64")
-    del sorted_hashes, first
+    del order, first
     keep = np.sort(first_raw)  # the raw index of corpus id i is keep[i]
-    np.searchsorted(keep, first_raw).astype(np.int64).tofile(folder / "hash_ids.i64")
+    with open(folder / "hash_ids.i64", "wb") as out:
+        for at in range(0, len(first_raw), BATCH):
+            np.searchsorted(keep, first_raw[at : at + BATCH]).astype(np.int64).tofile(out)
     del first_raw
-    raw_lengths = np.fromfile(folder / "raw_lengths.i64", dtype=np.int64)
-    starts = (np.cumsum(raw_lengths) - raw_lengths)[keep]
-    lengths = raw_lengths[keep]
-    del raw_lengths, keep
-    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64).tofile(folder / "offsets.i64")
-    meta = {"version": STORE_VERSION, "rows": len(lengths), "raw_rows": raw_rows, "bytes": int(lengths.sum())}
-    meta["fingerprint"] = _copy_kept(folder, starts, lengths)
-    for name in ("raw.bin", "raw_lengths.i64", "raw_hashes.u64"):
+    fingerprint, size = _copy_kept(folder, keep)
+    for name in ("raw.bin", "raw_ends.i64", "raw_hashes.u64"):
         (folder / name).unlink()
+    meta = {"version": STORE_VERSION, "rows": len(keep), "raw_rows": raw_rows, "bytes": size, "fingerprint": fingerprint}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 
-def _copy_kept(folder: Path, starts: np.ndarray, lengths: np.ndarray) -> str:
-    """Copy the kept texts from raw.bin to texts.bin, in id order; return their `corpus_fingerprint`."""
+def _copy_kept(folder: Path, keep: np.ndarray) -> tuple[str, int]:
+    """Copy the raw texts `keep` to texts.bin and their offsets to offsets.i64, in id order; return their `corpus_fingerprint` and size."""
     digest = hashlib.sha256()
-    raw = np.memmap(folder / "raw.bin", dtype=np.uint8, mode="r") if os.path.getsize(folder / "raw.bin") else np.zeros(0, np.uint8)
+    raw_ends = np.memmap(folder / "raw_ends.i64", dtype=np.int64, mode="r")
+    raw = np.memmap(folder / "raw.bin", dtype=np.uint8, mode="r") if raw_ends[-1] else np.zeros(0, np.uint8)
     view = memoryview(raw)
-    with open(folder / "texts.bin", "wb", buffering=1 << 20) as out:
-        for at in range(0, len(starts), BATCH):
-            for start, length in zip(starts[at : at + BATCH].tolist(), lengths[at : at + BATCH].tolist()):
-                piece = view[start : start + length]
+    size = 0
+    with open(folder / "texts.bin", "wb", buffering=1 << 20) as out, open(folder / "offsets.i64", "wb") as offsets:
+        np.zeros(1, dtype=np.int64).tofile(offsets)
+        for at in range(0, len(keep), BATCH):
+            ids = keep[at : at + BATCH]
+            ends = np.asarray(raw_ends[ids])
+            starts = np.where(ids > 0, np.asarray(raw_ends[np.maximum(ids - 1, 0)]), 0)
+            (size + np.cumsum(ends - starts)).astype(np.int64).tofile(offsets)
+            for start, end in zip(starts.tolist(), ends.tolist()):
+                piece = view[start:end]
                 frame_text(digest, piece)
                 out.write(piece)
+                size += end - start
     view.release()
-    return digest.hexdigest()
+    return digest.hexdigest(), size
 
 
 __all__ = ["TextStore", "build_store", "iter_corpus_texts", "open_corpus", "store_root", "text_hash"]
