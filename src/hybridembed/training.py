@@ -345,10 +345,17 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         miner = build_dynamic_miner(model, recipe.mining.dynamic, datasets, views, sampler, args.gradient_accumulation_steps)
     collator = HybridCollator(model.preprocess, views, seed=recipe.training.seed, rank=args.process_index)
     evaluator = recipe.eval.build_evaluator() if recipe.eval is not None else None
+    train_sets = {ds.name: ds.placeholder() if streaming else ds.to_hf() for ds in datasets}
+    # sentence-transformers picks its model card's widget examples from 1,000 random rows of each training
+    # set, which pages a whole memory-mapped file of millions of rows into memory; its first rows do as well.
+    model.model_card_data.set_widget_examples(
+        {name: data.select(range(min(1000, len(data)))).select_columns([c for c in ("query", "text1", "text2") if c in data.column_names])
+         for name, data in train_sets.items()}
+    )  # fmt: skip
     trainer = HybridTrainer(
         model=model,
         args=args,
-        train_dataset={ds.name: ds.placeholder() if streaming else ds.to_hf() for ds in datasets},
+        train_dataset=train_sets,
         loss=losses,
         data_collator=collator,
         task_sampler=sampler,
