@@ -7,15 +7,16 @@ text at that moment, never the texts), and the first occurrence of each text is 
 first-seen order, into ``texts.bin``. The folder beside the embedding cache
 (``<cache>/texts/<key>/``) holds:
 
-* ``texts.bin`` and ``offsets.i64`` (n + 1 offsets): text ``i`` is ``texts.bin[offsets[i]:offsets[i+1]]``;
+* ``texts.bin`` and ``offsets.i64`` (n + 1 offsets): text ``i`` is ``texts.bin[offsets[i]:offsets[i+1]]``,
+  read with ``os.pread``;
 * ``hashes.u64`` (sorted) and ``hash_ids.i64`` (the id of each): a text's id is found with
   ``np.searchsorted``, then confirmed by comparing its bytes with the stored ones, so a hash
   collision can never make a different text look present;
 * ``meta.json``: the count and the content fingerprint the embedding cache is keyed by (the
   same digest `cache.corpus_fingerprint` computes for a list of the same texts).
 
-All arrays are memory-mapped: a lookup touches about log2(n) pages of the hash file, a fetch one
-range of the blob. A file's store is keyed by its path, size and modification time (as the
+The arrays are memory-mapped: a lookup touches about log2(n) pages of the hash file, a fetch reads
+one range of the blob. A file's store is keyed by its path, size and modification time (as the
 model's files key the embedding cache), so a second run reads nothing of the file; a store built
 from texts already in memory is keyed by their content.
 
@@ -52,22 +53,13 @@ def text_hash(encoded: bytes) -> int:
 def iter_corpus_texts(path: str | Path, text_field: str = "text") -> Iterator[str]:
     """A corpus file's texts in file order: `.txt` one per non-blank line, else `text_field` of each record.
 
-    The one place a corpus file is read, so a streaming reader of the training readers can replace it.
+    Streamed by the shared reader (`data.readers.iter_texts`): its `file:line: field: problem`
+    errors, UTF-8 checks and BOM handling, one record at a time.
     """
-    from hybridembed.data.readers import read_records
+    from hybridembed.data.readers import iter_texts
 
-    path = Path(path)
-    if path.suffix.lower() == ".txt" and path.is_file():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield line.rstrip("\n")
-        return
-    for record in read_records(path):
-        value = record.fields.get(text_field)
-        if not isinstance(value, str) or not value.strip():
-            raise HybridembedError(f"{path}:{record.line}: {text_field}: missing or empty text (choose the field with --corpus-field)")
-        yield value
+    for record in iter_texts(path, text_field):
+        yield record.text
 
 
 class TextStore:
@@ -82,15 +74,26 @@ class TextStore:
         self.offsets = np.memmap(self.path / "offsets.i64", dtype=np.int64, mode="r")
         self.hashes = np.memmap(self.path / "hashes.u64", dtype=np.uint64, mode="r")
         self.hash_ids = np.memmap(self.path / "hash_ids.i64", dtype=np.int64, mode="r")
-        size = int(self.offsets[-1])
-        # A zero-length file cannot be mapped (a corpus of empty strings only).
-        self.blob = np.memmap(self.path / "texts.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, dtype=np.uint8)
+        # Texts are read with pread, not mapped: a pass over the whole corpus (embedding it) then
+        # leaves the texts in the page cache only, not in this process's resident set.
+        self._fd = os.open(self.path / "texts.bin", os.O_RDONLY)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _read(self, start: int, end: int) -> bytes:
+        data = os.pread(self._fd, end - start, start)
+        if len(data) != end - start:
+            raise HybridembedError(f"{self.path / 'texts.bin'}: truncated (expected {end} bytes); delete the folder to rebuild it")
+        return data
 
     def __len__(self) -> int:
         return self._n
 
     def _bytes(self, i: int) -> bytes:
-        return self.blob[int(self.offsets[i]) : int(self.offsets[i + 1])].tobytes()
+        return self._read(int(self.offsets[i]), int(self.offsets[i + 1]))
 
     def __getitem__(self, item: int | slice) -> str | list[str]:
         if isinstance(item, slice):
@@ -100,7 +103,7 @@ class TextStore:
             if stop <= start:
                 return []
             bounds = np.asarray(self.offsets[start : stop + 1]) - int(self.offsets[start])
-            data = self.blob[int(self.offsets[start]) : int(self.offsets[stop])].tobytes()  # one read for the whole range
+            data = self._read(int(self.offsets[start]), int(self.offsets[stop]))  # one read for the whole range
             return [data[a:b].decode("utf-8") for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
         index = int(item) + (self._n if item < 0 else 0)
         if not 0 <= index < self._n:
@@ -240,10 +243,14 @@ def _copy_kept(folder: Path, keep: np.ndarray) -> tuple[str, int]:
     """Copy the raw texts `keep` to texts.bin and their offsets to offsets.i64, in id order; return their `corpus_fingerprint` and size."""
     digest = hashlib.sha256()
     raw_ends = np.memmap(folder / "raw_ends.i64", dtype=np.int64, mode="r")
-    raw = np.memmap(folder / "raw.bin", dtype=np.uint8, mode="r") if raw_ends[-1] else np.zeros(0, np.uint8)
-    view = memoryview(raw)
     size = 0
-    with open(folder / "texts.bin", "wb", buffering=1 << 20) as out, open(folder / "offsets.i64", "wb") as offsets:
+    # Buffered reads, not a memmap: `keep` is increasing, so the reads run forward through raw.bin
+    # and its pages are not mapped into (and counted in) this process.
+    with (
+        open(folder / "raw.bin", "rb", buffering=1 << 20) as raw,
+        open(folder / "texts.bin", "wb", buffering=1 << 20) as out,
+        open(folder / "offsets.i64", "wb") as offsets,
+    ):
         np.zeros(1, dtype=np.int64).tofile(offsets)
         for at in range(0, len(keep), BATCH):
             ids = keep[at : at + BATCH]
@@ -251,11 +258,11 @@ def _copy_kept(folder: Path, keep: np.ndarray) -> tuple[str, int]:
             starts = np.where(ids > 0, np.asarray(raw_ends[np.maximum(ids - 1, 0)]), 0)
             (size + np.cumsum(ends - starts)).astype(np.int64).tofile(offsets)
             for start, end in zip(starts.tolist(), ends.tolist()):
-                piece = view[start:end]
+                raw.seek(start)
+                piece = raw.read(end - start)
                 frame_text(digest, piece)
                 out.write(piece)
                 size += end - start
-    view.release()
     return digest.hexdigest(), size
 
 
