@@ -25,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed import __version__
 from hybridembed.data import TaskDataset, load_datasets
+from hybridembed.data.arrow_store import release_mapped_pages
 from hybridembed.data.collator import DatasetView, HybridCollator
 from hybridembed.data.streaming import StreamCollate, StreamedRows, open_stream
 from hybridembed.data.streaming import load_state as load_stream_state
@@ -44,13 +45,16 @@ DEFAULT_NEGATIVES = {TaskType.RETRIEVAL: 7, TaskType.RERANKING: 7, TaskType.CLAS
 
 
 class _SamplerEpochCallback(TrainerCallback):
-    """Tell the task sampler the epoch (accelerate's batch-sampler shard does not forward set_epoch)."""
+    """Tell the task sampler the epoch (accelerate's batch-sampler shard does not forward set_epoch); release the Arrow pages each step touched."""
 
     def __init__(self, sampler: TaskBatchSampler) -> None:
         self.sampler = sampler
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.sampler.set_epoch(int(state.epoch or 0))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        release_mapped_pages()  # random rows of a memory-mapped store would otherwise pile up in RSS
 
 
 class _StreamStateCallback(TrainerCallback):

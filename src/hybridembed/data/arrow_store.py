@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import uuid
@@ -81,9 +82,37 @@ def open_entry(folder: Path) -> tuple[Any, dict[str, Any]] | None:
         return None
     if meta.get("schema") != ROW_SCHEMA_VERSION or not (folder / ROWS_FILE).is_file():
         return None
-    from datasets import Dataset
+    return _mapped_dataset(folder / ROWS_FILE), meta
 
-    return Dataset.from_file(str(folder / ROWS_FILE)), meta
+
+_MAPPINGS: list[mmap.mmap] = []  # the stores this process has open (release_mapped_pages)
+
+
+def _mapped_dataset(path: Path):
+    """A `datasets.Dataset` over the memory-mapped file, mapped by us so its pages can be released.
+
+    `Dataset.from_file` maps the file itself; the mapping's pages then stay in this process's RSS
+    once touched, and random row access touches ~1 MiB per row (the kernel maps 64 KiB around each
+    of a row's ~12 buffer faults), so 100 steps over 10M rows grew RSS by gigabytes of file cache.
+    `datasets.table.MemoryMappedTable` (datasets' own wrapper, used only here) keeps the path, so
+    pickling to dataloader workers re-maps the file there.
+    """
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import MemoryMappedTable
+
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    table = pa.ipc.open_stream(pa.py_buffer(mapping)).read_all()  # zero-copy: buffers point into the mapping
+    _MAPPINGS.append(mapping)
+    return Dataset(MemoryMappedTable(table, str(path)))
+
+
+def release_mapped_pages() -> None:
+    """Drop the touched pages of every open store from this process's RSS (they stay in the page cache; the next access maps them again)."""
+    for mapping in _MAPPINGS:
+        if hasattr(mmap, "MADV_DONTNEED"):  # Linux/macOS; elsewhere the pages simply stay mapped
+            mapping.madvise(mmap.MADV_DONTNEED)
 
 
 @contextmanager
@@ -147,4 +176,4 @@ class RowWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-__all__ = ["CACHE_ENV", "RowWriter", "arrow_schema", "cache_root", "content_hash", "entry_key", "entry_lock", "open_entry"]
+__all__ = ["CACHE_ENV", "RowWriter", "arrow_schema", "cache_root", "content_hash", "entry_key", "entry_lock", "open_entry", "release_mapped_pages"]
