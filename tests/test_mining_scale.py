@@ -128,6 +128,15 @@ def test_ivfpq_keeps_pq_m_bytes_per_vector(scale_data, model):
         Searcher(vectors, "ivfpq", pq_m=7)
 
 
+def test_a_pq_m_that_does_not_divide_the_dimension_fails_before_anything_is_read(model, scale_data, tmp_path, monkeypatch):
+    import hybridembed.mining.offline as offline
+    from hybridembed.errors import HybridembedError
+
+    monkeypatch.setattr(offline, "open_corpus", lambda *a, **k: pytest.fail("the corpus was opened"))
+    with pytest.raises(HybridembedError, match=r"--pq-m 7: must divide the embedding dimension 64"):
+        _mine(model, scale_data, tmp_path, index="ivfpq", pq_m=7)
+
+
 class HashEncoder:
     """A stand-in for a SentenceTransformer that embeds a text by its BLAKE2b digest: instant, so 200k texts take seconds."""
 

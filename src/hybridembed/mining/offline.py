@@ -202,6 +202,9 @@ def mine_hard_negatives(
     """
     options = options or MiningOptions()
     options.check()
+    dim = model.get_embedding_dimension()
+    if options.index == "ivfpq" and options.pq_m and dim and dim % options.pq_m:  # before hours of embedding, not after
+        raise HybridembedError(f"--pq-m {options.pq_m}: must divide the embedding dimension {dim}")
     rows = dataset.rows
     store = open_corpus(corpus if corpus is not None else row_texts(rows), corpus_field, cache_dir, progress)
     report = MiningReport(rows=len(rows), corpus_size=len(store), out=str(out), text_store=str(store.path), text_store_reused=store.reused)
