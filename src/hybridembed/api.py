@@ -109,7 +109,7 @@ def mine(
     ``rank_range=(30, 100), num_negatives=7, index="ivf"``.
     """
     from hybridembed.errors import HybridembedError
-    from hybridembed.mining.offline import MiningOptions, load_queries, mine_hard_negatives, read_corpus
+    from hybridembed.mining.offline import MiningOptions, load_queries, mine_hard_negatives
     from hybridembed.model import load_model
 
     try:
@@ -124,7 +124,8 @@ def mine(
 
         source, model = str(model), load_model(str(model))
         fingerprint = model_fingerprint(model, source)  # from the folder's files, not its weights
-    texts = read_corpus(corpus, corpus_field) if isinstance(corpus, (str, Path)) else corpus
+    # A corpus file streams into mining's on-disk text store (no list of the corpus in memory).
     return mine_hard_negatives(
-        model, load_queries(data, data_format), out, texts, settings, cache_dir, progress=show_progress, fingerprint=fingerprint
-    )
+        model, load_queries(data, data_format), out, corpus, settings, cache_dir, progress=show_progress, fingerprint=fingerprint,
+        corpus_field=corpus_field,
+    )  # fmt: skip
