@@ -166,7 +166,10 @@ def run_stages(recipe: Recipe, recipe_text: str | None = None) -> Path:
             step = _run_one(recipe, plan, backbone, resume, final=plan is plans[-1])
             marker = {"stage": plan.index, "name": plan.stage.name, "kind": plan.stage.kind.value, "fingerprint": digest,
                       "backbone": backbone, "global_step": step}  # fmt: skip
-            (plan.out / MARKER).write_text(json.dumps(marker, indent=2))
+            if int(os.environ.get("RANK", "0")) == 0:  # one writer; written whole, then renamed (a reader never sees half of it)
+                staging = plan.out / f".{MARKER}.tmp"
+                staging.write_text(json.dumps(marker, indent=2))
+                os.replace(staging, plan.out / MARKER)
         backbone, previous = str(plan.out), digest
     return _publish(recipe, plans, recipe_text)
 
@@ -191,6 +194,8 @@ def _run_one(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool, final
 def _publish(recipe: Recipe, plans: list[StagePlan], recipe_text: str | None) -> Path:
     """Copy the last stage's model into output_dir, with the whole recipe and a list of the stages."""
     root = Path(recipe.training.output_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return root  # one writer: other ranks copying and rewriting the same files at once read each other's half-written JSON
     last = plans[-1].out
     for item in last.iterdir():
         if item.name == MARKER or item.name == "runs" or item.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
