@@ -186,6 +186,12 @@ def _run_one(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool, final
 
             run_training(stage_recipe(recipe, plan, backbone, resume))
             finish_model(plan.out, plan.model, final)
+    from hybridembed.distributed import is_distributed
+
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 finishes the folder (its log, LoRA merge, interoperable names) before any rank reads it
     log = plan.out / "training_log.jsonl"
     steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines()] if log.is_file() else [0]
     return max(steps, default=0)
