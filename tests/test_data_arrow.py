@@ -215,3 +215,27 @@ def test_default_store_lives_in_the_datasets_cache(monkeypatch, tmp_path):
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "ds")
     assert cache_root() == tmp_path / "ds" / "hybridembed"
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc accounting")
+def test_released_pages_leave_the_process_but_rows_stay_readable(store, tmp_path):
+    from hybridembed.data.arrow_store import release_mapped_pages
+
+    rows = [{"query": f"query {i} " * 8, "positive": f"passage {i} " * 16, "negatives": [f"negative {i} " * 8]} for i in range(60_000)]
+    dataset = load_dataset(DatasetConfig(path=str(_write(tmp_path / "big.jsonl", rows)), task="retrieval"))
+    release_mapped_pages()
+    before = _rss_file_kib()
+    for i in np.random.default_rng(0).permutation(len(dataset))[:300]:
+        assert dataset.rows[int(i)]["query"] == f"query {i} " * 8
+    touched = _rss_file_kib()
+    release_mapped_pages()
+    assert touched - before > 4096, "random rows map file pages into the process"
+    assert _rss_file_kib() - before < (touched - before) / 4
+    assert dataset.rows[59_999]["positives"] == ["passage 59999 " * 16]

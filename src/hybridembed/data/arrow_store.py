@@ -92,8 +92,8 @@ def _mapped_dataset(path: Path):
     """A `datasets.Dataset` over the memory-mapped file, mapped by us so its pages can be released.
 
     `Dataset.from_file` maps the file itself; the mapping's pages then stay in this process's RSS
-    once touched, and random row access touches ~1 MiB per row (the kernel maps 64 KiB around each
-    of a row's ~12 buffer faults), so 100 steps over 10M rows grew RSS by gigabytes of file cache.
+    once touched, and random row access touches many pages per row (the kernel maps pages around
+    each fault, and a row reads several Arrow buffers): docs/data.md has the measured growth.
     `datasets.table.MemoryMappedTable` (datasets' own wrapper, used only here) keeps the path, so
     pickling to dataloader workers re-maps the file there.
     """

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hybridembed.data.readers import lone_surrogate
 from hybridembed.recipe import DataFormat
 from hybridembed.tasks import RowShape, TaskType
 
@@ -91,10 +92,9 @@ def _text(value: Any, name: str, problems: list[str]) -> str | None:
     if not value.strip():
         problems.append(f"{name}: empty or whitespace-only text")
         return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:  # a JSON escape like "\ud800": half of a UTF-16 pair, which no tokenizer or Arrow file takes
-        problems.append(f"{name}: contains a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}")
+    surrogate = lone_surrogate(value)  # a JSON escape like "\ud800": half of a UTF-16 pair, which no tokenizer or Arrow file takes
+    if surrogate is not None:
+        problems.append(f"{name}: contains a lone surrogate (U+{surrogate[1]:04X}) at character {surrogate[0]}")
         return None
     return value
 

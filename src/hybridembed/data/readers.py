@@ -75,16 +75,21 @@ def read_records(path: str | Path, header: bool = True, kind: str | None = None)
             raise ValueError(f"unknown reader kind {kind!r}")
 
 
+def decode_line(path: Path | str, number: int, raw: bytes) -> str:
+    """One line's text (with its line end); invalid UTF-8 is reported with its line, a BOM on line 1 is dropped."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError([f"{path}:{number}: (line): invalid UTF-8 at byte {err.start}"]) from None
+    # A UTF-8 byte order mark (Windows editors write one) is not part of the first text or column name.
+    return text.removeprefix("\ufeff") if number == 1 else text
+
+
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text with its line end) one line at a time, so invalid UTF-8 is reported with its line."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError([f"{path}:{number}: (line): invalid UTF-8 at byte {err.start}"]) from None
-            # A UTF-8 byte order mark (Windows editors write one) is not part of the first text or column name.
-            yield number, text.removeprefix("\ufeff") if number == 1 else text
+            yield number, decode_line(path, number, raw)
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRecord]:
@@ -102,17 +107,21 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
         raise DataError([f"{path}: empty file (no records)"])
 
 
+def parse_json_line(path: Path | str, number: int, text: str) -> dict[str, Any]:
+    """The JSON object on one (non-blank) line, or a `file:line: (line): …` error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError([f"{path}:{number}: (line): invalid JSON: {err.msg}"]) from None
+    if not isinstance(value, dict):
+        raise DataError([f"{path}:{number}: (line): expected a JSON object, got {type(value).__name__}"])
+    return value
+
+
 def _read_json_lines(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[RawRecord]:
     for number, text in lines:
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError([f"{path}:{number}: (line): invalid JSON: {err.msg}"]) from None
-        if not isinstance(value, dict):
-            raise DataError([f"{path}:{number}: (line): expected a JSON object, got {type(value).__name__}"])
-        yield RawRecord(number, value)
+        if text.strip():
+            yield RawRecord(number, parse_json_line(path, number, text))
 
 
 def _read_json_array(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[RawRecord]:

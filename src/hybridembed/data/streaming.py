@@ -35,7 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from hybridembed.data.collator import DRAW_KEY
 from hybridembed.data.formats import canonical_fields, convert, detect_format, record_task
-from hybridembed.data.readers import read_records
+from hybridembed.data.readers import decode_line, parse_json_line, read_records
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.recipe import DataFormat, DatasetConfig
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, LABEL_TASKS, TaskType
@@ -145,23 +145,13 @@ def _jsonl_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator
         while raw := f.readline():
             cursor.offset += len(raw)
             cursor.line += 1
-            if cursor.line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first record
-            if not raw.strip():
+            text = decode_line(path, cursor.line, raw)
+            if not text.strip():
                 continue
             mine = cursor.record % slots == slot
             cursor.record += 1
-            if not mine:
-                continue
-            try:
-                value = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                raise DataError([f"{path}:{cursor.line}: (line): invalid UTF-8 at byte {err.start}"]) from None
-            except json.JSONDecodeError as err:
-                raise DataError([f"{path}:{cursor.line}: (line): invalid JSON: {err.msg}"]) from None
-            if not isinstance(value, dict):
-                raise DataError([f"{path}:{cursor.line}: (line): expected a JSON object, got {type(value).__name__}"])
-            yield cursor.line, value
+            if mine:  # the other readers' lines are only decoded, never parsed
+                yield cursor.line, parse_json_line(path, cursor.line, text)
 
 
 def _parquet_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -268,7 +258,23 @@ class StreamedRows(IterableDataset):
             yield {"error": err.problems, "summary": str(err).splitlines()[0]}
 
 
-def check_stream(cfg: DatasetConfig) -> tuple[StreamSpec, int]:
+@dataclass
+class StreamCheck:
+    """What `data check` reports of a streamed dataset (the `len` and `summary()` of a loaded one)."""
+
+    name: str
+    spec: StreamSpec
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def summary(self) -> str:
+        spec = self.spec
+        return f"{self.name}: {self.rows} rows in {len(spec.files)} shard(s), task {spec.task}, format {spec.format} (streamed: validated, not stored)"
+
+
+def check_stream(cfg: DatasetConfig) -> StreamCheck:
     """`data check` of a streamed dataset: one pass over every shard, validating each record (stops at the first bad one)."""
     spec = open_stream(cfg, batch_size=2)
     cursor, rows = Cursor(), 0
@@ -276,7 +282,7 @@ def check_stream(cfg: DatasetConfig) -> tuple[StreamSpec, int]:
         cursor.shard, cursor.offset, cursor.line = index, 0, 0
         read = _parquet_records if path.lower().endswith(".parquet") else _jsonl_records
         rows += sum(1 for _ in _validated(spec, read(path, cursor, 0, 1), path))
-    return spec, rows
+    return StreamCheck(spec.name, spec, rows)
 
 
 @dataclass
