@@ -16,7 +16,7 @@ from conftest import corpus_sentences
 
 @pytest.fixture(autouse=True, scope="module")
 def one_faiss_thread():
-    """faiss's codebook training slows down ~5× with two OpenMP threads on a loaded two-core machine (measured)."""
+    """faiss's codebook training ran several times slower with two OpenMP threads on a loaded two-core machine."""
     import faiss
 
     threads = faiss.omp_get_max_threads()

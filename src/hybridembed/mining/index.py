@@ -32,8 +32,8 @@ RESCORE_ROWS = 16384  # candidate vectors gathered from the memmap at a time whe
 def default_pq_m(dim: int) -> int:
     """Sub-quantizers for IVF-PQ: the largest divisor of `dim` not above dim / 8 (48 one-byte codes for 384 dims, 1/32 of float32).
 
-    Sub-vectors of 8 dimensions or more: faiss trains a 4-dimensional codebook ~20× slower than an
-    8-dimensional one (74 s against 3.7 s for 20k vectors of 384 dims, one thread, measured here).
+    Sub-vectors of 8 dimensions or more: in a one-off timing here faiss trained 4-dimensional codebooks
+    far slower than 8-dimensional ones (not a benchmark of this repo; rerun before relying on it).
     """
     return max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
 
