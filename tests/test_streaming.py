@@ -18,7 +18,7 @@ from hybridembed.errors import DataError, RecipeError
 from hybridembed.recipe import DatasetConfig
 from test_distributed import _free_port, _kill_tree
 
-MAX_STEPS, SAVE_STEPS, BATCH = 30, 6, 4
+MAX_STEPS, SAVE_STEPS, BATCH = 120, 6, 4  # long enough that the kill lands before the end on an idle machine
 
 
 def _shards(folder: Path, sizes=(150, 170), duplicate_every: int = 0) -> Path:
@@ -135,7 +135,7 @@ def _trace(folder: Path, before_step: int | None = None) -> set[tuple[int, int, 
 @pytest.mark.timeout(900)
 def test_streamed_pairs_stage_killed_and_resumed_trains_every_row_once(tmp_path, tiny_bert_dir):
     rng = random.Random(int(os.environ.get("RESUME_TEST_SEED", random.randrange(1 << 16))))
-    data = _shards(tmp_path / "shards", sizes=(200, 220))
+    data = _shards(tmp_path / "shards", sizes=(500, 520))  # one pass: 120 steps × 2 ranks × 4 rows < 1,020 rows
     reference = _launch(_recipe(tmp_path, tiny_bert_dir, data, tmp_path / "reference"), tmp_path / "trace-ref")
     _, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
