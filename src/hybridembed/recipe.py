@@ -206,6 +206,15 @@ class TextsConfig(Strict):
     text_fields: list[str | int] | None = Field(None, description="fields holding text; default: every text field of the detected format")
     header: bool = True
     max_samples: int | None = Field(None, gt=0)
+    streaming: bool = Field(
+        False, description="read the shards (a file, folder or glob of .txt/.jsonl/.parquet) as a stream, checked as texts arrive (needs max_steps)"
+    )
+
+    @model_validator(mode="after")
+    def _streams_have_no_sample_cap(self) -> TextsConfig:
+        if self.streaming and self.max_samples is not None:
+            raise ValueError("max_samples: a streamed corpus is read as it comes; cut it with training.max_steps instead")
+        return self
 
 
 def _override_model(base: type[BaseModel], name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
@@ -239,6 +248,8 @@ class StageConfig(Strict):
                 raise ValueError("an mlm stage needs `texts:` (raw text files)")
             if self.datasets or self.losses:
                 raise ValueError("an mlm stage takes `texts:`, not datasets/losses")
+            if len({t.streaming for t in self.texts}) > 1:
+                raise ValueError("texts: stream every text file of an mlm stage or none")
         elif self.texts:
             raise ValueError(f"a {self.kind} stage takes `datasets:`, not `texts:`")
         return self
