@@ -28,19 +28,17 @@ from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.arrow_store import release_mapped_pages
 from hybridembed.data.collator import DatasetView, HybridCollator
 from hybridembed.data.streaming import StreamCollate, StreamedRows, open_stream
-from hybridembed.data.streaming import load_state as load_stream_state
-from hybridembed.data.streaming import save_state as save_stream_state
 from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_over, is_distributed
-from hybridembed.errors import DataError, RecipeError
+from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
 from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.sampling import DatasetPlan, KeyedBatches, KeyedRows, TaskBatchSampler
+from hybridembed.stream_training import StreamedTrainingMixin
 from hybridembed.task_weighting import WeightedClipping, loss_weight
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 
 logger = logging.getLogger(__name__)
-TRACE_ENV = "HYBRIDEMBED_TRACE_ROWS"  # a folder: each rank appends the rows of every streamed batch it trains
 DEFAULT_NEGATIVES = {TaskType.RETRIEVAL: 7, TaskType.RERANKING: 7, TaskType.CLASSIFICATION: 10, TaskType.CLUSTERING: 10}
 
 
@@ -57,19 +55,7 @@ class _SamplerEpochCallback(TrainerCallback):
         release_mapped_pages()  # random rows of a memory-mapped store would otherwise pile up in RSS
 
 
-class _StreamStateCallback(TrainerCallback):
-    """Write the readers' positions into a checkpoint folder before the trainer fills it (its trainer_state.json comes last, so a complete checkpoint has them)."""
-
-    def __init__(self, trainer: HybridTrainer) -> None:
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            save_stream_state(folder, args.process_index, args.world_size, max(args.dataloader_num_workers, 1), self.trainer.stream_positions)
-
-
-class HybridTrainer(SentenceTransformerTrainer):
+class HybridTrainer(StreamedTrainingMixin, SentenceTransformerTrainer):
     """`SentenceTransformerTrainer` fed by the task-homogeneous sampler and collator, with per-task loss logs.
 
     In multi-process runs every rank follows the sampler's shared schedule (so the loader is not
@@ -99,13 +85,10 @@ class HybridTrainer(SentenceTransformerTrainer):
         self.task_batches: dict[str, int] = defaultdict(int)  # batches trained per task type by this rank
         self.step_tasks: list[str] = []  # this rank's task type at every training step (cheap; for logs and tests)
         self.weighted_clipping = weighted_clipping
-        self.streamed = streamed  # streamed datasets: batches come from their readers, not from the sampler
-        self.stream_positions: dict[str, Any] = {}  # dataloader worker → reader state after its last trained batch
         kwargs.setdefault("callbacks", [])
+        self.setup_stream(streamed, kwargs["callbacks"])  # streamed datasets: batches come from their readers, not from the sampler
         if task_sampler is not None:
             kwargs["callbacks"].append(_SamplerEpochCallback(task_sampler))
-        if streamed is not None:
-            kwargs["callbacks"].append(_StreamStateCallback(self))
         if weighted_clipping is not None:
             kwargs["callbacks"].append(weighted_clipping)
         super().__init__(*args, **kwargs)
@@ -117,19 +100,9 @@ class HybridTrainer(SentenceTransformerTrainer):
         weights = {name: loss_weight(fn) for name, fn in self.loss.items()} if isinstance(self.loss, dict) else {}
         self.dataset_weights = [weights.get(name, 1.0) for name in dataset_tasks]  # by dataset index
 
-    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
-        if self.streamed is not None and isinstance(resume_from_checkpoint, str):
-            # Each reader seeks to where its last trained batch ended (the trainer skips no batches: ignore_data_skip).
-            self.streamed.resume = load_stream_state(
-                Path(resume_from_checkpoint), self.args.process_index, self.args.world_size, self.args.dataloader_num_workers
-            )
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
     def get_train_dataloader(self) -> DataLoader:
         if self.streamed is not None:
-            return DataLoader(
-                self.streamed, batch_size=None, collate_fn=StreamCollate(self.data_collator), num_workers=self.args.dataloader_num_workers
-            )
+            return self.streamed_loader(StreamCollate(self.data_collator))
         loader = DataLoader(
             KeyedRows(list(self.train_dataset.values())),
             batch_sampler=KeyedBatches(self.task_sampler),  # each row carries its draw key to the collator
@@ -144,26 +117,17 @@ class HybridTrainer(SentenceTransformerTrainer):
         return self.accelerator.prepare(loader)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        problems = inputs.pop("stream_error", None)
-        summary = inputs.pop("stream_error_summary", None)
-        stream_state = inputs.pop("stream_state", None)
+        problems, summary = self.take_stream_state(inputs, model.training)
         if problems is not None and not is_distributed():
-            raise DataError(problems, summary=summary)
+            self.stop_on_stream_error(problems, summary, bad_ranks=[])
         name = inputs.get("dataset_name")
         group, scale = None, 1.0
         datasets_of_ranks = [self.dataset_index.get(name, -1)]
         if is_distributed():
             datasets_of_ranks = all_gather_ints(-1 if problems is not None else self.dataset_index[name])
-            if -1 in datasets_of_ranks:  # every rank stops at the same step, not only the one that read the bad row
-                bad = [r for r, d in enumerate(datasets_of_ranks) if d == -1]
-                raise DataError(problems or [f"rank(s) {bad} read an invalid record of a streamed dataset (their log has the file:line)"], summary=summary)
+            # every rank stops at the same step, not only the one that read the bad row
+            self.stop_on_stream_error(problems, summary, bad_ranks=[r for r, d in enumerate(datasets_of_ranks) if d == -1])
         task = self.dataset_tasks[name]
-        stream_rows = inputs.pop("stream_rows", None)
-        if stream_state is not None and model.training:
-            self.stream_positions[str(stream_state["worker"])] = stream_state
-            if os.environ.get(TRACE_ENV):  # debugging aid (docs/data.md): which rows every step trained on
-                with open(Path(os.environ[TRACE_ENV]) / f"rank{self.args.process_index}.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": self.state.global_step, "rows": stream_rows}) + "\n")
         if is_distributed():
             sharing = frozenset(r for r, d in enumerate(datasets_of_ranks) if d == self.dataset_index[name])
             group = self.gather_groups.for_ranks(sharing)

@@ -44,22 +44,23 @@ STATE_FILE = "stream_state_rank{rank}.json"
 SHARD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
-def shard_files(path: str) -> list[Path]:
-    """The shards of a streamed dataset: one file, a folder of .jsonl/.parquet files, or a glob pattern (sorted)."""
+def shard_files(path: str, suffixes: dict[str, str] = SHARD_SUFFIXES) -> list[Path]:
+    """The shards of a streamed dataset: one file, a folder of files with one of `suffixes`, or a glob pattern (sorted)."""
+    kinds = ", ".join(suffixes)
     if any(ch in path for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(path))
     elif Path(path).is_dir():
-        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in SHARD_SUFFIXES)
+        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in suffixes)
     else:
         files = [Path(path)]
     if not files:
-        raise DataError([f"{path}: no shards (.jsonl, .ndjson or .parquet files) found"])
+        raise DataError([f"{path}: no shards ({kinds} files) found"])
     problems = []
     for file in files:
         if not file.is_file():
             problems.append(f"{file}: file not found")
-        elif file.suffix.lower() not in SHARD_SUFFIXES:
-            problems.append(f"{file}: a streamed shard is .jsonl, .ndjson or .parquet")
+        elif file.suffix.lower() not in suffixes:
+            problems.append(f"{file}: a streamed shard is one of {kinds}")
         elif file.stat().st_size == 0:
             problems.append(f"{file}: empty file")
     if problems:
@@ -134,12 +135,13 @@ def _validated(spec: StreamSpec, records, path: str) -> Iterator[tuple[int, str,
         yield line, path, converted.row
 
 
-def _shard_order(spec: StreamSpec, seed: int, dataset_index: int, passes: int) -> list[int]:
-    return np.random.default_rng([seed, dataset_index, passes]).permutation(len(spec.files)).tolist()
+def shard_order(shards: int, seed: int, dataset_index: int, passes: int) -> list[int]:
+    """The order of a pass over the shards: a pure function of (seed, dataset, pass)."""
+    return np.random.default_rng([seed, dataset_index, passes]).permutation(shards).tolist()
 
 
-def _jsonl_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """This slot's records of a jsonl shard from the cursor on; the cursor moves past each line before it is yielded."""
+def line_records(path: str, cursor: Cursor, slot: int, slots: int, parse=parse_json_line) -> Iterator[tuple[int, Any]]:
+    """This slot's records of a line-per-record shard (jsonl; text with `parse` returning the line) from the cursor on; the cursor moves past each line before it is yielded."""
     with open(path, "rb") as f:
         f.seek(cursor.offset)
         while raw := f.readline():
@@ -151,10 +153,10 @@ def _jsonl_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator
             mine = cursor.record % slots == slot
             cursor.record += 1
             if mine:  # the other readers' lines are only decoded, never parsed
-                yield cursor.line, parse_json_line(path, cursor.line, text)
+                yield cursor.line, parse(path, cursor.line, text)
 
 
-def _parquet_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator[tuple[int, dict[str, Any]]]:
+def parquet_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
@@ -178,6 +180,27 @@ def _parquet_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterat
                 yield position, row
 
 
+def record_reader(path: str):
+    """The reader of one shard file, by its suffix."""
+    return parquet_records if path.lower().endswith(".parquet") else line_records
+
+
+def slot_records(files: list[str], name: str, cursor: Cursor, slot: int, slots: int, seed: int, dataset_index: int, reader=record_reader):
+    """(path, line, record) of one reader slot over endless passes of `files` (reshuffled each pass), from the cursor on."""
+    while True:
+        order = shard_order(len(files), seed, dataset_index, cursor.passes)
+        got = cursor.record > slot  # a resumed pass may already have given this slot records
+        while cursor.shard < len(order):
+            path = files[order[cursor.shard]]
+            for line, record in reader(path)(path, cursor, slot, slots):
+                got = True
+                yield path, line, record
+            cursor.shard, cursor.offset, cursor.line = cursor.shard + 1, 0, 0
+        if not got:
+            raise DataError([f"{name}: no rows for reader slot {slot} of {slots}: fewer records than ranks × dataloader workers"])
+        cursor.passes, cursor.shard, cursor.offset, cursor.line, cursor.record = cursor.passes + 1, 0, 0, 0, 0
+
+
 class StreamedRows(IterableDataset):
     """Batches of canonical rows of several streamed datasets for one rank; each dataloader worker reads its own stripe."""
 
@@ -198,19 +221,9 @@ class StreamedRows(IterableDataset):
 
     def _rows(self, d: int, cursor: Cursor, slot: int, slots: int) -> Iterator[dict[str, Any]]:
         spec = self.specs[d]
-        while True:
-            order = _shard_order(spec, self.seed, d, cursor.passes)
-            got = cursor.record > slot  # a resumed pass may already have given this slot rows
-            while cursor.shard < len(order):
-                path = spec.files[order[cursor.shard]]
-                read = _parquet_records if path.lower().endswith(".parquet") else _jsonl_records
-                for _, _, row in _validated(spec, read(path, cursor, slot, slots), path):
-                    got = True
-                    yield row
-                cursor.shard, cursor.offset, cursor.line = cursor.shard + 1, 0, 0
-            if not got:
-                raise DataError([f"{spec.name}: no rows for reader slot {slot} of {slots}: fewer records than ranks × dataloader workers"])
-            cursor.passes, cursor.shard, cursor.offset, cursor.line, cursor.record = cursor.passes + 1, 0, 0, 0, 0
+        for path, line, fields in slot_records(spec.files, spec.name, cursor, slot, slots, self.seed, d):
+            for _, _, row in _validated(spec, iter([(line, fields)]), path):
+                yield row
 
     def _batch(self, d: int, cursor: Cursor, stream: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
         spec = self.specs[d]
@@ -280,8 +293,7 @@ def check_stream(cfg: DatasetConfig) -> StreamCheck:
     cursor, rows = Cursor(), 0
     for index, path in enumerate(spec.files):
         cursor.shard, cursor.offset, cursor.line = index, 0, 0
-        read = _parquet_records if path.lower().endswith(".parquet") else _jsonl_records
-        rows += sum(1 for _ in _validated(spec, read(path, cursor, 0, 1), path))
+        rows += sum(1 for _ in _validated(spec, record_reader(path)(path, cursor, 0, 1), path))
     return StreamCheck(spec.name, spec, rows)
 
 
