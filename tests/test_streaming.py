@@ -191,3 +191,27 @@ def test_data_check_validates_every_record_of_a_streamed_dataset(tmp_path, tiny_
     assert main(["data", "check", str(recipe)]) == 2
     printed = capsys.readouterr()
     assert f"{folder / 'part-0.jsonl'}:{_line_of(folder / 'part-0.jsonl', 'x')}: positive: row has no positive" in printed.out + printed.err
+
+
+def test_a_loader_with_two_workers_resumed_after_an_odd_number_of_batches_continues_in_order(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from hybridembed.stream_training import pass_through
+
+    spec = open_stream(DatasetConfig(path=str(_shards(tmp_path / "d")), task="retrieval"), batch_size=BATCH)
+
+    def batches(n: int, resume: dict) -> list[dict]:
+        stream = StreamedRows([spec], seed=5)
+        stream.resume = resume
+        out = []
+        for item in DataLoader(stream, batch_size=None, collate_fn=pass_through, num_workers=2):
+            out.append(item)
+            if len(out) == n:
+                return out
+        return out
+
+    full = batches(12, {})
+    for k in (4, 5):  # the loader starts at worker 0 again; after 5 batches worker 1's reader is next
+        states = {str(b["state"]["worker"]): b["state"] for b in full[:k]}
+        resumed = batches(12 - k, states)
+        assert [[r["query"] for r in b["rows"]] for b in resumed] == [[r["query"] for r in b["rows"]] for b in full[k:]], f"after {k}"

@@ -3,8 +3,10 @@
 What this adds over transformers (whose ``Trainer`` + ``DataCollatorForLanguageModeling`` do the
 training): reading raw text from the same files and formats the other stages use (``.txt`` one
 text per line, or the text fields of any supported data file), exact-duplicate removal with a
-count, the stage's schema (Jina's 30% mask rate by default) and position extension before
-pre-training so that long-input backbones learn their new positions here.
+count, the stage's schema (Jina's 30% mask rate by default), position extension before
+pre-training so that long-input backbones learn their new positions here, and streamed corpora
+(`data.text_stream`: sharded, resumable, masks a pure function of seed, rank and batch) for
+pre-training on more text than fits in memory.
 """
 
 from __future__ import annotations
@@ -14,23 +16,17 @@ import logging
 from itertools import islice
 from pathlib import Path
 
-from hybridembed.data.formats import canonical_fields, detect_format
-from hybridembed.data.readers import iter_texts, read_records, text_problem
+from transformers import Trainer
+
+from hybridembed.data.readers import iter_texts, read_records
+from hybridembed.data.text_stream import StreamedTexts, open_text_sources, record_texts, text_format
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.model import resolve_backbone
 from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
+from hybridembed.stream_training import StreamedTrainingMixin, pass_through
 
 logger = logging.getLogger(__name__)
-TEXT_FIELDS = ("query", "positive", "positives", "negative", "negatives", "text1", "text2", "text")
 DEFAULT_MLM_LENGTH = 512
-
-
-def _strings(value: object) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str) and v.strip()]
-    return []
 
 
 def read_texts(config: TextsConfig) -> list[str]:
@@ -45,20 +41,10 @@ def read_texts(config: TextsConfig) -> list[str]:
     texts, problems = [], []
     fmt = None
     for record in read_records(path, header=config.header):
-        if config.text_fields:
-            found = [t for key in config.text_fields for t in _strings(record.fields.get(key))]
-        else:
-            fmt = fmt or detect_format(record.fields, has_columns=False)
-            if fmt is None:
-                raise DataError([f"{path}:{record.line}: text_fields: cannot tell which fields hold text; set `text_fields:`"])
-            fields = canonical_fields(record.fields, fmt, None)
-            found = [t for key in TEXT_FIELDS for t in _strings(fields.get(key))]
-        if not found:
-            problems.append(f"{path}:{record.line}: text_fields: no text in this record")
-            continue
-        bad = next((problem for text in found if (problem := text_problem(text))), None)
-        if bad:
-            problems.append(f"{path}:{record.line}: text_fields: {bad}")
+        fmt = fmt or text_format(path, record.line, record.fields, config)
+        found, problem = record_texts(record.fields, config, fmt)
+        if problem:
+            problems.append(f"{path}:{record.line}: {problem}")
             continue
         texts.extend(found)
         if config.max_samples is not None and len(texts) >= config.max_samples:
@@ -76,7 +62,7 @@ def load_texts(configs: list[TextsConfig]) -> list[str]:
     return unique
 
 
-def _mlm_arguments(training: TrainingConfig):
+def _mlm_arguments(training: TrainingConfig, **overrides):
     """The other stages' TrainingArguments (train._training_args: use_cpu + gloo under CPU torchrun, ddp_timeout, …), as transformers' class.
 
     DDP keeps looking for unused parameters here (transformers' default) rather than assuming none, as
@@ -86,18 +72,35 @@ def _mlm_arguments(training: TrainingConfig):
 
     from hybridembed.training import _training_args
 
-    return _training_args(training, TrainingArguments, ddp_find_unused_parameters=None, disable_tqdm=None)
+    return _training_args(training, TrainingArguments, ddp_find_unused_parameters=None, disable_tqdm=None, **overrides)
+
+
+class StreamedMLMTrainer(StreamedTrainingMixin, Trainer):
+    """transformers' Trainer fed by a streamed corpus: batches arrive masked from `StreamedTexts`; a bad text stops every rank at the same step."""
+
+    def __init__(self, streamed: StreamedTexts, *args, **kwargs) -> None:
+        kwargs.setdefault("callbacks", [])
+        self.setup_stream(streamed, kwargs["callbacks"])
+        super().__init__(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        return self.streamed_loader(self.data_collator)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        problems, summary = self.take_stream_state(inputs, model.training)
+        self.stop_on_stream_error(problems, summary)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
 def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: TrainingConfig, mlm_probability: float, resume: bool) -> Path:
     """Pre-train `model_cfg.backbone` with masked LM on `texts`; save model + tokenizer to training.output_dir."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling
 
     from hybridembed.backbones import is_decoder
     from hybridembed.positions import fit_positions
+    from hybridembed.training import last_complete_checkpoint
 
     backbone = resolve_backbone(model_cfg.backbone)
     remote = {"trust_remote_code": True} if model_cfg.trust_remote_code else {}
@@ -112,20 +115,25 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
         raise RecipeError(f"stage mlm: {model_cfg.backbone} is a decoder; masked-LM pre-training needs an encoder")
     max_length = model_cfg.max_seq_length or min(tokenizer.model_max_length, DEFAULT_MLM_LENGTH)
     fit_positions(model, tokenizer, max_length, model_cfg.extend_positions, model_cfg.hierarchical_alpha)
-    corpus = Dataset.from_dict({"text": load_texts(texts)})
-    tokenized = corpus.map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length, return_special_tokens_mask=True),
-        batched=True,
-        remove_columns=["text"],
-    )
-    trainer = Trainer(
-        model=model,
-        args=_mlm_arguments(training),
-        train_dataset=tokenized,
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability),
-    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
+    if texts and texts[0].streaming:  # the stage's schema: all of its texts stream or none do
+        if not training.max_steps:
+            raise RecipeError("stage mlm: training.max_steps: a streamed corpus has no epoch length; set max_steps")
+        sources = open_text_sources(texts)
+        logger.info("mlm texts: streamed from %d shard(s) (checked as they arrive, not de-duplicated)", len(sources.files))
+        args = _mlm_arguments(training, ignore_data_skip=True)  # the readers resume at their saved positions
+        streamed = StreamedTexts(sources, tokenizer, collator, max_length, training.batch_size, training.seed, args.process_index, args.world_size)
+        trainer = StreamedMLMTrainer(streamed, model=model, args=args, train_dataset=streamed, data_collator=pass_through)
+    else:
+        corpus = Dataset.from_dict({"text": load_texts(texts)})
+        tokenized = corpus.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length, return_special_tokens_mask=True),
+            batched=True,
+            remove_columns=["text"],
+        )
+        trainer = Trainer(model=model, args=_mlm_arguments(training), train_dataset=tokenized, data_collator=collator)
     out = Path(training.output_dir)
-    checkpoint = get_last_checkpoint(str(out)) if resume and out.is_dir() else None
+    checkpoint = last_complete_checkpoint(out) if resume else None  # not one a kill left half-written
     if checkpoint:
         logger.info("resuming from checkpoint %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -17,11 +17,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hybridembed.data.streaming import load_state, save_state
+from hybridembed.data.streaming import TRACE_ENV, load_state, save_state
 from hybridembed.distributed import all_gather_ints, is_distributed
 from hybridembed.errors import DataError
-
-TRACE_ENV = "HYBRIDEMBED_TRACE_ROWS"  # a folder: each rank appends the rows of every streamed batch it trains
 
 
 class _StreamStateCallback(TrainerCallback):
@@ -49,10 +47,23 @@ class StreamedTrainingMixin:
             callbacks.append(_StreamStateCallback(self))
 
     def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+        self._rng_checkpoint = None
         if self.streamed is not None and isinstance(resume_from_checkpoint, str):
             # Each reader seeks to where its last trained batch ended (the trainer skips no batches: ignore_data_skip).
             self.streamed.resume = load_state(Path(resume_from_checkpoint), self.args.process_index, self.args.world_size, self.args.dataloader_num_workers)
+            self._rng_checkpoint = resume_from_checkpoint
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if getattr(self, "_rng_checkpoint", None):
+            # transformers restores the checkpoint's RNG states (dropout) only when it skips batches or
+            # resumes at an epoch start, neither of which a stream does; restore them before the first
+            # resumed step, after the loader has drawn its workers' seeds, as the uninterrupted run had.
+            # `_load_rng_state` is private to transformers: this is the one place that calls it.
+            self._load_rng_state(self._rng_checkpoint)
+            self._rng_checkpoint = None
+        return batches
 
     def streamed_loader(self, collate_fn) -> DataLoader:
         """The stream's loader as is: every rank reads its own stripe, so accelerate must not shard or pad it; the trainer moves batches to the device."""
@@ -85,4 +96,4 @@ def pass_through(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-__all__ = ["StreamedTrainingMixin", "TRACE_ENV", "pass_through"]
+__all__ = ["StreamedTrainingMixin", "pass_through"]

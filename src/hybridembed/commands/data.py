@@ -226,9 +226,12 @@ def check_text_file(cfg) -> int:
 
     A .txt file is one text per line (blank lines skipped): every line must be UTF-8. Any other file
     goes through the mlm reader, every record (not only the first `max_samples`)."""
+    from hybridembed.data.text_stream import count_streamed_texts
     from hybridembed.errors import DataError
     from hybridembed.mlm import read_texts
 
+    if cfg.streaming:  # a file, folder or glob of shards, read as training reads them
+        return count_streamed_texts(cfg)
     path = Path(cfg.path)
     if not path.exists():
         raise DataError([f"{path}: file not found"])
@@ -283,7 +286,7 @@ def _check_group(group: CheckGroup, totals: CheckTotals, allow_missing: bool, ca
         totals.rows += len(result)
         lines.append(replace(result, name=name).summary())
     for cfg in group.texts:
-        if allow_missing and not Path(cfg.path).exists():
+        if allow_missing and not cfg.streaming and not Path(cfg.path).exists():
             totals.missing.append(cfg.path)
             lines.append(f"texts {cfg.path}: not here (not checked)")
             continue

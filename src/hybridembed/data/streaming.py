@@ -41,6 +41,7 @@ from hybridembed.recipe import DataFormat, DatasetConfig
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, LABEL_TASKS, TaskType
 
 STATE_FILE = "stream_state_rank{rank}.json"
+TRACE_ENV = "HYBRIDEMBED_TRACE_ROWS"  # a folder: each rank appends the rows of every streamed batch it trains (docs/data.md)
 SHARD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
@@ -180,6 +181,17 @@ def parquet_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterato
                 yield position, row
 
 
+def reader_role(resume: dict[str, Any], worker: int, workers: int) -> tuple[int, dict[str, Any] | None]:
+    """The reader a dataloader worker plays, and that reader's saved state (None: from the start).
+
+    A DataLoader takes batches from its workers round-robin starting at worker 0 on every new
+    iterator. A run resumed after an odd number of batches (2 workers) must start with the reader
+    whose batch comes next, so the readers are rotated by (next batch index) mod workers."""
+    following = [resume[str(w)]["batch"] if str(w) in resume else w for w in range(workers)]
+    role = (worker + min(following)) % workers
+    return role, resume.get(str(role))
+
+
 def record_reader(path: str):
     """The reader of one shard file, by its suffix."""
     return parquet_records if path.lower().endswith(".parquet") else line_records
@@ -251,9 +263,9 @@ class StreamedRows(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        workers = info.num_workers if info is not None else 1
+        worker, state = reader_role(self.resume, info.id if info is not None else 0, workers)
         slot, slots = self.rank * workers + worker, self.world_size * workers
-        state = self.resume.get(str(worker))
         cursors = [Cursor(**state["cursors"][s.name]) if state else Cursor() for s in self.specs]
         streams = [self._rows(d, cursors[d], slot, slots) for d in range(len(self.specs))]
         batch_index = state["batch"] if state else worker
