@@ -215,3 +215,12 @@ def test_a_loader_with_two_workers_resumed_after_an_odd_number_of_batches_contin
         states = {str(b["state"]["worker"]): b["state"] for b in full[:k]}
         resumed = batches(12 - k, states)
         assert [[r["query"] for r in b["rows"]] for b in resumed] == [[r["query"] for r in b["rows"]] for b in full[k:]], f"after {k}"
+
+
+def test_a_glob_or_folder_of_shards_without_streaming_points_at_it(tmp_path):
+    from hybridembed.data import load_dataset
+
+    folder = _shards(tmp_path / "d")
+    for path in (folder, folder / "part-*.jsonl"):
+        with pytest.raises(DataError, match=r"read with `streaming: true`"):
+            load_dataset(DatasetConfig(path=str(path)))

@@ -226,6 +226,7 @@ def check_text_file(cfg) -> int:
 
     A .txt file is one text per line (blank lines skipped): every line must be UTF-8. Any other file
     goes through the mlm reader, every record (not only the first `max_samples`)."""
+    from hybridembed.data.readers import missing_file
     from hybridembed.data.text_stream import count_streamed_texts
     from hybridembed.errors import DataError
     from hybridembed.mlm import read_texts
@@ -234,7 +235,7 @@ def check_text_file(cfg) -> int:
         return count_streamed_texts(cfg)
     path = Path(cfg.path)
     if not path.exists():
-        raise DataError([f"{path}: file not found"])
+        raise DataError([missing_file(path)])
     if path.suffix.lower() == ".txt" and path.is_file():
         problems, count = [], 0
         with open(path, "rb") as f:

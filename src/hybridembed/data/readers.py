@@ -26,11 +26,19 @@ class RawRecord:
     fields: dict[str, Any]
 
 
+STREAM_HINT = " (a folder or glob of shards is read with `streaming: true`)"
+
+
+def missing_file(path: Path | str) -> str:
+    """The problem of a path that is not there; a glob pattern is pointed at streaming."""
+    return f"{path}: file not found" + (STREAM_HINT if any(ch in str(path) for ch in "*?[") else "")
+
+
 def file_kind(path: Path) -> str:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return "hf_disk"
-        raise DataError([f"{path}: folder is not a Hugging Face save_to_disk dataset (no dataset_info.json/state.json)"])
+        raise DataError([f"{path}: folder is not a Hugging Face save_to_disk dataset (no dataset_info.json/state.json){STREAM_HINT}"])
     suffixes = [s.lower() for s in path.suffixes]
     match suffixes[-1] if suffixes else "":
         case ".jsonl" | ".json" | ".ndjson":
@@ -46,7 +54,7 @@ def file_kind(path: Path) -> str:
 
 def _check_file(path: Path, is_text: bool) -> None:
     if not path.exists():
-        raise DataError([f"{path}: file not found"])
+        raise DataError([missing_file(path)])
     if is_text and path.stat().st_size == 0:
         raise DataError([f"{path}: empty file"])
 

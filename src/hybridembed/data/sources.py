@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridembed.data.arrow_store import content_hash
-from hybridembed.data.readers import RawRecord, is_line_numbered, read_records
+from hybridembed.data.readers import RawRecord, is_line_numbered, missing_file, read_records
 from hybridembed.errors import DataError
 from hybridembed.recipe import DatasetConfig
 
@@ -42,7 +42,7 @@ def open_source(cfg: DatasetConfig) -> RecordSource:
         return _hub_source(cfg)
     path = Path(cfg.path)
     if not path.exists():
-        raise DataError([f"{path}: file not found"])
+        raise DataError([missing_file(path)])
     where = "" if is_line_numbered(path) else "row "
     return RecordSource(str(path), where, path.stem, lambda: content_hash(path), lambda: read_records(path, header=cfg.header))
 
