@@ -159,7 +159,6 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     from hybridembed.losses import matryoshka_mean_weights
     from hybridembed.model import build_model
     from hybridembed.tasks import RowShape
-    from hybridembed.training import DEFAULT_NEGATIVES
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_throughput import stock_columns
@@ -173,7 +172,7 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     rng = random.Random(recipe.training.seed)
     train, losses = {}, {}
     for ds in load_datasets(recipe.datasets):
-        k = ds.config.num_negatives if ds.config.num_negatives is not None else DEFAULT_NEGATIVES.get(ds.task, 0)
+        k = ds.config.num_negatives if ds.config.num_negatives is not None else ds.task.spec.default_negatives
         train[ds.name] = Dataset.from_dict(stock_columns(ds, k, rng))
         base = CoSENTLoss(model) if ds.task.shape is RowShape.SCORED_PAIR else MultipleNegativesRankingLoss(model)
         losses[ds.name] = MatryoshkaLoss(model, base, dims, matryoshka_weights=matryoshka_mean_weights(dims)) if dims else base

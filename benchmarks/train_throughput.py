@@ -163,14 +163,13 @@ def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> dict:
     from hybridembed.data import load_datasets
     from hybridembed.model import build_model
     from hybridembed.tasks import RowShape
-    from hybridembed.training import DEFAULT_NEGATIVES
 
     r = recipe(steps, batch_size, out)
     model = build_model(r.model)
     datasets, losses = {}, {}
     rng = random.Random(r.training.seed)
     for ds in load_datasets(r.datasets):
-        k = ds.config.num_negatives if ds.config.num_negatives is not None else DEFAULT_NEGATIVES.get(ds.task, 0)
+        k = ds.config.num_negatives if ds.config.num_negatives is not None else ds.task.spec.default_negatives
         datasets[ds.name] = Dataset.from_dict(stock_columns(ds, k, rng))
         base = CoSENTLoss(model) if ds.task.shape is RowShape.SCORED_PAIR else MultipleNegativesRankingLoss(model)
         losses[ds.name] = MatryoshkaLoss(model, base, r.model.matryoshka_dims)

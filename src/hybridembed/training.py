@@ -39,7 +39,6 @@ from hybridembed.task_weighting import WeightedClipping, loss_weight
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 
 logger = logging.getLogger(__name__)
-DEFAULT_NEGATIVES = {TaskType.RETRIEVAL: 7, TaskType.RERANKING: 7, TaskType.CLASSIFICATION: 10, TaskType.CLUSTERING: 10}
 
 
 class _SamplerEpochCallback(TrainerCallback):
@@ -175,7 +174,7 @@ def _dataset_views(recipe: Recipe, datasets: list[TaskDataset]) -> dict[str, Dat
     views = {}
     for ds in datasets:
         cfg = ds.config
-        default_k = DEFAULT_NEGATIVES.get(ds.task, 0)
+        default_k = ds.task.spec.default_negatives
         views[ds.name] = DatasetView(
             task=ds.task,
             num_negatives=cfg.num_negatives if cfg.num_negatives is not None else default_k,

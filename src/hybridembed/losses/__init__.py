@@ -18,7 +18,7 @@ from hybridembed.losses.infonce import InfoNCELoss
 from hybridembed.losses.label_contrastive import LabelContrastiveLoss
 from hybridembed.losses.pearson import PearsonLoss
 from hybridembed.recipe import LossConfig, LossName
-from hybridembed.tasks import TaskType
+from hybridembed.tasks import TASKS, TaskType
 
 LOSS_CLASSES: dict[LossName, type[nn.Module]] = {
     LossName.INFONCE: InfoNCELoss,
@@ -27,15 +27,8 @@ LOSS_CLASSES: dict[LossName, type[nn.Module]] = {
     LossName.PEARSON: PearsonLoss,
 }
 
-# Piccolo2's routing: retrieval-like tasks → InfoNCE, graded pairs → CoSENT, labels → label-contrastive.
-DEFAULT_LOSS_FOR_TASK: dict[TaskType, LossName] = {
-    TaskType.RETRIEVAL: LossName.INFONCE,
-    TaskType.RERANKING: LossName.INFONCE,
-    TaskType.STS: LossName.COSENT,
-    TaskType.PAIR_CLASSIFICATION: LossName.COSENT,
-    TaskType.CLASSIFICATION: LossName.LABEL_CONTRASTIVE,
-    TaskType.CLUSTERING: LossName.LABEL_CONTRASTIVE,
-}
+# Piccolo2's routing (tasks.TASKS): retrieval-like tasks → InfoNCE, graded pairs → CoSENT, labels → label-contrastive.
+DEFAULT_LOSS_FOR_TASK: dict[TaskType, LossName] = {task: LossName(spec.default_loss) for task, spec in TASKS.items()}
 
 
 # Task weights when a recipe gives none. Since a weight now scales its task's (clipped) steps
