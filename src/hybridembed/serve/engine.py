@@ -1,10 +1,11 @@
-"""The served model: loads a sentence-transformers model, encodes batches with token counts, describes itself."""
+"""The served model: loads a sentence-transformers model, encodes batches with token counts (one tokenization), describes itself."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,52 +60,94 @@ class ServedModel:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Embed `texts`; also return token counts (as the model saw them) and truncation flags.
 
-        sentence-transformers sorts the texts by length and runs forward passes of `batch_size`
-        (default: all at once), so smaller passes pad less. Without `prompt_name` the model's own
-        default prompt (if any) applies, as in `model.encode`.
+        The texts are tokenized once, with the model's own preprocessing (prompt, max_seq_length);
+        the counts come from that attention mask, and the forward passes of `batch_size` texts
+        (default: all at once) run on slices of the same features, sorted by token count so
+        that each pass pads little. The rows equal `model.encode(texts, prompt_name=...)`,
+        including the model's `truncate_dim`. Without `prompt_name` the model's default prompt
+        (if any) applies, as in `model.encode`.
         Runs on the batcher's worker thread only: the fast tokenizer is not safe to call from two
         threads at once with different truncation settings.
         Raises InvalidInput (with the index of the first offending text) when the tokenizer rejects
         a text that it cannot encode on its own while it still encodes an ordinary one; any
         other failure (the tokenizer or the model itself broken) propagates as is.
         """
-        prompt = self._prompt_text(prompt_name)
-        counts, truncated = self._token_counts([prompt + t for t in texts] if prompt else texts)
-        embeddings = self.model.encode(
-            texts,
-            prompt_name=prompt_name,
-            batch_size=max(1, batch_size or len(texts)),
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(embeddings, dtype=np.float32), counts, truncated
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        prompt = self._prompt_text(prompt_name) or None
+        features = self._tokenize(texts, prompt)
+        counts = _token_counts(features)
+        truncated = self._truncated(features, counts, texts, prompt)
+        step = max(1, batch_size or len(texts))
+        if step >= len(texts) or "attention_mask" not in features:  # one pass (flattened inputs carry no padding)
+            passes = [(None, features)]
+        else:
+            order = np.argsort(-counts, kind="stable")
+            left = getattr(getattr(self.model, "tokenizer", None), "padding_side", "right") == "left"
+            passes = [
+                (rows, _select(features, rows, int(counts[rows].max()), left))
+                for rows in (order[start : start + step] for start in range(0, len(texts), step))
+            ]
+        embeddings: np.ndarray | None = None
+        with torch.inference_mode():
+            for rows, part in passes:
+                out = self._forward(part)
+                if rows is None:
+                    embeddings = out
+                    break
+                if embeddings is None:
+                    embeddings = np.empty((len(texts), out.shape[1]), dtype=np.float32)
+                embeddings[rows] = out
+        assert embeddings is not None
+        return embeddings, counts, truncated
+
+    def _tokenize(self, texts: list[str], prompt: str | None) -> Any:
+        def tokenize(batch: list[str]) -> Any:
+            return self.model.preprocess(batch, prompt=prompt)
+
+        try:
+            return tokenize(texts)
+        except Exception as err:
+            culprit = _first_rejected(tokenize, texts)
+            if culprit is None:
+                raise
+            raise InvalidInput(*culprit) from err
+
+    def _forward(self, features: Any) -> np.ndarray:
+        """float32 sentence embeddings of one pass, cut to the model's truncate_dim as `model.encode` does."""
+        from sentence_transformers.util import batch_to_device
+
+        device = getattr(self.model, "device", None)
+        out = self.model(batch_to_device(features, device) if device is not None else features)["sentence_embedding"]
+        truncate_dim = getattr(self.model, "truncate_dim", None)
+        if truncate_dim:  # a plain prefix, not re-normalized: sentence-transformers' truncate_embeddings
+            out = out[..., :truncate_dim]
+        return _numpy(out, np.float32)
+
+    def _truncated(self, features: Any, counts: np.ndarray, texts: list[str], prompt: str | None) -> np.ndarray:
+        """Which texts max_seq_length cut: only those that reached the limit can have been."""
+        flags = np.zeros(len(texts), dtype=bool)
+        limit = self.max_seq_length
+        at_limit = np.flatnonzero(counts >= limit) if limit else np.empty(0, dtype=np.int64)
+        if not at_limit.size:
+            return flags
+        encodings = getattr(features, "encodings", None)
+        if encodings is not None and len(encodings) == len(texts):  # a fast tokenizer keeps what it cut as overflow
+            flags[at_limit] = [bool(encodings[i].overflowing) for i in at_limit]
+            return flags
+        # a slow tokenizer: tokenize those texts again, to one token past the limit
+        ids = self.model.tokenizer(
+            [(prompt or "") + texts[i] for i in at_limit], add_special_tokens=True, truncation=True, max_length=limit + 1
+        )["input_ids"]
+        flags[at_limit] = [len(x) > limit for x in ids]
+        return flags
 
     def _prompt_text(self, prompt_name: str | None) -> str:
         prompts = getattr(self.model, "prompts", None) or {}
         name = prompt_name or getattr(self.model, "default_prompt_name", None)
         return prompts.get(name, "") if name else ""
-
-    def _token_counts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        tokenizer = getattr(self.model, "tokenizer", None)
-        n = len(texts)
-        if tokenizer is None:
-            return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
-        kwargs: dict[str, Any] = {"add_special_tokens": True, "return_attention_mask": False}
-        if self.max_seq_length:
-            # one token past the limit is enough to tell that an input was cut
-            kwargs.update(truncation=True, max_length=self.max_seq_length + 1)
-        try:
-            ids = tokenizer(texts, **kwargs)["input_ids"]
-        except Exception as err:
-            culprit = _first_rejected(tokenizer, texts, kwargs)
-            if culprit is None:
-                raise
-            index, reason = culprit
-            raise InvalidInput(index, reason) from err
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
-        if not self.max_seq_length:
-            return lengths, np.zeros(n, dtype=bool)
-        return np.minimum(lengths, self.max_seq_length), lengths > self.max_seq_length
 
     @property
     def device_type(self) -> str:
@@ -129,19 +172,55 @@ PROBE_TEXT = "a"
 MAX_REASON_CHARS = 200
 
 
-def _first_rejected(tokenizer: Any, texts: list[str], kwargs: dict[str, Any]) -> tuple[int, str] | None:
-    """After the tokenizer failed on `texts`: (index, reason) of the first text it rejects on its
+def _first_rejected(tokenize: Callable[[list[str]], Any], texts: list[str]) -> tuple[int, str] | None:
+    """After `tokenize` failed on `texts`: (index, reason) of the first text it rejects on its
     own, or None when it fails on none of them alone, or also on a plain probe text (a server fault)."""
     for index, text in enumerate(texts):
         try:
-            tokenizer([text], **kwargs)
+            tokenize([text])
         except Exception as err:
             try:
-                tokenizer([PROBE_TEXT], **kwargs)
+                tokenize([PROBE_TEXT])
             except Exception:
                 return None
             return index, describe_rejection(text, err)
     return None
+
+
+def _token_counts(features: Any) -> np.ndarray:
+    """Tokens per text as the model reads them: the attention mask's ones, or the lengths of
+    flattened (unpadded) sequences."""
+    mask = features.get("attention_mask")
+    if mask is not None:
+        return _numpy(mask.sum(-1), np.int64)
+    cumulative = features.get("cu_seq_lens_q")
+    if cumulative is not None:
+        return np.diff(_numpy(cumulative, np.int64))
+    raise HybridembedError(f"cannot count tokens: the model's features have neither attention_mask nor cu_seq_lens_q ({sorted(features)})")
+
+
+def _select(features: Any, rows: np.ndarray, width: int, left_padded: bool) -> dict[str, Any]:
+    """The features of texts `rows`, with the padding columns none of them needs dropped."""
+    import torch
+
+    n, seq = features["attention_mask"].shape
+    columns = slice(seq - width, seq) if left_padded else slice(0, width)
+    index = torch.from_numpy(rows)
+    part = {}
+    for key, value in features.items():
+        if getattr(value, "ndim", 0) >= 1 and value.shape[0] == n:  # per text; the rest (modality, prompt_length) is shared
+            value = value[index] if isinstance(value, torch.Tensor) else value[rows]
+            if value.ndim == 2 and value.shape[1] == seq:
+                value = value[:, columns]
+        part[key] = value
+    return part
+
+
+def _numpy(value: Any, dtype: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; float() first: numpy has no bfloat16
+        value = value.detach().float().cpu() if value.is_floating_point() else value.detach().cpu()
+        value = value.numpy()
+    return np.asarray(value, dtype=dtype)
 
 
 def describe_rejection(text: str, err: BaseException) -> str:

@@ -1,7 +1,8 @@
 """An onnxruntime encoder with the part of SentenceTransformer's interface the server and benchmarks use.
 
-The server (serve/engine.py) needs from its model: `encode(texts, prompt_name=, batch_size=)`
-returning float32 rows, `tokenizer` (for token counts), `max_seq_length`, `prompts` /
+The server (serve/engine.py) needs from its model: `preprocess(texts, prompt=)` (tokenizer
+features, from which it counts tokens) and a call on those features returning
+`{"sentence_embedding": rows}`, `tokenizer`, `max_seq_length`, `prompts` /
 `default_prompt_name`, `get_embedding_dimension()` and `eval()`; Matryoshka truncation happens
 after encoding (app.py), so it needs nothing here. This class provides exactly that for a folder
 written by `hybridembed export` (hybridembed.onnx_export), without loading torch weights.
@@ -101,30 +102,33 @@ class OnnxEncoder:
         if prompt_name is not None and prompt_name not in self.prompts:
             raise ValueError(f"prompt {prompt_name!r} not found; this model has {sorted(self.prompts)}")
         name = prompt_name or self.default_prompt_name
-        prompt = self.prompts.get(name, "") if name else ""
+        prompt = self.prompts.get(name) if name else None
         if not texts:
             return np.zeros((0, self.get_embedding_dimension()), dtype=np.float32)
-        inputs = [prompt + t for t in texts] if prompt else list(texts)
-        order = np.argsort([-len(t) for t in inputs], kind="stable")
+        order = np.argsort([-len(t) for t in texts], kind="stable")
         out: list[np.ndarray] = []
         step = max(1, int(batch_size))
-        for start in range(0, len(inputs), step):
-            out.append(self._forward([inputs[i] for i in order[start : start + step]]))
-        embeddings = np.empty((len(inputs), out[0].shape[1]), dtype=np.float32)
+        for start in range(0, len(texts), step):
+            out.append(self(self.preprocess([texts[i] for i in order[start : start + step]], prompt=prompt))["sentence_embedding"])
+        embeddings = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
         embeddings[order] = np.concatenate(out)
         if normalize_embeddings:
             embeddings /= np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
         return embeddings
 
-    def _forward(self, texts: list[str]) -> np.ndarray:
+    def preprocess(self, texts: list[str], prompt: str | None = None) -> Any:
+        """Tokenizer features of `prompt` + each text, padded and cut to max_seq_length (SentenceTransformer.preprocess)."""
         kwargs: dict[str, Any] = {"padding": True, "return_tensors": "np"}
         if self.max_seq_length:
             kwargs.update(truncation="longest_first", max_length=self.max_seq_length)
-        encoded = self.tokenizer(texts, **kwargs)
-        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+        return self.tokenizer([prompt + t for t in texts] if prompt else list(texts), **kwargs)
+
+    def __call__(self, features: Any) -> dict[str, np.ndarray]:
+        """Run the graph on `features` (from preprocess); like a SentenceTransformer's forward, the rows are under "sentence_embedding"."""
+        ids = np.asarray(features["input_ids"], dtype=np.int64)
         # A graph with token_type_ids fed by a tokenizer that omits them: BERT's default is all zeros.
-        feed = {name: np.asarray(encoded[name], dtype=np.int64) if name in encoded else np.zeros_like(ids) for name in self.input_names}
-        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+        feed = {name: np.asarray(features[name], dtype=np.int64) if name in features else np.zeros_like(ids) for name in self.input_names}
+        return {"sentence_embedding": np.asarray(self.session.run(None, feed)[0], dtype=np.float32)}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
