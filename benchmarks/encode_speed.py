@@ -1,7 +1,8 @@
 """Encoding throughput of hybridembed's encode paths vs a plain `SentenceTransformer.encode` on the same real texts.
 
 hybridembed encodes (CLI `encode`, evaluation, mining) through `SentenceTransformer.encode` with
-its own batch size, and the server through length-sorted passes of a micro-batch. This prints
+its own batch size, and the server by tokenizing each micro-batch once and running forward passes
+planned from its token counts (serve.engine.plan_passes). This prints
 sentences/s for each on the STS-B dev sentences shipped in data/quickstart (3000 texts), one
 timed run after a warm-up, and as its last line `ratio: X.XX` (slowest hybridembed torch path ÷ stock).
 The ONNX rows (fp32 and int8, `hybridembed export` + `serve --backend onnx`, same threads as
@@ -50,10 +51,16 @@ def rate(encode, sentences: list[str]) -> tuple[float, float]:
 
 
 def served_rate(served, sentences: list[str]) -> tuple[float, float]:
-    """The server's path: micro-batches of 32 in length-sorted passes of 8."""
+    """The server's path with its default settings: micro-batches of 32, passes as the engine plans them."""
     import numpy as np
 
-    return rate(lambda t: np.concatenate([served.encode(t[i : i + 32], batch_size=8)[0] for i in range(0, len(t), 32)]), sentences)
+    from hybridembed.serve.app import ServeSettings
+
+    settings = ServeSettings()
+    size, passes = settings.max_batch_size, settings.forward_batch_size()
+    return rate(
+        lambda t: np.concatenate([served.encode(t[i : i + size], batch_size=passes)[0] for i in range(0, len(t), size)]), sentences
+    )
 
 
 def main() -> None:
@@ -76,7 +83,7 @@ def main() -> None:
     results = {
         "SentenceTransformer.encode (defaults, batch 32)": rate(lambda t: model.encode(t, show_progress_bar=False), sentences),
         "hybridembed encode / eval (batch 32)": rate(lambda t: model.encode(t, batch_size=32, show_progress_bar=False), sentences),
-        "hybridembed serve engine (micro-batches of 32, passes of 8)": served_rate(served, sentences),
+        "hybridembed serve engine (micro-batches of 32, planned passes)": served_rate(served, sentences),
     }
     if not args.no_onnx:
         results.update(onnx_rows(args.model, args.onnx_dir, sentences, torch.get_num_threads()))

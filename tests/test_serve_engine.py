@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hybridembed.model import load_model
-from hybridembed.serve.engine import ServedModel, _select, _token_counts
+from hybridembed.serve.engine import ServedModel, _select, _token_counts, plan_passes
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -91,3 +91,16 @@ def test_a_pass_gets_the_features_its_texts_would_get_tokenized_alone(model, sid
             assert part[key].tolist() == value.tolist(), key
         else:
             assert part[key] == value, key
+
+
+def test_pass_plan_splits_long_from_short_and_merges_alike_texts():
+    alike = np.array([12, 11, 12, 10, 12, 11, 12, 10] * 4)
+    (rows,) = plan_passes(alike, 32)  # padding 2 tokens a text: never worth a pass
+    assert sorted(rows.tolist()) == list(range(32))
+    mixed = np.array([250, 8, 9, 240, 10, 8, 9, 8] * 4)
+    plan = plan_passes(mixed, 32)
+    assert [len(p) for p in plan] == [8, 24] and set(mixed[plan[0]]) == {250, 240}
+    capped = plan_passes(alike, 5)
+    assert max(len(p) for p in capped) <= 5 and sorted(np.concatenate(capped).tolist()) == list(range(32))
+    for rows in plan_passes(mixed, 3):  # each pass holds texts of neighbouring lengths, longest first
+        assert list(mixed[rows]) == sorted(mixed[rows], reverse=True)

@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--encode-batch-size",
         type=int,
-        help="texts per forward pass within a batch, sorted by length (default: 8 on CPU, else --max-batch-size)",
+        help="most texts per forward pass within a batch; passes are planned from the exact token counts (default: --max-batch-size)",
     )
     group.add_argument(
         "--max-queue", type=int, default=DEFAULTS["max_queue"], help="texts allowed to wait; beyond this requests get 503 (default: %(default)s)"

@@ -26,7 +26,6 @@ from hybridembed.serve.schemas import ApiError, EmbeddingRequest, embeddings_res
 logger = logging.getLogger(__name__)
 
 TRUNCATED_HEADER = "x-hybridembed-truncated-inputs"
-CPU_FORWARD_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class ServeSettings:
     max_batch_size: int = 32
     max_batch_tokens: int | None = None  # estimated tokens per batch (serve.batching.estimate_tokens); None: count only
     max_wait_ms: float = 5.0
-    encode_batch_size: int | None = None  # texts per forward pass inside a batch; None: 8 on CPU, else max_batch_size
+    encode_batch_size: int | None = None  # most texts per forward pass inside a batch; None: max_batch_size
     max_inputs: int = 2048
     max_chars: int = 32768
     max_body_bytes: int = 8 * 1024 * 1024
@@ -53,12 +52,13 @@ class ServeSettings:
         if self.max_queue < self.max_inputs:
             raise ValueError(f"max_queue ({self.max_queue}) must be >= max_inputs ({self.max_inputs})")
 
-    def forward_batch_size(self, device_type: str) -> int:
-        """Texts per forward pass. On a CPU, length-sorted passes of 8 beat one padded pass of 32
-        on all-MiniLM-L6-v2 (docs/serving.md, "Load benchmark"); accelerators want the whole batch."""
+    def forward_batch_size(self) -> int:
+        """Most texts per forward pass. The engine plans the passes of a batch from its exact token
+        counts (serve.engine.plan_passes), so long and short texts go in separate passes where the
+        padding saved is worth a pass; no fixed small pass size is needed on a CPU."""
         if self.encode_batch_size is not None:
             return min(self.encode_batch_size, self.max_batch_size)
-        return min(CPU_FORWARD_BATCH, self.max_batch_size) if device_type == "cpu" else self.max_batch_size
+        return self.max_batch_size
 
     def public(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,7 +77,7 @@ _STATUS_TYPES = {
 def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
     """Build the ASGI app serving `served`; the micro-batcher starts and stops with the app's lifespan."""
     settings = settings or ServeSettings()
-    forward_batch = settings.forward_batch_size(served.device_type)
+    forward_batch = settings.forward_batch_size()
 
     def encode(texts: list[str], prompt_name: str | None):
         return served.encode(texts, prompt_name, batch_size=forward_batch)
@@ -99,7 +99,7 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         if settings.warmup:  # the first pass with new shapes is slow; pay it before the first client
             await batcher.run_in_worker(encode, ["warm-up", "a second, somewhat longer warm-up input"], None)
         logger.info(
-            "serving %r (%d dims, %d texts per forward pass) with %s",
+            "serving %r (%d dims, at most %d texts per forward pass) with %s",
             served.name, served.dim, forward_batch, settings.public(),
         )
         try:

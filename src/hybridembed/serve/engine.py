@@ -61,9 +61,8 @@ class ServedModel:
         """Embed `texts`; also return token counts (as the model saw them) and truncation flags.
 
         The texts are tokenized once, with the model's own preprocessing (prompt, max_seq_length);
-        the counts come from that attention mask, and the forward passes of `batch_size` texts
-        (default: all at once) run on slices of the same features, sorted by token count so
-        that each pass pads little. The rows equal `model.encode(texts, prompt_name=...)`,
+        the counts come from that attention mask, and the forward passes (at most `batch_size`
+        texts each, default all; see plan_passes) run on slices of the same features. The rows equal `model.encode(texts, prompt_name=...)`,
         including the model's `truncate_dim`. Without `prompt_name` the model's default prompt
         (if any) applies, as in `model.encode`.
         Runs on the batcher's worker thread only: the fast tokenizer is not safe to call from two
@@ -80,16 +79,12 @@ class ServedModel:
         features = self._tokenize(texts, prompt)
         counts = _token_counts(features)
         truncated = self._truncated(features, counts, texts, prompt)
-        step = max(1, batch_size or len(texts))
-        if step >= len(texts) or "attention_mask" not in features:  # one pass (flattened inputs carry no padding)
-            passes = [(None, features)]
-        else:
-            order = np.argsort(-counts, kind="stable")
-            left = getattr(getattr(self.model, "tokenizer", None), "padding_side", "right") == "left"
-            passes = [
-                (rows, _select(features, rows, int(counts[rows].max()), left))
-                for rows in (order[start : start + step] for start in range(0, len(texts), step))
-            ]
+        passes: list[tuple[np.ndarray | None, Any]] = [(None, features)]
+        if "attention_mask" in features:  # flattened inputs carry no padding: one pass
+            plan = plan_passes(counts, batch_size or len(texts))
+            if len(plan) > 1:
+                left = getattr(getattr(self.model, "tokenizer", None), "padding_side", "right") == "left"
+                passes = [(rows, _select(features, rows, int(counts[rows].max()), left)) for rows in plan]
         embeddings: np.ndarray | None = None
         with torch.inference_mode():
             for rows, part in passes:
@@ -185,6 +180,37 @@ def _first_rejected(tokenize: Callable[[list[str]], Any], texts: list[str]) -> t
                 return None
             return index, describe_rejection(text, err)
     return None
+
+
+# What one more forward pass costs beyond its tokens, in padded-token equivalents: the fixed
+# Python and kernel-launch work of a pass, guessed for a small encoder on a CPU. Bigger models
+# make each token dearer and so this smaller; a too-high value only merges passes a little more.
+PASS_OVERHEAD_TOKENS = 128
+
+
+def plan_passes(counts: np.ndarray, max_rows: int) -> list[np.ndarray]:
+    """Rows of each forward pass: the texts sorted by token count (longest first) and cut into
+    runs of at most `max_rows` so that padded tokens plus PASS_OVERHEAD_TOKENS per pass is least
+    (exact, by dynamic programming over the cut points; padding costs compute on a CPU, each
+    pass a fixed overhead)."""
+    order = np.argsort(-counts, kind="stable")
+    n, cap = len(order), max(1, int(max_rows))
+    if n <= 1:
+        return [order]
+    widths = counts[order].astype(np.float64)  # a pass starting at sorted row i pads to widths[i]
+    best = np.zeros(n + 1)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        first = max(0, end - cap)
+        starts = np.arange(first, end)
+        costs = best[first:end] + (end - starts) * widths[first:end] + PASS_OVERHEAD_TOKENS
+        k = int(np.argmin(costs))
+        best[end], start[end] = costs[k], first + k
+    cuts = [n]
+    while cuts[-1]:
+        cuts.append(int(start[cuts[-1]]))
+    cuts.reverse()
+    return [order[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
 def _token_counts(features: Any) -> np.ndarray:

@@ -182,10 +182,12 @@ def embedding_payload(vector: np.ndarray, encoding_format: str) -> list[float] |
 def embeddings_response(
     vectors: np.ndarray, *, model: str, encoding_format: str, prompt_tokens: int
 ) -> dict[str, Any]:
+    # one tolist() for the whole matrix: converting row by row costs a call per input
+    rows = vectors.astype(np.float32, copy=False).tolist() if encoding_format != "base64" else None
     return {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": embedding_payload(vec, encoding_format)}
+            {"object": "embedding", "index": i, "embedding": rows[i] if rows is not None else embedding_payload(vec, encoding_format)}
             for i, vec in enumerate(vectors)
         ],
         "model": model,
