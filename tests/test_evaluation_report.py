@@ -78,7 +78,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", "bundled:all-MiniLM-L6-v2", "--suite", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "unknown key 'tasks.0.extra'" in err and "\n" not in err
-    assert main(["eval", "compare", str(tmp_path / "missing.json")]) == 2
-    assert "usage" in capsys.readouterr().err
+    assert main(["eval", "compare", str(tmp_path / "missing.json"), str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: results file not found: {tmp_path / 'missing.json'}"
     with pytest.raises(SystemExit):
         main(["eval", "m", "--suite", "s.yaml", "--dims", "64,abc", "--out", "o"])

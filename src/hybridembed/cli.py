@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import Any
 
 from hybridembed import __version__
 from hybridembed.errors import HybridembedError
@@ -14,13 +15,34 @@ from hybridembed.errors import HybridembedError
 COMMAND_MODULES = ("train", "data", "encode", "demo", "eval", "mine", "serve", "push", "tokenizer", "export")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser that may also hand its arguments to a parser of its own when they
+    start with a given word (`hybridembed eval compare A B` next to `hybridembed eval MODEL ...`):
+    argparse cannot give one parser both a positional and sub-commands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.word_commands: dict[str, argparse.ArgumentParser] = {}
+
+    def add_word_command(self, word: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A parser for `<this command> WORD ...`, with its own usage and --help."""
+        child = argparse.ArgumentParser(prog=f"{self.prog} {word}", **kwargs)
+        self.word_commands[word] = child
+        return child
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if args and args[0] in self.word_commands:  # parse_args: the child itself refuses extra arguments, with its usage
+            return self.word_commands[args[0]].parse_args(args[1:], namespace), []
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybridembed", description="Train, evaluate and serve text-embedding models with task-routed hybrid losses."
     )
     parser.add_argument("--version", action="version", version=f"hybridembed {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(f"hybridembed.commands.{name}")
@@ -39,6 +61,8 @@ def _mark_required(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):
                 _mark_required(child)
+                for word_command in getattr(child, "word_commands", {}).values():
+                    _mark_required(word_command)
         elif action.required and action.option_strings and action.help and not action.help.startswith("(required)"):
             action.help = f"(required) {action.help}"
 

@@ -1,4 +1,4 @@
-"""`hybridembed eval MODEL --suite SUITE.yaml`: run a suite, write results.json/.md/.png; `eval compare A B`: deltas."""
+"""`hybridembed eval MODEL --suite SUITE.yaml`: run a suite, write results.json/.md/.png; `eval compare A B` (its own parser): deltas."""
 
 from __future__ import annotations
 
@@ -26,32 +26,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate MODEL (a model folder, a hub id or bundled:all-MiniLM-L6-v2) on every task of a suite with "
             "mteb's metrics; write results.json, results.md and a dims plot into --out. "
-            "`hybridembed eval compare A.json B.json` prints per-task deltas."
+            "`hybridembed eval compare A.json B.json` prints per-task deltas of two runs "
+            "(see `hybridembed eval compare --help`)."
         ),
+        usage="%(prog)s MODEL --suite SUITE --out OUT [options]\n       %(prog)s compare A.json B.json",
     )
-    parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2 (or `compare`)")
-    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
-    parser.add_argument("--suite", help="(required to evaluate) suite YAML (see suites/ and docs/evaluation.md)")
+    parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
+    parser.add_argument("--suite", required=True, help="suite YAML (see suites/ and docs/evaluation.md)")
     parser.add_argument("--dims", type=_parse_dims, help="Matryoshka dims to score, e.g. 384,256,64 (encodes once)")
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32: less padding than 64 on CPU, benchmarks/encode_speed.py)")
-    parser.add_argument("--out", help="(required to evaluate) output folder for results.json, results.md, results_dims.png")
+    parser.add_argument("--out", required=True, help="output folder for results.json, results.md, results_dims.png")
     parser.add_argument("--device", help="torch device (default: sentence-transformers' choice)")
     add_trust_remote_code(parser)
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
+    compare = parser.add_word_command(
+        "compare",
+        description=(
+            "Print A, B and B - A (main score x100) per task and dim of two `hybridembed eval` runs, "
+            "and for the overall average."
+        ),
+    )
+    compare.add_argument("a", metavar="A", help="the baseline: a results.json, or the --out folder holding it")
+    compare.add_argument("b", metavar="B", help="the run compared with it: a results.json, or its folder")
+    compare.set_defaults(func=run_compare)
+
 
 def run(args: argparse.Namespace) -> int:
-    # `eval compare A B` shares the parser: argparse cannot have both a positional MODEL and child commands.
-    if args.model == "compare":
-        return run_compare(args.rest)
-    if args.rest:
-        raise HybridembedError(f"unexpected arguments: {' '.join(args.rest)}")
-    if not args.suite:
-        raise HybridembedError("eval needs --suite SUITE.yaml")
-    if not args.out:
-        raise HybridembedError("eval needs --out DIR")
     if args.batch_size <= 0:
         raise HybridembedError("--batch-size must be positive")
 
@@ -81,14 +84,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_compare(paths: list[str]) -> int:
-    if len(paths) != 2:
-        raise HybridembedError("usage: hybridembed eval compare A.json B.json")
+def run_compare(args: argparse.Namespace) -> int:
     from hybridembed.evaluation.report import compare, load_results, render_compare
 
-    a, b = (load_results(p) for p in paths)
+    a, b = load_results(args.a), load_results(args.b)
     rows = compare(a, b)
     if not rows:
         raise HybridembedError("the two results files share no task")
-    sys.stdout.write(render_compare(rows, f"{paths[0]} ({a.get('model')})", f"{paths[1]} ({b.get('model')})"))
+    sys.stdout.write(render_compare(rows, f"{args.a} ({a.get('model')})", f"{args.b} ({b.get('model')})"))
     return 0
