@@ -158,6 +158,7 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     from hybridembed.data import load_datasets
     from hybridembed.losses import matryoshka_mean_weights
     from hybridembed.model import build_model
+    from hybridembed.model_folder import write_training_log
     from hybridembed.tasks import RowShape
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -188,9 +189,7 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     trainer.data_collator = counter
     trainer.train()
     trainer.save_model(str(model_dir))
-    with open(model_dir / "training_log.jsonl", "w", encoding="utf-8") as f:
-        for entry in trainer.state.log_history:
-            f.write(json.dumps(entry) + "\n")
+    write_training_log(model_dir, trainer.state.log_history)
     trained = counter.sizes[: trainer.state.global_step]  # the loader collates one batch ahead of the trained ones
     return {"total": sum(trained), "batches": len(trained), "short_batches": sum(1 for n in trained if n < t.batch_size), "dataset_rows": {n: len(d) for n, d in train.items()}}
 
@@ -277,7 +276,7 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
             info = json.loads(train_info.read_text())
             print(f"[{arm} seed {seed}] model folder complete, evaluating it: {model_dir}", flush=True)
         else:
-            from hybridembed.training import last_complete_checkpoint
+            from hybridembed.model_folder import checkpoints, last_complete_checkpoint
 
             # An interrupted arm of the same plan resumes from its last checkpoint (exactly: docs/recipes.md).
             started_plan = model_dir / PLAN_FILE
@@ -297,12 +296,14 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
                 drawn = rows_drawn(recipe)
                 run_recipe(recipe.model_copy(update={"training": recipe.training.model_copy(
                     update={"save_steps": CHECKPOINT_EVERY, "save_total_limit": 1, "resume": True})}))  # fmt: skip
-                for checkpoint in model_dir.glob("checkpoint-*"):
+                for _, checkpoint in checkpoints(model_dir):
                     shutil.rmtree(checkpoint)  # only resuming needed them
             # A resumed arm's seconds are only this invocation's: say so, so that timing plans can leave it out.
             info = {"plan": key, "train_seconds": time.perf_counter() - t0, "resumed": resumable, "rows_drawn": drawn, "recipe": raw}
             train_info.write_text(json.dumps(info, indent=1, default=str))
-        log = [json.loads(line) for line in open(model_dir / "training_log.jsonl", encoding="utf-8")]
+        from hybridembed.model_folder import read_training_log
+
+        log = read_training_log(model_dir)
         entry |= {"train_seconds": info["train_seconds"], "resumed": info.get("resumed", False), "rows_drawn": info["rows_drawn"], "recipe": info["recipe"], "model": str(model_dir), "train_log": log}
         entry["mining"] = {k: sum(e.get(k, 0) for e in log) for k in ("mining/checked", "mining/easy", "mining/replaced", "mining/exhausted", "mining/guard_replaced")}
         model_path = str(model_dir)

@@ -62,18 +62,21 @@ def test_python_train_evaluate_and_mine_produce_what_the_cli_produces(tmp_path, 
     raw = _recipe_dict(tmp_path / "out", tiny_bert_dir)
     import hybridembed.training  # noqa: F401  (importing the training module must not shadow the function)
 
-    folder = hybridembed.train(raw, training={"max_steps": 3})
+    result = hybridembed.train(raw, training={"max_steps": 3})
     assert callable(hybridembed.train)
-    assert folder == tmp_path / "out" and (folder / "modules.json").is_file()
+    folder = result.folder
+    assert folder == tmp_path / "out" and (folder / "modules.json").is_file() and str(result) == str(folder)
+    assert result.global_step == 3  # the override, not the mapping's 50
+    assert result.metrics["train_loss"] > 0 and "loss" in result.metrics
     steps = [json.loads(line).get("step") for line in (folder / "training_log.jsonl").read_text().splitlines()]
-    assert max(s for s in steps if s is not None) == 3  # the override, not the mapping's 50
+    assert max(s for s in steps if s is not None) == 3
     assert yaml.safe_load((folder / "recipe.yaml").read_text())["training"]["max_steps"] == 3
 
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"name": "api", "tasks": [
         {"name": "sts", "type": "sts", "path": str(QUICKSTART / "stsb_train.tsv"), "score_range": [0, 5], "max_samples": 40,
          "columns": {"text1": "sentence1", "text2": "sentence2", "score": "score"}}]}))  # fmt: skip
-    results = hybridembed.evaluate(folder, suite, dims=[32], out=tmp_path / "report", show_progress=False)
+    results = hybridembed.evaluate(result, suite, dims=[32], out=tmp_path / "report", show_progress=False)
     assert results["dims"] == ["32"] and -1.0 <= results["tasks"]["sts"]["dims"]["32"]["main_score"] <= 1.0
     assert json.loads((tmp_path / "report" / "results.json").read_text())["tasks"]["sts"]["dims"]["32"]["main_score"] == pytest.approx(
         results["tasks"]["sts"]["dims"]["32"]["main_score"]

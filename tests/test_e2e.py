@@ -29,7 +29,7 @@ def quickstart_model(tmp_path_factory):
         REPO / "recipes" / "quickstart.yaml",
         {"training.max_steps": 6, "training.output_dir": str(out), "training.report_to": [], "training.batch_size": 16},
     )
-    return run_training(recipe)
+    return run_training(recipe).folder
 
 
 def test_quickstart_model_loads_and_gives_768_dim_unit_vectors(quickstart_model):

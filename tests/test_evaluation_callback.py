@@ -111,7 +111,7 @@ def test_keep_best_saves_the_best_evaluated_steps_weights_and_says_so(tmp_path, 
 
     recipe = recipe_from_mapping(_recipe(tmp_path, tiny_bert_dir, suite_file, {"every_steps": 2, "keep_best": True, "metric": "stsb"},
                                          max_steps=8, save_total_limit=1), tmp_path)  # fmt: skip
-    out = run_recipe(recipe)
+    out = run_recipe(recipe).folder
     history = [json.loads(line) for line in (out / "eval" / "eval_history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [2, 4, 6, 8]
     best = max(history, key=lambda h: h["stsb"])

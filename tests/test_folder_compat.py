@@ -92,7 +92,7 @@ def trained(tmp_path_factory, tiny_bert_dir):
     }  # fmt: skip
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    out = run_recipe(load_recipe(path))
+    out = run_recipe(load_recipe(path)).folder
     before = {name: _encode6(out, name) for name in (None, "query")}
     assert make_interoperable(out) == []  # dims come from the hybridembed.json training wrote
     return out, before

@@ -72,7 +72,7 @@ def test_a_backbone_with_its_own_code_needs_trust_remote_code_and_then_trains_an
     raw = {"model": {"backbone": str(remote_code_dir), "trust_remote_code": True, "max_seq_length": 32},
            "datasets": [{"path": str(QUICKSTART / "stsb_paraphrase_pairs.jsonl"), "task": "retrieval", "max_samples": 16}],
            "training": {"output_dir": str(tmp_path / "out"), "batch_size": 8, "max_steps": 2, "report_to": []}}  # fmt: skip
-    out = run_recipe(recipe_from_mapping(raw, tmp_path))
+    out = run_recipe(recipe_from_mapping(raw, tmp_path)).folder
     with pytest.raises(HybridembedError, match="--trust-remote-code"):
         load_model(str(out))
     trained = load_model(str(out), trust_remote_code=True)

@@ -87,11 +87,11 @@ def _recipe(tmp_path: Path, backbone: Path, *, stages=None, eval_=None, max_samp
 def test_ddp_timeout_reaches_the_training_arguments_of_both_trainers(tmp_path, tiny_bert_dir):
     from hybridembed.mlm import _mlm_arguments
     from hybridembed.recipe import TrainingConfig, load_recipe
-    from hybridembed.training import _training_args
+    from hybridembed.training import training_arguments
 
     assert TrainingConfig().ddp_timeout == 1800  # transformers' own default, documented in docs/distributed.md
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), overrides={"training.ddp_timeout": 45})
-    assert _training_args(recipe).ddp_timeout == 45
+    assert training_arguments(recipe).ddp_timeout == 45
     assert _mlm_arguments(recipe.training).ddp_timeout == 45
 
 

@@ -97,7 +97,7 @@ def test_killed_twice_and_resumed_run_ends_with_the_uninterrupted_weights(tmp_pa
 
 
 def test_resume_skips_a_checkpoint_torn_by_the_kill(tmp_path):
-    from hybridembed.training import last_complete_checkpoint
+    from hybridembed.model_folder import last_complete_checkpoint
 
     for step, state in ((8, '{"global_step": 8}'), (16, '{"global_st'), (24, None)):
         folder = tmp_path / f"checkpoint-{step}"

@@ -134,9 +134,10 @@ def test_build_model_and_the_mlm_stage_run_on_the_extended_folder(extended, tmp_
     corpus = tmp_path / "zh.txt"
     corpus.write_text("\n".join(zh_sentences(64, seed=1)) + "\n", encoding="utf-8")
     training = TrainingConfig(output_dir=str(tmp_path / "mlm"), max_steps=2, batch_size=8, logging_steps=1, report_to=[])
-    mlm_out = run_mlm(ModelConfig(backbone=str(out), max_seq_length=32), [TextsConfig(path=str(corpus))], training, 0.3, resume=False)
+    run = run_mlm(ModelConfig(backbone=str(out), max_seq_length=32), [TextsConfig(path=str(corpus))], training, 0.3, resume=False)
+    mlm_out = run.folder
     steps = [json.loads(line).get("step") for line in (mlm_out / "training_log.jsonl").read_text().splitlines()]
-    assert max(steps) == 2
+    assert max(steps) == 2 == run.global_step
     text = "我们喜欢北京大学"  # the mlm stage re-saves the tokenizer: it must keep the CJK runs
     assert AutoTokenizer.from_pretrained(str(mlm_out)).tokenize(text) == AutoTokenizer.from_pretrained(str(out)).tokenize(text)
 

@@ -6,6 +6,7 @@ and returns a Python value instead of printing: the model folder, the results di
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
     from hybridembed.evaluation.suite import Suite
     from hybridembed.mining.offline import MiningReport
+    from hybridembed.model_folder import RunResult
     from hybridembed.recipe import Recipe
 
 
@@ -47,14 +49,17 @@ def load(recipe: str | Path | Mapping[str, Any] | Recipe, overrides: Mapping[str
     return load_recipe(recipe, flat)
 
 
-def train(recipe: str | Path | Mapping[str, Any] | Recipe, overrides: Mapping[str, Any] | None = None, **sections: Any) -> Path:
-    """Validate the data and train as the recipe says (every stage); return the saved model folder.
+def train(recipe: str | Path | Mapping[str, Any] | Recipe, overrides: Mapping[str, Any] | None = None, **sections: Any) -> RunResult:
+    """Validate the data and train as the recipe says (every stage); return the run: `.folder` (the saved model), `.global_step`, `.metrics`.
+
+    The result is path-like (`os.fspath`, `str`), so it can be passed wherever a model folder is.
 
     Example::
 
         import hybridembed
-        folder = hybridembed.train("recipes/quickstart.yaml", training={"max_steps": 20, "output_dir": "runs/nb"})
-        scores = hybridembed.evaluate(folder, "suites/quickstart.yaml", dims=[384, 128])
+        run = hybridembed.train("recipes/quickstart.yaml", training={"max_steps": 20, "output_dir": "runs/nb"})
+        print(run.folder, run.global_step, run.metrics["train_loss"])
+        scores = hybridembed.evaluate(run.folder, "suites/quickstart.yaml", dims=[384, 128])
     """
     from hybridembed.stages import run_recipe
 
@@ -66,7 +71,7 @@ def train(recipe: str | Path | Mapping[str, Any] | Recipe, overrides: Mapping[st
 
 
 def evaluate(
-    model: str | Path | SentenceTransformer,
+    model: str | os.PathLike | SentenceTransformer,
     suite: str | Path | Suite,
     dims: Sequence[int] | None = None,
     batch_size: int = 32,
@@ -81,7 +86,7 @@ def evaluate(
     """
     from hybridembed.evaluation.runner import run_suite
 
-    name = str(model) if isinstance(model, (str, Path)) else None
+    name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None  # a path, or the RunResult `train` returned
     results = run_suite(str(model) if name else model, suite, dims=dims, batch_size=batch_size, model_name=name, show_progress=show_progress)
     if out is not None:
         from hybridembed.evaluation.report import write_report
@@ -91,7 +96,7 @@ def evaluate(
 
 
 def mine(
-    model: str | Path | SentenceTransformer,
+    model: str | os.PathLike | SentenceTransformer,
     data: str | Path,
     out: str | Path,
     corpus: str | Path | Sequence[str] | None = None,
@@ -119,10 +124,11 @@ def mine(
     if Path(out).resolve() == Path(data).resolve():
         raise HybridembedError(f"mine: out {out} would overwrite data; choose another file")
     fingerprint = None
-    if isinstance(model, (str, Path)):
+    if isinstance(model, (str, os.PathLike)):
         from hybridembed.mining.cache import model_fingerprint
 
-        source, model = str(model), load_model(str(model))
+        source = os.fspath(model)
+        model = load_model(source)
         fingerprint = model_fingerprint(model, source)  # from the folder's files, not its weights
     # A corpus file streams into mining's on-disk text store (no list of the corpus in memory).
     return mine_hard_negatives(

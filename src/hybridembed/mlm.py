@@ -11,7 +11,6 @@ pre-training on more text than fits in memory.
 
 from __future__ import annotations
 
-import json
 import logging
 from itertools import islice
 from pathlib import Path
@@ -22,6 +21,7 @@ from hybridembed.data.readers import iter_texts, read_records
 from hybridembed.data.text_stream import StreamedTexts, open_text_sources, record_texts, text_format
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.model import resolve_backbone
+from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_training_log
 from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
 from hybridembed.stream_training import StreamedTrainingMixin, pass_through
 
@@ -63,16 +63,16 @@ def load_texts(configs: list[TextsConfig]) -> list[str]:
 
 
 def _mlm_arguments(training: TrainingConfig, **overrides):
-    """The other stages' TrainingArguments (train._training_args: use_cpu + gloo under CPU torchrun, ddp_timeout, …), as transformers' class.
+    """The other stages' TrainingArguments (training.training_arguments: use_cpu + gloo under CPU torchrun, ddp_timeout, …), as transformers' class.
 
     DDP keeps looking for unused parameters here (transformers' default) rather than assuming none, as
     training.py may for its sentence-transformers model: an MLM head is a different module set.
     """
     from transformers import TrainingArguments
 
-    from hybridembed.training import _training_args
+    from hybridembed.training import training_arguments
 
-    return _training_args(training, TrainingArguments, ddp_find_unused_parameters=None, disable_tqdm=None, **overrides)
+    return training_arguments(training, TrainingArguments, ddp_find_unused_parameters=None, disable_tqdm=None, **overrides)
 
 
 class StreamedMLMTrainer(StreamedTrainingMixin, Trainer):
@@ -92,7 +92,7 @@ class StreamedMLMTrainer(StreamedTrainingMixin, Trainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
-def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: TrainingConfig, mlm_probability: float, resume: bool) -> Path:
+def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: TrainingConfig, mlm_probability: float, resume: bool) -> RunResult:
     """Pre-train `model_cfg.backbone` with masked LM on `texts`; save model + tokenizer to training.output_dir."""
     import torch
     from datasets import Dataset
@@ -100,7 +100,6 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
 
     from hybridembed.backbones import is_decoder
     from hybridembed.positions import fit_positions
-    from hybridembed.training import last_complete_checkpoint
 
     backbone = resolve_backbone(model_cfg.backbone)
     remote = {"trust_remote_code": True} if model_cfg.trust_remote_code else {}
@@ -139,7 +138,6 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
-    with open(out / "training_log.jsonl", "w", encoding="utf-8") as f:
-        for entry in trainer.state.log_history:
-            f.write(json.dumps(entry) + "\n")
-    return out
+    if trainer.is_world_process_zero():
+        write_training_log(out, trainer.state.log_history)
+    return RunResult.from_log(out, trainer.state.log_history)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed.errors import RecipeError
 from hybridembed.folder_compat import make_interoperable
 from hybridembed.lora import is_adapter_folder, merge_saved_adapter
 from hybridembed.model import write_metadata
+from hybridembed.model_folder import STAGE_MARKER, RunResult, checkpoints, read_marker, read_training_log, write_marker, write_recipe
 from hybridembed.recipe import (
     DataFormat,
     LossConfig,
@@ -38,7 +38,6 @@ from hybridembed.recipe import (
 from hybridembed.tasks import TaskType
 
 logger = logging.getLogger(__name__)
-MARKER = "stage_done.json"
 PAIRS_TEMPERATURE = 0.05  # default InfoNCE temperature of a pairs stage
 # Training settings that change how a run is watched or stored, not what it learns.
 UNTRACKED_TRAINING = {"output_dir", "resume", "logging_steps", "report_to", "save_steps", "save_total_limit", "dataloader_num_workers"}
@@ -117,15 +116,6 @@ def fingerprint(plan: StagePlan, previous: str, recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _read_marker(out: Path) -> dict[str, Any] | None:
-    path = out / MARKER
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _has_checkpoint(out: Path) -> bool:
-    return out.is_dir() and any(p.is_dir() and p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") for p in out.iterdir())
-
-
 def finish_model(out: Path, model: ModelConfig, final: bool) -> None:
     """Merge a LoRA adapter into the saved weights unless this is the final model and the recipe keeps the adapter."""
     if model.lora is not None and is_adapter_folder(out) and not (final and model.lora.save == "adapter"):
@@ -135,56 +125,56 @@ def finish_model(out: Path, model: ModelConfig, final: bool) -> None:
         make_interoperable(out)
 
 
-def run_recipe(recipe: Recipe, recipe_text: str | None = None) -> Path:
-    """Train as the recipe says (all stages, or one run) and return the final model folder."""
+def run_recipe(recipe: Recipe, recipe_text: str | None = None) -> RunResult:
+    """Train as the recipe says (all stages, or one run); return the final model folder with its global step and last metrics."""
     if not recipe.stages:
         from hybridembed.training import run_training
 
-        out = run_training(recipe, recipe_text)
-        finish_model(out, recipe.model, final=True)
-        return out
+        result = run_training(recipe, recipe_text)
+        finish_model(result.folder, recipe.model, final=True)
+        return result
     return run_stages(recipe, recipe_text)
 
 
-def run_stages(recipe: Recipe, recipe_text: str | None = None) -> Path:
+def run_stages(recipe: Recipe, recipe_text: str | None = None) -> RunResult:
     """Run the stages in order; a finished stage (marker with the same fingerprint) is skipped."""
     plans = plan_stages(recipe)
-    backbone, previous = recipe.model.backbone, ""
+    backbone, previous, result = recipe.model.backbone, "", None
     for plan in plans:
         digest = fingerprint(plan, previous, recipe)
-        marker = _read_marker(plan.out)
+        marker = read_marker(plan.out)
         if marker is not None:
             if marker.get("fingerprint") != digest:
                 raise RecipeError(
-                    f"{plan.label} finished earlier with other settings or data ({plan.out / MARKER}); "
+                    f"{plan.label} finished earlier with other settings or data ({plan.out / STAGE_MARKER}); "
                     f"delete {plan.out} and the stage folders after it to train it again"
                 )
             logger.info("%s: finished earlier, skipping (%s)", plan.label, plan.out)
+            result = RunResult.from_log(plan.out, read_training_log(plan.out))
         else:
-            resume = _has_checkpoint(plan.out)
+            resume = bool(checkpoints(plan.out))
             logger.info("%s: %s from %s", plan.label, "resuming" if resume else "training", backbone)
-            step = _run_one(recipe, plan, backbone, resume, final=plan is plans[-1])
+            result = _run_one(recipe, plan, backbone, resume, final=plan is plans[-1])
             marker = {"stage": plan.index, "name": plan.stage.name, "kind": plan.stage.kind.value, "fingerprint": digest,
-                      "backbone": backbone, "global_step": step}  # fmt: skip
-            if int(os.environ.get("RANK", "0")) == 0:  # one writer; written whole, then renamed (a reader never sees half of it)
-                staging = plan.out / f".{MARKER}.tmp"
-                staging.write_text(json.dumps(marker, indent=2))
-                os.replace(staging, plan.out / MARKER)
+                      "backbone": backbone, "global_step": result.global_step}  # fmt: skip
+            if int(os.environ.get("RANK", "0")) == 0:  # one writer
+                write_marker(plan.out, marker)
         backbone, previous = str(plan.out), digest
-    return _publish(recipe, plans, recipe_text)
+    root = _publish(recipe, plans, recipe_text)
+    return RunResult(root, result.global_step, result.metrics)
 
 
-def _run_one(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool, final: bool) -> int:
+def _run_one(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool, final: bool) -> RunResult:
     match plan.stage.kind:
         case StageKind.MLM:
             from hybridembed.mlm import run_mlm
 
             model = plan.model.model_copy(update={"backbone": backbone})
-            run_mlm(model, plan.stage.texts or [], plan.training, plan.stage.mlm_probability, resume)
+            result = run_mlm(model, plan.stage.texts or [], plan.training, plan.stage.mlm_probability, resume)
         case StageKind.PAIRS | StageKind.MULTITASK:
             from hybridembed.training import run_training
 
-            run_training(stage_recipe(recipe, plan, backbone, resume))
+            result = run_training(stage_recipe(recipe, plan, backbone, resume))
             finish_model(plan.out, plan.model, final)
     from hybridembed.distributed import is_distributed
 
@@ -192,9 +182,7 @@ def _run_one(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool, final
         import torch.distributed as dist
 
         dist.barrier()  # rank 0 finishes the folder (its log, LoRA merge, interoperable names) before any rank reads it
-    log = plan.out / "training_log.jsonl"
-    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines()] if log.is_file() else [0]
-    return max(steps, default=0)
+    return result
 
 
 def _publish(recipe: Recipe, plans: list[StagePlan], recipe_text: str | None) -> Path:
@@ -204,15 +192,15 @@ def _publish(recipe: Recipe, plans: list[StagePlan], recipe_text: str | None) ->
         return root  # one writer: other ranks copying and rewriting the same files at once read each other's half-written JSON
     last = plans[-1].out
     for item in last.iterdir():
-        if item.name == MARKER or item.name == "runs" or item.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+        if item.name == STAGE_MARKER or item.name == "runs" or item.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
             continue
         target = root / item.name
         if item.is_dir():
             shutil.copytree(item, target, dirs_exist_ok=True)
         else:
             shutil.copy2(item, target)
-    (root / "recipe.yaml").write_text(recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    stages = [{**(_read_marker(p.out) or {}), "dir": p.out.name} for p in plans]
+    write_recipe(root, recipe, recipe_text)
+    stages = [{**(read_marker(p.out) or {}), "dir": p.out.name} for p in plans]
     write_metadata(root, stages=stages)
     make_interoperable(root)
     logger.info("final model (from %s) in %s", plans[-1].label, root)

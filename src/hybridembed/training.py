@@ -8,7 +8,6 @@ task loss logging, and a model folder that also records the recipe, the data sum
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed import __version__
 from hybridembed.data import TaskDataset, load_datasets
@@ -32,6 +29,7 @@ from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_ove
 from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
+from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_recipe, write_training_log
 from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.sampling import DatasetPlan, KeyedBatches, KeyedRows, TaskBatchSampler
 from hybridembed.stream_training import StreamedTrainingMixin
@@ -197,7 +195,7 @@ def _batch_plans(recipe: Recipe, datasets: list[TaskDataset]) -> list[DatasetPla
     return plans
 
 
-def _training_args(recipe: Recipe, args_class: type = SentenceTransformerTrainingArguments, **overrides: Any):
+def training_arguments(recipe: Recipe, args_class: type = SentenceTransformerTrainingArguments, **overrides: Any):
     """The trainer's arguments for `recipe`; also used by the mlm stage (mlm.py), with a bare TrainingConfig
     (no DeepSpeed section), transformers' TrainingArguments as `args_class`, and `overrides` on top."""
     t = recipe.training if hasattr(recipe, "training") else recipe
@@ -284,7 +282,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         overrides |= recipe.eval.training_arguments(recipe.training.save_steps)
     if streaming:
         overrides["ignore_data_skip"] = True  # the readers resume at their saved positions; nothing is skipped
-    args = _training_args(recipe, **overrides)
+    args = training_arguments(recipe, **overrides)
     sampler, streamed = None, None
     if streaming:
         streamed = StreamedRows(datasets, recipe.training.seed, rank=args.process_index, world_size=args.world_size)
@@ -367,28 +365,8 @@ def _resume_checkpoint(recipe: Recipe) -> str | bool | None:
     return resume or None
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest checkpoint folder whose trainer state was fully written (the trainer writes it last).
-
-    A run killed while saving leaves a newer folder without (or with a truncated) trainer_state.json;
-    transformers' ``get_last_checkpoint`` would pick it and the resume would fail or load torn state.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = [(int(p.name.rsplit("-", 1)[1]), p) for p in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
-    for _, path in sorted(found, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            logger.warning("resume: %s is incomplete (interrupted while saving), skipping it", path)
-            continue
-        return str(path)
-    return None
-
-
-def run_training(recipe: Recipe, recipe_text: str | None = None) -> Path:
-    """Train as the recipe says and save the model folder; returns its path."""
+def run_training(recipe: Recipe, recipe_text: str | None = None) -> RunResult:
+    """Train one stage as the recipe says and save the model folder; returns it with the run's step and metrics."""
     trainer = prepare_training(recipe)
     checkpoint = _resume_checkpoint(recipe)
     if checkpoint:
@@ -398,15 +376,13 @@ def run_training(recipe: Recipe, recipe_text: str | None = None) -> Path:
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         save_run_files(trainer, recipe, out, recipe_text)
-    return out
+    return RunResult.from_log(out, trainer.state.log_history)
 
 
 def save_run_files(trainer: HybridTrainer, recipe: Recipe, out: Path, recipe_text: str | None) -> None:
     """Recipe, training log and metadata beside the weights, so a model folder explains itself."""
-    (out / "recipe.yaml").write_text(recipe_text or yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    with open(out / "training_log.jsonl", "w", encoding="utf-8") as f:
-        for entry in trainer.state.log_history:
-            f.write(json.dumps(entry) + "\n")
+    write_recipe(out, recipe, recipe_text)
+    write_training_log(out, trainer.state.log_history)
     write_metadata(
         out,
         hybridembed_version=__version__,

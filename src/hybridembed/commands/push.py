@@ -38,7 +38,7 @@ def uploadable_files(folder: Path) -> list[Path]:
     """The files of a trained folder that belong on the hub, relative to it."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    from hybridembed.stages import MARKER
+    from hybridembed.model_folder import STAGE_MARKER as MARKER
 
     def left_behind(path: Path) -> bool:
         top = folder / path.relative_to(folder).parts[0]

@@ -37,7 +37,6 @@ import bisect
 import copy
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -51,6 +50,7 @@ from transformers import TrainerCallback
 
 from hybridembed.errors import HybridembedError
 from hybridembed.mining.config import DynamicMiningConfig
+from hybridembed.model_folder import checkpoint_folder
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS
 
 if TYPE_CHECKING:
@@ -425,7 +425,7 @@ class DynamicMiningCallback(TrainerCallback):
         # (0 dataloader workers: prepare_training rejects workers with dynamic mining, see WORKERS_ERROR)
         self.miner.lead = prefetched_batches(kwargs.get("train_dataloader"))
         if state.global_step > 0:
-            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            checkpoint = str(checkpoint_folder(args.output_dir, state.global_step))
             if self.miner.load(checkpoint):
                 self.restored_from = checkpoint
                 logger.info("dynamic mining: restored pools and active negatives from %s", checkpoint)
@@ -451,7 +451,7 @@ class DynamicMiningCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.miner.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+            self.miner.save(str(checkpoint_folder(args.output_dir, state.global_step)))
 
 
 WORKERS_ERROR = (
