@@ -24,6 +24,7 @@ from hybridembed import __version__
 from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.arrow_store import release_mapped_pages
 from hybridembed.data.collator import DatasetView, HybridCollator
+from hybridembed.data.rows import row_texts
 from hybridembed.data.streaming import StreamCollate, StreamedRows, open_stream
 from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_over, is_distributed
 from hybridembed.errors import RecipeError
@@ -190,7 +191,7 @@ def _batch_plans(recipe: Recipe, datasets: list[TaskDataset]) -> list[DatasetPla
         texts_of = None
         if ds.task in IN_BATCH_NEGATIVE_TASKS:
             rows = ds.rows
-            texts_of = lambda i, rows=rows: {rows[i]["query"], *rows[i]["positives"], *(rows[i]["negatives"] or [])}  # noqa: E731
+            texts_of = lambda i, rows=rows: row_texts(rows[i])  # noqa: E731
         plans.append(DatasetPlan(ds.name, len(ds), batch_size, ds.config.weight, ds.config.repeat, texts_of, ds.task))
     return plans
 

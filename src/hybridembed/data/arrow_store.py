@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hybridembed.data.rows import arrow_schema
 from hybridembed.tasks import RowShape
 
 ROWS_FILE = "rows.arrow"
@@ -42,17 +43,6 @@ def cache_root() -> Path:
     import datasets
 
     return Path(datasets.config.HF_DATASETS_CACHE) / "hybridembed"
-
-
-def arrow_schema(shape: RowShape):
-    import pyarrow as pa
-
-    if shape is RowShape.SCORED_PAIR:
-        return pa.schema([("row_id", pa.int64()), ("text1", pa.string()), ("text2", pa.string()), ("score", pa.float64())])
-    return pa.schema(
-        [("row_id", pa.int64()), ("query", pa.string()), ("positives", pa.list_(pa.string())),
-         ("negatives", pa.list_(pa.string())), ("label", pa.string())]
-    )  # fmt: skip
 
 
 def content_hash(path: Path, chunk_bytes: int = 1 << 23) -> str:
@@ -176,4 +166,4 @@ class RowWriter:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-__all__ = ["CACHE_ENV", "RowWriter", "arrow_schema", "cache_root", "content_hash", "entry_key", "entry_lock", "open_entry", "release_mapped_pages"]
+__all__ = ["CACHE_ENV", "RowWriter", "cache_root", "content_hash", "entry_key", "entry_lock", "open_entry", "release_mapped_pages"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybridembed.data.readers import lone_surrogate
+from hybridembed.data.rows import CanonicalRow
 from hybridembed.recipe import DataFormat
 from hybridembed.tasks import RowShape, TaskType
 
@@ -36,7 +37,7 @@ CANONICAL_FIELDS = {"query", "positive", "positives", "negative", "negatives", "
 class Converted:
     """A canonical row (or the problems that stopped it) plus notes for documented skip rules."""
 
-    row: dict[str, Any] | None = None
+    row: CanonicalRow | None = None
     problems: list[str] = field(default_factory=list)
     task: TaskType | None = None
     removed_false_negatives: int = 0

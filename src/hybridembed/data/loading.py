@@ -15,17 +15,17 @@ from typing import Any
 
 from hybridembed.data.arrow_store import RowWriter, entry_key, entry_lock, open_entry
 from hybridembed.data.formats import canonical_fields, convert, detect_format, record_task
+from hybridembed.data.rows import ROW_COLUMNS
 from hybridembed.data.sources import RecordSource, open_source
 from hybridembed.errors import DataError
 from hybridembed.recipe import DataFormat, DatasetConfig
-from hybridembed.tasks import LABEL_TASKS, RowShape, TaskType
+from hybridembed.tasks import LABEL_TASKS, TaskType
 
 logger = logging.getLogger(__name__)
 MAX_PROBLEMS_PER_FILE = 200
 # The dataset settings that change which canonical rows a source yields (the Arrow store's key, and
 # what `data check` compares to validate a file read the same way in two stages once).
 READER_SETTINGS = ("task", "format", "columns", "header", "score_range", "max_samples", "config", "split", "revision")
-ROW_COLUMNS = {RowShape.SCORED_PAIR: ("text1", "text2", "score"), RowShape.TRIPLET: ("query", "positives", "negatives", "label")}
 
 
 class ArrowRows(Sequence):

@@ -36,6 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from hybridembed.data.collator import DRAW_KEY
 from hybridembed.data.formats import canonical_fields, convert, detect_format, record_task
 from hybridembed.data.readers import decode_line, parse_json_line, read_records
+from hybridembed.data.rows import row_texts
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.recipe import DataFormat, DatasetConfig
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, LABEL_TASKS, TaskType
@@ -253,10 +254,10 @@ class StreamedRows(IterableDataset):
 
     @staticmethod
     def _take(spec: StreamSpec, row: dict[str, Any], batch: list, texts: set, deferred: list) -> bool:
-        row_texts = {row["query"], *row["positives"], *(row["negatives"] or [])} if spec.dedup else set()
-        if texts.isdisjoint(row_texts):
+        texts_of_row = row_texts(row) if spec.dedup else set()
+        if texts.isdisjoint(texts_of_row):
             batch.append(row)
-            texts |= row_texts
+            texts |= texts_of_row
         else:
             deferred.append(row)
         return len(batch) == spec.batch_size
