@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import csv
 import os
 import shutil
 import tempfile
@@ -11,26 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import QUICKSTART, REPO, SHARED_DATA, corpus_sentences  # noqa: F401  (fixtures below use them)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Validated rows go to a per-session Arrow store, not the user's datasets cache (subprocesses inherit it).
 if "HYBRIDEMBED_DATA_CACHE" not in os.environ:
     os.environ["HYBRIDEMBED_DATA_CACHE"] = tempfile.mkdtemp(prefix="hybridembed-data-store-")
     atexit.register(shutil.rmtree, os.environ["HYBRIDEMBED_DATA_CACHE"], ignore_errors=True)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-QUICKSTART = REPO / "data" / "quickstart"
-
-
-def corpus_sentences(limit: int = 3000) -> list[str]:
-    """Real English sentences (the shipped STS-B subset) to train tiny tokenizers on."""
-    texts: list[str] = []
-    with open(QUICKSTART / "stsb_train.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            texts += [row["sentence1"], row["sentence2"]]
-    return texts[:limit]
-
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
@@ -76,12 +63,3 @@ def device(request) -> str:
     return request.param
 
 
-def stray_tensors_fail():
-    """A context in which a tensor created without an explicit device lands on `meta`.
-
-    Mixing it with real tensors then fails, so a test on the CPU catches the index/mask tensors that
-    would sit on the CPU while the batch is on a GPU.
-    """
-    import torch
-
-    return torch.device("meta")

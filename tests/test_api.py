@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 
 def _recipe_dict(out: Path, backbone: Path) -> dict:

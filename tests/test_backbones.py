@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import corpus_sentences
+from helpers import corpus_sentences
 from hybridembed.recipe import ModelConfig
 
 TEXTS = ["a man plays a guitar on the street", "a dog", "two women are cooking dinner together tonight"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is optional: pip install -e '.[deepspeed]' (requirements/dev.txt pins it)")
 if torch.cuda.is_available() and torch.cuda.device_count() < 2:

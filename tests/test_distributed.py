@@ -11,27 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-HERE = Path(__file__).parent
-
-
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import WORKERS, free_port, kill_tree, torchrun
 
 
 @pytest.mark.parametrize(("negatives", "sizes"), [(0, "4,4"), (2, "4,4"), (3, "5,3")])
 def test_gathered_infonce_matches_one_process_on_the_concatenated_batch(tmp_path, negatives, sizes):
     out = tmp_path / "result.json"
-    result = torchrun(str(HERE / "distributed" / "gather_equivalence.py"), str(out), str(negatives), sizes)
+    result = torchrun(str(WORKERS / "gather_equivalence.py"), str(out), str(negatives), sizes)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     ranks = sorted(data["ranks"], key=lambda r: r["rank"])
@@ -52,21 +38,10 @@ def test_gathered_infonce_matches_one_process_on_the_concatenated_batch(tmp_path
         start = stop
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (torchrun's workers run in their own process groups)."""
-    import signal
-
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    os.kill(pid, signal.SIGSTOP)  # no new workers while the tree is taken down
-    for child in children:
-        _kill_tree(int(child))
-    os.kill(pid, signal.SIGKILL)
-
-
 def _recipe(tmp_path: Path, backbone: Path, strategy: str, **training) -> Path:
     import yaml
 
-    from conftest import QUICKSTART
+    from helpers import QUICKSTART
 
     recipe = {
         "model": {"backbone": str(backbone), "max_seq_length": 32},
@@ -88,7 +63,7 @@ def _rank_logs(prefix: Path) -> list[dict]:
 
 
 def test_cbb_gives_the_ranks_different_tasks_every_step_in_weighted_shares(tmp_path, tiny_bert_dir):
-    result = torchrun(str(HERE / "distributed" / "train_worker.py"), str(_recipe(tmp_path, tiny_bert_dir, "cbb")), str(tmp_path / "log"))
+    result = torchrun(str(WORKERS / "train_worker.py"), str(_recipe(tmp_path, tiny_bert_dir, "cbb")), str(tmp_path / "log"))
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (log["step_tasks"] for log in _rank_logs(tmp_path / "log"))
     assert len(rank0) == len(rank1) == 12
@@ -99,7 +74,7 @@ def test_cbb_gives_the_ranks_different_tasks_every_step_in_weighted_shares(tmp_p
 
 
 def test_synchronized_ranks_train_the_same_task_each_step(tmp_path, tiny_bert_dir):
-    result = torchrun(str(HERE / "distributed" / "train_worker.py"), str(_recipe(tmp_path, tiny_bert_dir, "synchronized")), str(tmp_path / "log"))
+    result = torchrun(str(WORKERS / "train_worker.py"), str(_recipe(tmp_path, tiny_bert_dir, "synchronized")), str(tmp_path / "log"))
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (log["step_tasks"] for log in _rank_logs(tmp_path / "log"))
     assert rank0 == rank1 and len(set(rank0)) > 1
@@ -110,16 +85,16 @@ def test_two_process_run_checkpoints_is_killed_resumes_and_finishes(tmp_path, ti
 
     recipe = _recipe(tmp_path, tiny_bert_dir, "synchronized", save_steps=3, max_steps=100, save_total_limit=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "hybridembed.cli", "train", str(recipe)]  # fmt: skip
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "hybridembed.cli", "train", str(recipe)]  # fmt: skip
     process = subprocess.Popen(launch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while not list((tmp_path / "out").glob("checkpoint-*/trainer_state.json")) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    _kill_tree(process.pid)
+    kill_tree(process.pid)
     process.wait()
     assert list((tmp_path / "out").glob("checkpoint-*/trainer_state.json")), "no checkpoint was written before the kill"
     assert not (tmp_path / "out" / "hybridembed.json").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run([*launch[:6], str(_free_port()), *launch[7:], "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*launch[:6], str(free_port()), *launch[7:], "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     resumed_from = int(resumed.stderr.split("resuming from checkpoint ")[1].split("checkpoint-")[1].split()[0])
     assert 3 <= resumed_from < 100

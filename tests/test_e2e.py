@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from conftest import QUICKSTART, REPO
+from helpers import QUICKSTART, REPO
 
 pytestmark = pytest.mark.e2e
 

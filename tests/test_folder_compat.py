@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import QUICKSTART, REPO
+from helpers import QUICKSTART, REPO
 
 ST5_PYTHON = Path(os.environ.get("HYBRIDEMBED_ST5_PYTHON", REPO / ".venv-st5" / "bin" / "python"))
 ST5_SCRIPT = REPO / "tests" / "compat" / "st5_encode.py"

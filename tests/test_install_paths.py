@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 CONFIGURATION = '''from transformers import BertConfig
 

@@ -41,7 +41,7 @@ def test_without_a_source_on_disk_the_weights_decide(tiny_model_dir):
 
 
 def test_mine_cli_reuses_the_cache_keyed_by_the_folder(tiny_model_dir, tmp_path, capsys):
-    from conftest import QUICKSTART
+    from helpers import QUICKSTART
     from hybridembed.cli import main
 
     args = ["mine", "--model", str(tiny_model_dir), "--data", str(QUICKSTART / "flagembedding_retrieval.jsonl"), "--range", "1", "4",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import corpus_sentences
+from helpers import corpus_sentences
 
 
 @pytest.fixture(scope="module")

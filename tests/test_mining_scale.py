@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import corpus_sentences
+from helpers import corpus_sentences
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART, WORKERS, torchrun
 
-HERE = Path(__file__).parent
 TEXTS = ["a man plays a guitar on the street", "a dog", "two women are cooking dinner together tonight"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args: str, timeout: int = 300, **env_extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env_extra}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 # --- 11a: LoRA all-linear must not target the frozen, unused BERT pooler -----------------------------
@@ -103,7 +85,7 @@ def test_slow_rank0_evaluation_does_not_time_out_the_other_rank(tmp_path, tiny_b
         "     columns: {text1: sentence1, text2: sentence2, score: score}, score_range: [0, 5]}\n"
     )
     recipe = _recipe(tmp_path, tiny_bert_dir, ddp_timeout=10, eval_={"suite": str(suite), "every_steps": 2})
-    result = torchrun(str(HERE / "distributed" / "slow_eval_worker.py"), str(recipe), str(tmp_path / "log"), SLOW_EVAL_SECONDS="20")
+    result = torchrun(str(WORKERS / "slow_eval_worker.py"), str(recipe), str(tmp_path / "log"), SLOW_EVAL_SECONDS="20")
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"log.rank{r}.json").read_text()) for r in range(2))
     assert rank0["ddp_timeout"] == rank1["ddp_timeout"] == 10
@@ -162,7 +144,7 @@ def test_mlm_stage_training_arguments_use_cpu_and_gloo_under_cpu_torchrun(tmp_pa
 def test_two_process_mlm_stage_trains_as_one_gloo_group(tmp_path, tiny_bert_dir):
     stages = [{"kind": "mlm", "texts": [{"path": str(QUICKSTART / "stsb_dev.tsv"), "text_fields": ["sentence1"], "max_samples": 64}]}]
     recipe = _recipe(tmp_path, tiny_bert_dir, stages=stages, max_steps=2)
-    result = torchrun(str(HERE / "distributed" / "mlm_worker.py"), str(recipe), str(tmp_path / "log"))
+    result = torchrun(str(WORKERS / "mlm_worker.py"), str(recipe), str(tmp_path / "log"))
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(p.read_text()) for p in tmp_path.glob("log.pid*.json")]
     assert sorted(r["rank"] for r in reports) == [0, 1]

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from test_serve import running_server  # tests/ is on sys.path (pytest's default rootdir-less import)
+from helpers import running_server
 
 from hybridembed.model import load_model, truncate_embeddings, write_metadata
 from hybridembed.onnx_export import FP32_TOLERANCE, export_onnx

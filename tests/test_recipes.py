@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 PAPER_RECIPES = ["conan.yaml", "jina-bilingual.yaml", "piccolo2.yaml"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 MAX_STEPS = 60
 SAVE_STEPS = 8

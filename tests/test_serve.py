@@ -11,13 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from helpers import running_server
 from hybridembed.model import load_model, truncate_embeddings, write_metadata
 from hybridembed.serve import ServeSettings, create_app, load_served_model
 
@@ -30,28 +30,6 @@ TEXTS = [
     "short",
 ]
 LIMITS = dict(max_inputs=8, max_chars=200, max_body_bytes=4096, max_batch_size=16, max_wait_ms=5)
-
-
-@contextmanager
-def running_server(app):
-    """Run `app` on uvicorn in a thread on a free loopback port; yield its base URL; shut it down."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from hybridembed.model import load_model
 from hybridembed.serve import ServeSettings, create_app, load_served_model, schemas
 from hybridembed.serve.batching import InvalidInput, MicroBatcher
-from test_serve import running_server  # tests/ is on sys.path (pytest's default rootdir-less import)
+from helpers import running_server
 
 MODEL = "tiny"
 POISON = "poison"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 
 def _three_stage_recipe(tmp_path: Path, backbone: Path, **final_training) -> Path:

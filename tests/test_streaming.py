@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 from hybridembed.data.streaming import Cursor, StreamedRows, open_stream
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.recipe import DatasetConfig
-from test_distributed import _free_port, _kill_tree
+from helpers import kill_after_first_checkpoint, launch_traced_training, read_trace
 
 MAX_STEPS, SAVE_STEPS, BATCH = 120, 6, 4  # long enough that the kill lands before the end on an idle machine
 
@@ -113,54 +112,29 @@ def _recipe(tmp_path: Path, backbone: Path, data: Path, out: Path) -> Path:
     return path
 
 
-def _launch(recipe: Path, trace: Path, *extra: str) -> subprocess.Popen:
-    trace.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HYBRIDEMBED_TRACE_ROWS": str(trace)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-               "-m", "hybridembed.cli", "train", str(recipe), *extra]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _trace(folder: Path, before_step: int | None = None) -> set[tuple[int, int, tuple[str, ...]]]:
-    steps = set()
-    for rank in (0, 1):
-        path = folder / f"rank{rank}.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            entry = json.loads(line)
-            if before_step is None or entry["step"] < before_step:
-                steps.add((entry["step"], rank, tuple(entry["rows"])))
-    return steps
-
-
 @pytest.mark.timeout(900)
 def test_streamed_pairs_stage_killed_and_resumed_trains_every_row_once(tmp_path, tiny_bert_dir):
     rng = random.Random(int(os.environ.get("RESUME_TEST_SEED", random.randrange(1 << 16))))
     data = _shards(tmp_path / "shards", sizes=(500, 520))  # one pass: 120 steps × 2 ranks × 4 rows < 1,020 rows
-    reference = _launch(_recipe(tmp_path, tiny_bert_dir, data, tmp_path / "reference"), tmp_path / "trace-ref")
+    reference = launch_traced_training(_recipe(tmp_path, tiny_bert_dir, data, tmp_path / "reference"), tmp_path / "trace-ref")
     _, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
-    want = _trace(tmp_path / "trace-ref")
+    want = read_trace(tmp_path / "trace-ref")
     assert {s for s, _, _ in want} == set(range(MAX_STEPS))
     rows = [q for _, _, batch in want for q in batch]
     assert len(rows) == len(set(rows)) == MAX_STEPS * 2 * BATCH, "no row trained twice, across ranks and workers"
 
     out = tmp_path / "resumed"
     stage = out / "stage-1-pairs"
-    first = _launch(_recipe(tmp_path, tiny_bert_dir, data, out), tmp_path / "trace-1")
-    deadline = time.time() + 300
-    while not list(stage.glob("checkpoint-*/trainer_state.json")) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 1.5))
-    _kill_tree(first.pid)
-    first.wait()
-    saved = sorted(int(p.parent.name.split("-")[1]) for p in stage.glob("checkpoint-*/trainer_state.json"))
+    first = launch_traced_training(_recipe(tmp_path, tiny_bert_dir, data, out), tmp_path / "trace-1")
+    saved = kill_after_first_checkpoint(first, stage, rng)
     assert saved and saved[-1] < MAX_STEPS, "killed before the end"
-    second = _launch(_recipe(tmp_path, tiny_bert_dir, data, out), tmp_path / "trace-2", "--resume")
+    second = launch_traced_training(_recipe(tmp_path, tiny_bert_dir, data, out), tmp_path / "trace-2", "--resume")
     _, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-3000:]
     resumed_from = saved[-1]
-    got = _trace(tmp_path / "trace-1", before_step=resumed_from) | _trace(tmp_path / "trace-2")
-    assert min(s for s, _, _ in _trace(tmp_path / "trace-2")) == resumed_from
+    got = read_trace(tmp_path / "trace-1", before_step=resumed_from) | read_trace(tmp_path / "trace-2")
+    assert min(s for s, _, _ in read_trace(tmp_path / "trace-2")) == resumed_from
     assert got == want, f"resumed at step {resumed_from}: the interrupted + resumed run trained other rows than the uninterrupted one"
 
 

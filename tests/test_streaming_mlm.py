@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from hybridembed.data.text_stream import StreamedTexts, count_streamed_texts, op
 from hybridembed.errors import DataError
 from hybridembed.recipe import StageConfig, TextsConfig
 from hybridembed.stream_training import pass_through
-from test_distributed import _free_port, _kill_tree
+from helpers import kill_after_first_checkpoint, launch_traced_training, read_trace
 
 MAX_STEPS, SAVE_STEPS, BATCH = 100, 5, 4
 
@@ -151,25 +150,6 @@ def _recipe(tmp_path: Path, backbone: Path, corpus: Path, out: Path) -> Path:
     return path
 
 
-def _launch(recipe: Path, trace: Path, *extra: str) -> subprocess.Popen:
-    trace.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", TRACE_ENV: str(trace)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-               "-m", "hybridembed.cli", "train", str(recipe), *extra]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _trace(folder: Path, before_step: int | None = None) -> set[tuple[int, int, tuple[str, ...]]]:
-    steps = set()
-    for rank in (0, 1):
-        path = folder / f"rank{rank}.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            entry = json.loads(line)
-            if before_step is None or entry["step"] < before_step:
-                steps.add((entry["step"], rank, tuple(entry["rows"])))
-    return steps
-
-
 def _losses(stage: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in map(json.loads, (stage / "training_log.jsonl").read_text().splitlines()) if "loss" in e}
 
@@ -178,31 +158,25 @@ def _losses(stage: Path) -> dict[int, float]:
 def test_streamed_mlm_stage_killed_and_resumed_trains_every_text_once_with_the_same_losses(tmp_path, tiny_bert_dir):
     rng = random.Random(int(os.environ.get("RESUME_TEST_SEED", random.randrange(1 << 16))))
     corpus = _corpus(tmp_path / "corpus", lines=500, records=300)  # one pass: 100 steps × 2 ranks × 4 texts < 1,020 texts
-    reference = _launch(_recipe(tmp_path, tiny_bert_dir, corpus, tmp_path / "reference"), tmp_path / "trace-ref")
+    reference = launch_traced_training(_recipe(tmp_path, tiny_bert_dir, corpus, tmp_path / "reference"), tmp_path / "trace-ref")
     _, err = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
-    want = _trace(tmp_path / "trace-ref")
+    want = read_trace(tmp_path / "trace-ref")
     assert {s for s, _, _ in want} == set(range(MAX_STEPS))
     texts = [t for _, _, batch in want for t in batch]
     assert len(texts) == len(set(texts)) == MAX_STEPS * 2 * BATCH, "no text trained twice, across ranks and workers"
 
     out = tmp_path / "resumed"
     stage = out / "stage-1-mlm"
-    first = _launch(_recipe(tmp_path, tiny_bert_dir, corpus, out), tmp_path / "trace-1")
-    deadline = time.time() + 300
-    while not list(stage.glob("checkpoint-*/trainer_state.json")) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 1.5))
-    _kill_tree(first.pid)
-    first.wait()
-    saved = sorted(int(p.parent.name.split("-")[1]) for p in stage.glob("checkpoint-*/trainer_state.json"))
+    first = launch_traced_training(_recipe(tmp_path, tiny_bert_dir, corpus, out), tmp_path / "trace-1")
+    saved = kill_after_first_checkpoint(first, stage, rng)
     assert saved and saved[-1] < MAX_STEPS, "killed before the end"
-    second = _launch(_recipe(tmp_path, tiny_bert_dir, corpus, out), tmp_path / "trace-2", "--resume")
+    second = launch_traced_training(_recipe(tmp_path, tiny_bert_dir, corpus, out), tmp_path / "trace-2", "--resume")
     _, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-3000:]
     resumed_from = saved[-1]
-    assert min(s for s, _, _ in _trace(tmp_path / "trace-2")) == resumed_from
-    got = _trace(tmp_path / "trace-1", before_step=resumed_from) | _trace(tmp_path / "trace-2")
+    assert min(s for s, _, _ in read_trace(tmp_path / "trace-2")) == resumed_from
+    got = read_trace(tmp_path / "trace-1", before_step=resumed_from) | read_trace(tmp_path / "trace-2")
     assert got == want, f"resumed at step {resumed_from}: the interrupted + resumed run trained other texts than the uninterrupted one"
     reference_losses, resumed_losses = _losses(tmp_path / "reference" / "stage-1-mlm"), _losses(stage)
     after = [s for s in reference_losses if s > resumed_from]

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import corpus_sentences
+from helpers import corpus_sentences
 
 from hybridembed.cli import main
 from hybridembed.synthesize import EndpointGenerator, EndpointSettings, GenerationSettings, QualitySettings, SynthesisSettings, synthesize

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 
 def _recipe(tmp_path: Path, backbone: Path, name: str, sts_weight: float, weighting: str) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corpus_sentences
+from helpers import corpus_sentences
 
 ZH_WORDS = ["北京", "大学", "图书馆", "我们", "喜欢", "学习", "中文", "今天", "天气", "很好", "朋友", "电脑", "手机", "还款", "花呗"]
 
@@ -222,7 +222,7 @@ def test_benchmark_quick_prints_fertility_and_the_score_table_last(tmp_path, sha
     """benchmarks/bilingual_extend.py --quick: a tiny BERT extended, both arms trained 2+2 steps and evaluated (capped)."""
     import importlib.util
 
-    from conftest import REPO
+    from helpers import REPO
 
     spec = importlib.util.spec_from_file_location("bilingual_extend", REPO / "benchmarks" / "bilingual_extend.py")
     bench = importlib.util.module_from_spec(spec)

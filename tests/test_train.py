@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import QUICKSTART
+from helpers import QUICKSTART
 
 
 def _recipe(tmp_path: Path, backbone: Path, **training) -> Path:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import QUICKSTART, stray_tensors_fail
+from helpers import QUICKSTART, stray_tensors_fail
 from hybridembed.data.collator import DatasetView, HybridCollator, text_hash
 from hybridembed.losses import InfoNCELoss, LabelContrastiveLoss, build_loss
 from hybridembed.recipe import LossConfig, LossName
@@ -215,10 +215,10 @@ def test_dynamic_mining_with_dataloader_workers_is_a_recipe_error(tmp_path, tiny
 
 
 def test_two_ranks_mask_a_positive_shared_across_ranks_and_gather_ragged_negatives(tmp_path):
-    from test_distributed import HERE, torchrun
+    from helpers import WORKERS, torchrun
 
     out = tmp_path / "result.json"
-    result = torchrun(str(HERE / "distributed" / "masked_gather.py"), str(out))
+    result = torchrun(str(WORKERS / "masked_gather.py"), str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
     ranks = data["ranks"]
