@@ -226,7 +226,7 @@ def check_text_file(cfg) -> int:
 
     A .txt file is one text per line (blank lines skipped): every line must be UTF-8. Any other file
     goes through the mlm reader, every record (not only the first `max_samples`)."""
-    from hybridembed.data.readers import missing_file
+    from hybridembed.data.readers import iter_texts, missing_file
     from hybridembed.data.text_stream import count_streamed_texts
     from hybridembed.errors import DataError
     from hybridembed.mlm import read_texts
@@ -237,17 +237,7 @@ def check_text_file(cfg) -> int:
     if not path.exists():
         raise DataError([missing_file(path)])
     if path.suffix.lower() == ".txt" and path.is_file():
-        problems, count = [], 0
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    problems.append(f"{path}:{number}: (line): invalid UTF-8 at byte {err.start}")
-                    continue
-                count += bool(text.strip())
-        if problems:
-            raise DataError(problems[:200], summary=f"{path}: {len(problems)} line(s) of invalid UTF-8")
+        count = sum(1 for _ in iter_texts(path))  # the shared reader: every bad line is collected, then raised
         if not count:
             raise DataError([f"{path}: empty file (no text lines)"])
         return count

@@ -18,10 +18,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from hybridembed.data.readers import read_records, text_problem
+from hybridembed.data.readers import MAX_PROBLEMS, read_records, text_problem
 from hybridembed.errors import DataError
 
-MAX_PROBLEMS = 200
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant", "chatgpt", "bot", "model"}
 SYSTEM_ROLES = {"system", "developer", "tool", "function"}

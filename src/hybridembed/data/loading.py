@@ -15,6 +15,7 @@ from typing import Any
 
 from hybridembed.data.arrow_store import RowWriter, entry_key, entry_lock, open_entry
 from hybridembed.data.formats import canonical_fields, convert, detect_format, record_task
+from hybridembed.data.readers import MAX_PROBLEMS
 from hybridembed.data.rows import ROW_COLUMNS
 from hybridembed.data.sources import RecordSource, open_source
 from hybridembed.errors import DataError
@@ -22,7 +23,6 @@ from hybridembed.recipe import DataFormat, DatasetConfig
 from hybridembed.tasks import LABEL_TASKS, TaskType
 
 logger = logging.getLogger(__name__)
-MAX_PROBLEMS_PER_FILE = 200
 # The dataset settings that change which canonical rows a source yields (the Arrow store's key, and
 # what `data check` compares to validate a file read the same way in two stages once).
 READER_SETTINGS = ("task", "format", "columns", "header", "score_range", "max_samples", "config", "split", "revision")
@@ -124,7 +124,7 @@ def _validate_into(cfg: DatasetConfig, source: RecordSource, folder) -> TaskData
     def report(line: int, message: str) -> None:
         nonlocal n_problems
         n_problems += 1
-        if len(problems) < MAX_PROBLEMS_PER_FILE:
+        if len(problems) < MAX_PROBLEMS:
             problems.append(f"{source.label}:{source.where}{line}: {message}")
 
     try:

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -16,8 +17,23 @@ from hybridembed.errors import DataError
 # csv's default limit (131,072 characters per field) would end a long passage in a traceback.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 PARQUET_BATCH_ROWS = 1024  # rows decoded at a time: memory holds one batch, not the file
-MAX_PROBLEMS = 200  # problems kept for the message (the count covers them all)
+MAX_PROBLEMS = 200  # problems kept for one error message, for every reader (the count covers them all)
 OnEmpty = Literal["skip", "keep", "fail"]
+
+
+class FileKind(StrEnum):
+    """How a file is read: by its suffix (.txt reads as tsv records; as one text per line in `iter_texts`)."""
+
+    JSONL = "jsonl"  # .jsonl, .ndjson, .json (one record per line, or one array)
+    CSV = "csv"
+    TSV = "tsv"
+    PARQUET = "parquet"
+    HF_DISK = "hf_disk"  # a `datasets` save_to_disk folder
+
+    @property
+    def is_text(self) -> bool:
+        """Text formats report `file:line`; binary ones report `file:row`."""
+        return self in (FileKind.JSONL, FileKind.CSV, FileKind.TSV)
 
 
 @dataclass(frozen=True)
@@ -34,21 +50,21 @@ def missing_file(path: Path | str) -> str:
     return f"{path}: file not found" + (STREAM_HINT if any(ch in str(path) for ch in "*?[") else "")
 
 
-def file_kind(path: Path) -> str:
+def file_kind(path: Path) -> FileKind:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
-            return "hf_disk"
+            return FileKind.HF_DISK
         raise DataError([f"{path}: folder is not a Hugging Face save_to_disk dataset (no dataset_info.json/state.json){STREAM_HINT}"])
     suffixes = [s.lower() for s in path.suffixes]
     match suffixes[-1] if suffixes else "":
         case ".jsonl" | ".json" | ".ndjson":
-            return "jsonl"
+            return FileKind.JSONL
         case ".csv":
-            return "csv"
+            return FileKind.CSV
         case ".tsv" | ".txt":
-            return "tsv"
+            return FileKind.TSV
         case ".parquet":
-            return "parquet"
+            return FileKind.PARQUET
     raise DataError([f"{path}: unsupported file type (expected .jsonl, .csv, .tsv, .parquet or a save_to_disk folder)"])
 
 
@@ -59,25 +75,25 @@ def _check_file(path: Path, is_text: bool) -> None:
         raise DataError([f"{path}: empty file"])
 
 
-def read_records(path: str | Path, header: bool = True, kind: str | None = None) -> Iterator[RawRecord]:
+def read_records(path: str | Path, header: bool = True, kind: FileKind | str | None = None) -> Iterator[RawRecord]:
     """Yield records; without a header, csv/tsv fields are keyed by their 0-based column index.
 
     `kind` (jsonl / csv / tsv / parquet / hf_disk) overrides the one the file name implies.
     """
     path = Path(path)
     _check_file(path, is_text=False)  # before file_kind: a missing path is "not found", not "unsupported"
-    kind = kind or file_kind(path)
-    _check_file(path, is_text=kind in ("jsonl", "csv", "tsv"))
+    kind = FileKind(kind) if kind else file_kind(path)
+    _check_file(path, is_text=kind.is_text)
     match kind:
-        case "jsonl":
+        case FileKind.JSONL:
             yield from _read_jsonl(path)
-        case "csv":
+        case FileKind.CSV:
             yield from _read_delimited(path, ",", header, quoting=csv.QUOTE_MINIMAL)
-        case "tsv":
+        case FileKind.TSV:
             yield from _read_delimited(path, "\t", header, quoting=csv.QUOTE_NONE)
-        case "parquet":
+        case FileKind.PARQUET:
             yield from _read_parquet(path)
-        case "hf_disk":
+        case FileKind.HF_DISK:
             yield from _read_hf_disk(path)
         case _:
             raise ValueError(f"unknown reader kind {kind!r}")
@@ -249,7 +265,7 @@ def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
 
 def is_line_numbered(path: str | Path) -> bool:
     """Text formats report `file:line`; binary ones report `file:row`."""
-    return file_kind(Path(path)) in ("jsonl", "csv", "tsv")
+    return file_kind(Path(path)).is_text
 
 
 def lone_surrogate(text: str) -> tuple[int, int] | None:
@@ -303,7 +319,7 @@ class TextStream:
     text_field: str | int = "text"
     on_empty: OnEmpty = "skip"
     header: bool = True
-    kind: str | None = None
+    kind: FileKind | str | None = None
     blank_lines: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS
     problem_count: int = 0
@@ -366,6 +382,6 @@ class TextStream:
                 yield TextRecord(record.line, value, record.fields)
 
 
-def iter_texts(path: str | Path, text_field: str | int = "text", on_empty: OnEmpty = "skip", header: bool = True, kind: str | None = None) -> TextStream:
+def iter_texts(path: str | Path, text_field: str | int = "text", on_empty: OnEmpty = "skip", header: bool = True, kind: FileKind | str | None = None) -> TextStream:
     """The texts of `path` as TextRecord(line, text, fields) items; see `TextStream` for the rules."""
     return TextStream(Path(path), text_field, on_empty, header, kind)
