@@ -9,17 +9,11 @@ import os
 
 from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import HybridembedError
+from hybridembed.serve.settings import defaults
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "max_batch_size": 32,
-    "max_wait_ms": 5.0,
-    "max_inputs": 2048,
-    "max_chars": 32768,
-    "max_body_bytes": 8 * 1024 * 1024,
-    "max_queue": 8192,
-}
+DEFAULTS = defaults()  # one place: the ServeSettings dataclass
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CPU threads for encoding (torch's, or onnxruntime's with --backend onnx; default: one per core minus one, leaving a core for HTTP work)",
     )
     group = parser.add_argument_group("batching")
-    group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts encoded in one forward pass (default: %(default)s)")
+    group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts in one batch; a batch is split into forward passes planned from its token counts (default: %(default)s)")
     group.add_argument(
         "--max-batch-tokens",
         type=int,
@@ -130,7 +124,7 @@ def set_cpu_threads(threads: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybridembed.serve.app import ServeSettings
+    from hybridembed.serve.settings import ServeSettings
 
     api_key = read_api_key(args.api_key_env)
     if not 0 <= args.port <= 65535:
