@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from hybridembed.evaluation import EvalConfig
+from hybridembed.evaluation.callback import build_eval_callbacks, eval_training_arguments
+from hybridembed.evaluation.evaluator import build_evaluator
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "data" / "quickstart"
@@ -37,8 +39,8 @@ def test_eval_config_validates_and_resolves(tmp_path, suite_file):
     from hybridembed.evaluation.suite import SuiteError
 
     with pytest.raises(SuiteError, match="eval.metric 'stsb@32'.*stsb@16"):
-        EvalConfig(suite=suite_file, every_steps=2, dims=[64, 16], metric="stsb@32").build_evaluator()
-    assert EvalConfig(suite=suite_file, every_steps=2, dims=[64, 16], metric="avg_sts").build_evaluator().primary_metric == "avg_sts"
+        build_evaluator(EvalConfig(suite=suite_file, every_steps=2, dims=[64, 16], metric="stsb@32"))
+    assert build_evaluator(EvalConfig(suite=suite_file, every_steps=2, dims=[64, 16], metric="avg_sts")).primary_metric == "avg_sts"
 
 
 def test_keep_best_needs_save_steps_that_are_multiples_of_every_steps(tmp_path, suite_file):
@@ -50,7 +52,7 @@ def test_keep_best_needs_save_steps_that_are_multiples_of_every_steps(tmp_path, 
     with pytest.raises(RecipeError, match="save_steps 3 must be a multiple of eval.every_steps 2"):
         recipe_from_mapping(raw, tmp_path)
     raw["training"]["save_steps"] = 4
-    args = recipe_from_mapping(raw, tmp_path).eval.training_arguments(4)
+    args = eval_training_arguments(recipe_from_mapping(raw, tmp_path).eval, 4)
     assert args["load_best_model_at_end"] and args["save_steps"] == 4 and args["eval_steps"] == 2 and args["metric_for_best_model"] == "overall"
 
 
@@ -65,13 +67,13 @@ def test_a_tiny_stock_trainer_evaluates_every_n_steps_and_at_the_end_logs_to_ten
     out = tmp_path / "run"
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(out / "tb"))
     cfg = EvalConfig(suite=suite_file, every_steps=2, dims=[64, 16])
-    evaluator = cfg.build_evaluator()
+    evaluator = build_evaluator(cfg)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out), max_steps=5, per_device_train_batch_size=8, logging_steps=1, report_to=["tensorboard"],
-        save_strategy="no", disable_tqdm=True, use_cpu=True, **cfg.training_arguments(None),
+        save_strategy="no", disable_tqdm=True, use_cpu=True, **eval_training_arguments(cfg, None),
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=MultipleNegativesRankingLoss(model),
-                                         evaluator=evaluator, callbacks=cfg.build_callbacks(evaluator))  # fmt: skip
+                                         evaluator=evaluator, callbacks=build_eval_callbacks(cfg, evaluator))  # fmt: skip
     trainer.train()
 
     evals = [e for e in trainer.state.log_history if "eval_stsb" in e]

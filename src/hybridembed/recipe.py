@@ -262,16 +262,35 @@ def render_instruction(template: str, instruction: str) -> str:
     return template[: -len("{text}")].replace("{task}", instruction)
 
 
+# Attribute names of torch.nn.Module (torch 2.13), which a loss-module key must not shadow. Kept here as
+# data so that validating a recipe imports no torch; tests/test_recipe_schema.py checks it against dir(nn.Module).
+MODULE_ATTRIBUTES = frozenset(
+    """T_destination _apply _call_impl _compiled_call_impl _get_backward_hooks _get_backward_pre_hooks _get_name
+    _load_from_state_dict _maybe_warn_non_full_backward_hook _named_members _register_load_state_dict_pre_hook
+    _register_state_dict_hook _replicate_for_data_parallel _save_to_state_dict _slow_forward _version _wrapped_call_impl
+    add_module apply bfloat16 buffers call_super_init children compile cpu cuda double dump_patches eval extra_repr float
+    forward get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict modules mtia named_buffers
+    named_children named_modules named_parameters parameters register_backward_hook register_buffer register_forward_hook
+    register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
+    register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
+    type xpu zero_grad""".split()
+)
+
+
+def shadows_module_attribute(name: str) -> bool:
+    """Whether `name` as a loss-module key would hide an nn.Module attribute (`train`, `eval`, any dunder)."""
+    return name in MODULE_ATTRIBUTES or (name.startswith("__") and name.endswith("__"))
+
+
 def name_datasets(datasets: list[DatasetConfig], model: ModelConfig) -> None:
     """Give every dataset a unique name and turn instructions into query prefixes (also saved as named prompts)."""
-    from torch import nn
-
     seen: set[str] = set()
     for ds in datasets:
         if ds.name is None:
             path = Path(ds.path)
             ds.name = re.sub(r"[^\w-]", "_", path.stem)  # a glob of shards (`part-*`) or a dotted stem names a loss module
-            if hasattr(nn.Module, ds.name):  # `train`, `eval`, …: a loss-module key must not shadow a Module attribute
+            if shadows_module_attribute(ds.name):  # `train`, `eval`, …: a loss-module key must not shadow a Module attribute
                 ds.name = f"{path.parent.name}_{ds.name}"
         base, n = ds.name, 2
         while ds.name in seen:

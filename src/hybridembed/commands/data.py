@@ -150,6 +150,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
     from hybridembed.errors import HybridembedError
     from hybridembed.synthesize import EndpointGenerator, LocalGenerator, synthesize
     from hybridembed.synthesize.config import EndpointSettings, GenerationSettings, LocalSettings, QualitySettings, SynthesisSettings
+    from hybridembed.synthesize.filters import check_quality
 
     if args.endpoint and not args.model:
         raise HybridembedError("--endpoint needs --model (the model name the server serves)")
@@ -158,7 +159,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
         max_overlap=args.max_overlap, language=args.language, near_threshold=None if args.no_near_dedup else args.near_threshold,
         consistency=not args.no_consistency, consistency_k=args.consistency_k, filter_model=args.filter_model, cache_dir=args.cache_dir,
     )  # fmt: skip
-    quality.check()
+    check_quality(quality)
     settings = SynthesisSettings(
         corpus=args.corpus, out=args.out, prompts=args.prompt or ["question"], language=args.language, instruction=args.instruction,
         max_passage_chars=args.max_passage_chars, limit=args.limit, mine_negatives=args.mine_negatives,

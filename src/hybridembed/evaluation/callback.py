@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
+    from hybridembed.evaluation.config import EvalConfig
     from hybridembed.evaluation.evaluator import SuiteEvaluator
 
 logger = logging.getLogger(__name__)
@@ -75,3 +76,24 @@ class SuiteEvalCallback(TrainerCallback):
                                "metric": self.evaluator.primary_metric, "last_step": state.global_step}  # fmt: skip
         paths = write_report(results, self.folder(args))
         logger.info("evaluation report (step %d, %s): %s", self.kept_step, results["selected"]["why"], paths["markdown"])
+
+
+def eval_training_arguments(config: EvalConfig, save_steps: int | None) -> dict[str, Any]:
+    """The trainer arguments that run `config`'s evaluation (given `training.save_steps`)."""
+    args: dict[str, Any] = {"metric_for_best_model": config.metric, "greater_is_better": True}
+    if config.every_steps:
+        args |= {"eval_strategy": "steps", "eval_steps": config.every_steps}
+    if config.keep_best:
+        # transformers keeps the best checkpoint only among saved ones: save at (a multiple of) each evaluation.
+        args |= {"load_best_model_at_end": True, "save_strategy": "steps", "save_steps": save_steps or config.every_steps}
+    return args
+
+
+def build_eval_callbacks(config: EvalConfig, evaluator: SuiteEvaluator) -> list[TrainerCallback]:
+    """The callbacks a trainer needs for `config`'s evaluation: the final evaluation and report, early stopping."""
+    from transformers import EarlyStoppingCallback
+
+    callbacks: list[TrainerCallback] = [SuiteEvalCallback(evaluator, at_end=config.at_end, out_dir=config.out_dir)]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
+    return callbacks

@@ -1,6 +1,7 @@
 """The recipe's `eval:` section: which suite to run during training, how often, at which dims.
 
-Kept free of heavy imports so that loading a recipe does not import transformers or mteb.
+A plain validated model: loading a recipe imports no transformers or mteb. What it builds (the
+evaluator, the trainer callbacks and arguments) lives in evaluation/evaluator.py and evaluation/callback.py.
 """
 
 from __future__ import annotations
@@ -44,28 +45,19 @@ class EvalConfig(BaseModel):
         suite = self.suite if self.suite.is_absolute() else base / self.suite
         return self.model_copy(update={"suite": suite})
 
+    # Thin delegates to the builders in evaluation/evaluator.py and evaluation/callback.py, kept while
+    # training.prepare_training still calls them (tests/test_import_graph.py lists them as TEMPORARY).
     def training_arguments(self, save_steps: int | None) -> dict[str, Any]:
-        """The trainer arguments that run this evaluation (given `training.save_steps`)."""
-        args: dict[str, Any] = {"metric_for_best_model": self.metric, "greater_is_better": True}
-        if self.every_steps:
-            args |= {"eval_strategy": "steps", "eval_steps": self.every_steps}
-        if self.keep_best:
-            # transformers keeps the best checkpoint only among saved ones: save at (a multiple of) each evaluation.
-            args |= {"load_best_model_at_end": True, "save_strategy": "steps", "save_steps": save_steps or self.every_steps}
-        return args
+        from hybridembed.evaluation.callback import eval_training_arguments
+
+        return eval_training_arguments(self, save_steps)
 
     def build_evaluator(self) -> SuiteEvaluator:
-        from hybridembed.evaluation.evaluator import SuiteEvaluator
+        from hybridembed.evaluation.evaluator import build_evaluator
 
-        return SuiteEvaluator(self.suite, dims=self.dims, batch_size=self.batch_size, metric=self.metric)
+        return build_evaluator(self)
 
     def build_callbacks(self, evaluator: SuiteEvaluator) -> list[TrainerCallback]:
-        """The callbacks a trainer needs for this evaluation: the final evaluation and report, early stopping."""
-        from transformers import EarlyStoppingCallback
+        from hybridembed.evaluation.callback import build_eval_callbacks
 
-        from hybridembed.evaluation.callback import SuiteEvalCallback
-
-        callbacks: list[TrainerCallback] = [SuiteEvalCallback(evaluator, at_end=self.at_end, out_dir=self.out_dir)]
-        if self.early_stopping_patience:
-            callbacks.append(EarlyStoppingCallback(self.early_stopping_patience, self.early_stopping_threshold))
-        return callbacks
+        return build_eval_callbacks(self, evaluator)

@@ -22,6 +22,7 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from hybridembed.evaluation.config import EvalConfig
     from hybridembed.evaluation.suite import Suite
 
 logger = logging.getLogger(__name__)
@@ -133,3 +134,8 @@ class SuiteEvaluator(SentenceEvaluator):
                 raise RuntimeError(f"the evaluation on rank 0 failed:\n{error}")
         self.last_step = steps
         return values
+
+
+def build_evaluator(config: EvalConfig) -> SuiteEvaluator:
+    """The evaluator of a recipe's `eval:` section (its suite, dims, batch size and ranking metric)."""
+    return SuiteEvaluator(config.suite, dims=config.dims, batch_size=config.batch_size, metric=config.metric)

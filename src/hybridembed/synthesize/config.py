@@ -64,10 +64,7 @@ class QualitySettings:
     cache_dir: str | None = None  # corpus-embedding cache (hybridembed.mining.cache)
 
     def check(self) -> None:
-        from hybridembed.data.pair_filters import LANGUAGE_SCRIPTS
-
-        if self.language is not None and self.language not in LANGUAGE_SCRIPTS:
-            raise HybridembedError(f"--language {self.language}: the language filter knows {sorted(LANGUAGE_SCRIPTS)}")
+        """The ranges; the language code is checked against the script table by synthesize.filters.check_quality."""
         if not 0 < self.max_overlap <= 1:
             raise HybridembedError(f"--max-overlap {self.max_overlap}: must be in (0, 1]")
         if self.near_threshold is not None and not 0 < self.near_threshold <= 1:

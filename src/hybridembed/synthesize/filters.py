@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from hybridembed.data.pair_filters import LANGUAGE_SCRIPTS, FilterSettings, _near_duplicate_filter, normalize, script_share
+from hybridembed.errors import HybridembedError
 from hybridembed.synthesize.config import QualitySettings
 
 if TYPE_CHECKING:
@@ -57,11 +58,18 @@ def overlap_ratio(query: str, passage: str) -> float:
     return len(mine & overlap_tokens(passage)) / len(mine) if mine else 0.0
 
 
+def check_quality(settings: QualitySettings) -> None:
+    """`settings.check()` and a language code the script table knows (the table lives with the filters, not the schema)."""
+    if settings.language is not None and settings.language not in LANGUAGE_SCRIPTS:
+        raise HybridembedError(f"--language {settings.language}: the language filter knows {sorted(LANGUAGE_SCRIPTS)}")
+    settings.check()
+
+
 class QueryFilters:
     """The per-query rules and the duplicate state (seeded with the rows an earlier run wrote)."""
 
     def __init__(self, settings: QualitySettings, stats: Counter) -> None:
-        settings.check()
+        check_quality(settings)
         self.settings, self.stats = settings, stats
         self.hashes: set[bytes] = set()
         near = FilterSettings(near_threshold=settings.near_threshold)

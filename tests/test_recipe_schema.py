@@ -1,0 +1,22 @@
+"""The recipe schema on its own: dataset names that would shadow an nn.Module attribute, without torch in the schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hybridembed.recipe import MODULE_ATTRIBUTES, recipe_from_mapping, shadows_module_attribute
+
+
+def test_the_reserved_names_cover_every_nn_module_attribute():
+    from torch import nn
+
+    missing = sorted(name for name in dir(nn.Module) if not shadows_module_attribute(name))
+    assert not missing, f"add to recipe.MODULE_ATTRIBUTES (a newer torch has them): {missing}"
+    assert all(hasattr(nn.Module, name) for name in MODULE_ATTRIBUTES)
+
+
+def test_a_dataset_named_like_a_module_attribute_takes_its_folder_name(tmp_path: Path):
+    raw = {"datasets": [{"path": "sts/train.jsonl", "task": "sts"}, {"path": "other/data.jsonl", "task": "sts"},
+                        {"path": "x/__init__.jsonl", "task": "sts"}]}  # fmt: skip
+    names = [ds.name for ds in recipe_from_mapping(raw, tmp_path).datasets]
+    assert names == ["sts_train", "data", "x___init__"]
