@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: help demo test install clean lint format typecheck check
+
+.DEFAULT_GOAL := help
 
 $(STAMP): requirements/base.txt requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +15,7 @@ $(STAMP): requirements/base.txt requirements/dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+## Create .venv and install the pinned requirements (requirements/dev.txt) and hybridembed itself.
 install: $(STAMP)
 
 ## Fine-tune the bundled all-MiniLM-L6-v2 on the quickstart recipe, evaluate, print the report.
@@ -23,11 +26,33 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+## Remove .venv and run outputs.
 clean:
 	rm -rf $(VENV) runs outputs
 
-## Check that a trained folder loads unchanged in sentence-transformers 5.x (its own venv, .venv-st5/)
-## and gives the 6.x embeddings; tests/test_folder_compat.py fails instead of skipping here.
+LINT_PATHS := src tests benchmarks scripts
+
+## List the targets with what they do.
+help:
+	@awk '/^## /{doc = doc (doc ? " " : "") substr($$0, 4); next} /^[a-zA-Z0-9_-]+:/{if (doc) printf "  %-10s %s\n", substr($$1, 1, length($$1) - 1), doc; doc = ""; next} {doc = ""}' $(MAKEFILE_LIST)
+
+## Lint with ruff (rules in pyproject.toml [tool.ruff]).
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+
+## Format with ruff format (rewrites files: run it on your own changes, e.g. make format LINT_PATHS=src/hybridembed/x.py).
+format: $(STAMP)
+	$(BIN)/ruff format $(LINT_PATHS)
+
+## Type-check src/hybridembed with mypy (settings in pyproject.toml [tool.mypy]).
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+## Lint, type-check and check the import graph (no cycles, schemas import nothing heavy).
+check: lint typecheck
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_import_graph.py
+
+# compat: a second virtual environment with sentence-transformers 5.x, built once per set of pins.
 ST5_VENV ?= .venv-st5
 ST5_PINS ?= torch==2.13.0 sentence-transformers==5.1.2 transformers==4.57.6
 ST5_STAMP := $(ST5_VENV)/.installed-$(subst ==,-,$(subst $() ,_,$(ST5_PINS)))
@@ -41,6 +66,8 @@ $(ST5_STAMP):
 	rm -f $(ST5_VENV)/.installed-*
 	touch $(ST5_STAMP)
 
+## Check that a trained folder loads unchanged in sentence-transformers 5.x (its own venv, .venv-st5/)
+## and gives the 6.x embeddings; tests/test_folder_compat.py fails instead of skipping here.
 compat: $(STAMP) $(ST5_STAMP)
 	HF_HUB_OFFLINE=1 HYBRIDEMBED_REQUIRE_COMPAT=1 HYBRIDEMBED_ST5_PYTHON=$(ST5_VENV)/bin/python \
 		$(BIN)/python -m pytest -q tests/test_folder_compat.py

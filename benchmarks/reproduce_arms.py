@@ -162,9 +162,8 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     from hybridembed.tasks import RowShape
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_throughput import stock_columns
-
     import torch
+    from train_throughput import stock_columns
 
     torch.manual_seed(recipe.training.seed)
     model = build_model(recipe.model)

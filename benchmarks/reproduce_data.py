@@ -179,9 +179,11 @@ def en_sources() -> dict[str, list[dict[str, Any]]]:
     src["pcls"] = _pairs(tsv(en / "mrpc" / "train.tsv"), cols=(3, 4, 0))
     with open(en / "banking77" / "train.csv", encoding="utf-8") as f:
         src["cls_banking77"] = [{"text": r["text"], "label": r["category"].replace("_", " ")} for r in csv.DictReader(f)]
-    lines = [line.rstrip("\n").split(" ", 1) for line in open(en / "trec" / "train.txt", encoding="latin-1") if line.strip()]
+    with open(en / "trec" / "train.txt", encoding="latin-1") as f:
+        lines = [line.rstrip("\n").split(" ", 1) for line in f if line.strip()]
     src["cls_trec"] = [{"text": t, "label": _trec_label(code)} for code, t in lines]
-    lines = [line.rstrip("\n").split(" ", 1) for line in open(en / "sst2" / "train.txt", encoding="utf-8") if line.strip()]
+    with open(en / "sst2" / "train.txt", encoding="utf-8") as f:
+        lines = [line.rstrip("\n").split(" ", 1) for line in f if line.strip()]
     src["cls_sst2"] = [{"text": t, "label": SST2_LABELS[code]} for code, t in lines]
     return src
 

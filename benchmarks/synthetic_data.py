@@ -76,8 +76,10 @@ def train_generator(out: Path, cfg: dict, max_passage_chars: int, seed: int) -> 
     torch.manual_seed(seed)
     # A WordPiece vocabulary trained here (Chinese characters one token each, as in MiniLM's) on the bge pairs and the
     # CMRC *passages*: ~8k entries instead of MiniLM's 30.5k, so the output layer — most of a small LM's cost — shrinks 4x.
-    texts = [t for line in open(BGE, encoding="utf-8") for r in [json.loads(line)] for t in [r["query"], *r["pos"]]]
-    texts += [json.loads(line)["text"] for line in open(CMRC / "corpus.jsonl", encoding="utf-8")]
+    with open(BGE, encoding="utf-8") as f:
+        texts = [t for line in f for r in [json.loads(line)] for t in [r["query"], *r["pos"]]]
+    with open(CMRC / "corpus.jsonl", encoding="utf-8") as f:
+        texts += [json.loads(line)["text"] for line in f]
     tokenizer = _bert_tokenizer(texts, 8000, 256)
     tokenizer.eos_token, tokenizer.bos_token = tokenizer.sep_token, tokenizer.cls_token  # generation stops at [SEP]
     examples = generator_examples(tokenizer, max_passage_chars, 48)
@@ -227,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     suite = cmrc_suite(work, cfg["eval_queries"])
     table = [("base (all-MiniLM-L6-v2)", 0, score("bundled:all-MiniLM-L6-v2", suite, cfg["max_seq_length"]))]
     log(f"base: {table[-1][2]}")
-    n_synthetic = sum(1 for _ in open(synthetic, encoding="utf-8")) if synthetic.exists() else 0
+    n_synthetic = 0
+    if synthetic.exists():
+        with open(synthetic, encoding="utf-8") as f:
+            n_synthetic = sum(1 for _ in f)
     for name, extra in (("base-mixture", None), ("base-mixture+synthetic", synthetic if n_synthetic else None)):
         folder = train_arm(work, name, extra, cfg, args.seed)
         table.append((name, n_synthetic if extra else 0, score(str(folder), suite, cfg["max_seq_length"])))

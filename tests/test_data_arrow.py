@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridembed.data import load_dataset
-from hybridembed.data import loading
+from hybridembed.data import load_dataset, loading
 from hybridembed.data.arrow_store import CACHE_ENV, RowWriter, cache_root
 from hybridembed.errors import DataError
 from hybridembed.recipe import DatasetConfig, recipe_from_mapping

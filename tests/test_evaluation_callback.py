@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from hybridembed.evaluation import EvalConfig
 from hybridembed.evaluation.callback import build_eval_callbacks, eval_training_arguments

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hybridembed.cli import main
-from hybridembed.evaluation.report import compare, render_compare, render_markdown, write_report
+from hybridembed.evaluation.report import compare, render_compare, write_report
 from hybridembed.evaluation.runner import compute_averages
 
 REPO = Path(__file__).resolve().parents[1]

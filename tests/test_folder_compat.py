@@ -76,11 +76,11 @@ def built(tmp_path_factory, tiny_bert_dir):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert_dir):
     """A folder trained through hybridembed.stages.run_recipe (2 steps), then rewritten; (folder, 6.x embeddings before)."""
+    import yaml
+
     from hybridembed.folder_compat import make_interoperable
     from hybridembed.recipe import load_recipe
     from hybridembed.stages import run_recipe
-
-    import yaml
 
     root = tmp_path_factory.mktemp("compat-trained")
     recipe = {

@@ -6,7 +6,6 @@ import hashlib
 import json
 import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from helpers import running_server
-
 from hybridembed.model import load_model, truncate_embeddings, write_metadata
 from hybridembed.onnx_export import FP32_TOLERANCE, export_onnx
 from hybridembed.serve import ServeSettings, create_app, load_served_model

@@ -12,7 +12,7 @@ def test_the_reserved_names_cover_every_nn_module_attribute():
 
     missing = sorted(name for name in dir(nn.Module) if not shadows_module_attribute(name))
     assert not missing, f"add to recipe.MODULE_ATTRIBUTES (a newer torch has them): {missing}"
-    assert all(hasattr(nn.Module, name) for name in MODULE_ATTRIBUTES)
+    assert all(hasattr(nn.Module, name) for name in MODULE_ATTRIBUTES - {"smart_apply"})  # set by transformers on first use
 
 
 def test_a_dataset_named_like_a_module_attribute_takes_its_folder_name(tmp_path: Path):

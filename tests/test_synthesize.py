@@ -11,11 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import corpus_sentences
 
+from helpers import corpus_sentences
 from hybridembed.cli import main
-from hybridembed.synthesize import EndpointGenerator, EndpointSettings, GenerationSettings, QualitySettings, SynthesisSettings, synthesize
-from hybridembed.synthesize import filters as rules
+from hybridembed.synthesize import EndpointGenerator, EndpointSettings, GenerationSettings, QualitySettings, SynthesisSettings, filters as rules, synthesize
 from hybridembed.synthesize.prompts import load_prompt, load_prompts, parse_query, prompt_for
 
 REPO = Path(__file__).resolve().parents[1]

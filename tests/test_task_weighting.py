@@ -51,8 +51,8 @@ def test_a_task_weight_changes_what_is_learned_only_when_clipping_comes_first(tm
 
 
 def test_the_clip_bound_is_the_sum_of_the_step_weights_averaged_over_micro_batches():
-    from hybridembed.task_weighting import WeightedClipping, loss_weight
     from hybridembed.losses import CoSENTLoss
+    from hybridembed.task_weighting import WeightedClipping, loss_weight
 
     clip = WeightedClipping(2.0)
     parameter = torch.nn.Parameter(torch.zeros(3))

@@ -18,8 +18,8 @@ def test_every_task_type_has_one_entry_whose_default_loss_takes_its_rows():
 
 
 def test_derived_views_and_piccolo2_routing():
-    assert IN_BATCH_NEGATIVE_TASKS == {TaskType.RETRIEVAL, TaskType.RERANKING}
-    assert LABEL_TASKS == {TaskType.CLASSIFICATION, TaskType.CLUSTERING}
+    assert {TaskType.RETRIEVAL, TaskType.RERANKING} == IN_BATCH_NEGATIVE_TASKS
+    assert {TaskType.CLASSIFICATION, TaskType.CLUSTERING} == LABEL_TASKS
     assert not (IN_BATCH_NEGATIVE_TASKS & LABEL_TASKS)
     assert all(TASKS[t].shape is RowShape.TRIPLET for t in IN_BATCH_NEGATIVE_TASKS | LABEL_TASKS)
     assert [TASKS[t].default_negatives for t in TaskType] == [7, 7, 0, 0, 10, 10]

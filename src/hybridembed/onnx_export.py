@@ -290,9 +290,8 @@ def _copy_folder(source: str, model: Any, out: Path) -> None:
     src = Path(source)
     if out.resolve() == src.resolve():
         return
-    if out.exists() and any(p.name != ONNX_DIR for p in out.iterdir()):
-        if not (out / "modules.json").is_file():
-            raise HybridembedError(f"--out {out}: exists and is not a model folder; give a new or empty folder")
+    if out.exists() and any(p.name != ONNX_DIR for p in out.iterdir()) and not (out / "modules.json").is_file():
+        raise HybridembedError(f"--out {out}: exists and is not a model folder; give a new or empty folder")
     if not src.is_dir():
         model.save(str(out))
         return

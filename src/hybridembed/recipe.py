@@ -78,9 +78,8 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _check_matryoshka(self) -> ModelConfig:
-        if self.matryoshka_weights is not None:
-            if not self.matryoshka_dims or len(self.matryoshka_weights) != len(self.matryoshka_dims):
-                raise ValueError("matryoshka_weights needs one weight per entry of matryoshka_dims")
+        if self.matryoshka_weights is not None and (not self.matryoshka_dims or len(self.matryoshka_weights) != len(self.matryoshka_dims)):
+            raise ValueError("matryoshka_weights needs one weight per entry of matryoshka_dims")
         if self.matryoshka_dims and any(d <= 0 for d in self.matryoshka_dims):
             raise ValueError("matryoshka_dims must be positive")
         if self.matryoshka_dims and self.projection_dim and max(self.matryoshka_dims) > self.projection_dim:
@@ -219,8 +218,12 @@ class TextsConfig(Strict):
 
 def _override_model(base: type[BaseModel], name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
     """A schema with the fields of `base`, all optional: a stage's partial override of the recipe's section."""
-    fields = {key: (field.annotation | None, None) for key, field in base.model_fields.items() if key not in exclude}
+    fields: dict[str, Any] = {key: (_optional(field.annotation), None) for key, field in base.model_fields.items() if key not in exclude}
     return create_model(name, __base__=Strict, **fields)
+
+
+def _optional(annotation: Any) -> Any:
+    return annotation | None
 
 
 ModelOverride = _override_model(ModelConfig, "ModelOverride", exclude=("backbone",))  # a stage starts from the stage before it
@@ -262,8 +265,9 @@ def render_instruction(template: str, instruction: str) -> str:
     return template[: -len("{text}")].replace("{task}", instruction)
 
 
-# Attribute names of torch.nn.Module (torch 2.13), which a loss-module key must not shadow. Kept here as
-# data so that validating a recipe imports no torch; tests/test_recipe_schema.py checks it against dir(nn.Module).
+# Attribute names of torch.nn.Module (torch 2.13, plus `smart_apply`, which transformers sets on it when it
+# initialises weights), which a loss-module key must not shadow. Kept here as data so that validating a
+# recipe imports no torch; tests/test_recipe_schema.py checks it against dir(nn.Module).
 MODULE_ATTRIBUTES = frozenset(
     """T_destination _apply _call_impl _compiled_call_impl _get_backward_hooks _get_backward_pre_hooks _get_name
     _load_from_state_dict _maybe_warn_non_full_backward_hook _named_members _register_load_state_dict_pre_hook
@@ -273,7 +277,7 @@ MODULE_ATTRIBUTES = frozenset(
     named_children named_modules named_parameters parameters register_backward_hook register_buffer register_forward_hook
     register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
     register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
-    register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
+    register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smart_apply state_dict to to_empty train
     type xpu zero_grad""".split()
 )
 
@@ -325,7 +329,7 @@ class Recipe(Strict):
         if not self.datasets and not self.stages:
             raise ValueError("datasets: at least one dataset is required")
         name_datasets(self.datasets, self.model)
-        names: set[str] = set()
+        names: set[str | None] = set()  # a stage's name is its kind's when not given (StageConfig._check_kind)
         for i, stage in enumerate(self.stages or []):
             if stage.kind is not StageKind.MLM and not (stage.datasets or self.datasets):
                 raise ValueError(f"stages[{i}] ({stage.name}): no datasets here nor at the top level")
@@ -333,12 +337,12 @@ class Recipe(Strict):
                 raise ValueError(f"stages[{i}]: duplicate stage name {stage.name!r}")
             names.add(stage.name)
             name_datasets(stage.datasets or [], self.model)
-        if self.eval is not None and self.eval.keep_best and self.training.save_steps and self.eval.every_steps:
-            if self.training.save_steps % self.eval.every_steps:
-                raise ValueError(
-                    f"training.save_steps {self.training.save_steps} must be a multiple of eval.every_steps {self.eval.every_steps} "
-                    "with eval.keep_best (the best checkpoint is chosen among saved, evaluated steps)"
-                )
+        evaluation = self.eval
+        if evaluation is not None and evaluation.keep_best and self.training.save_steps and evaluation.every_steps and self.training.save_steps % evaluation.every_steps:
+            raise ValueError(
+                f"training.save_steps {self.training.save_steps} must be a multiple of eval.every_steps {evaluation.every_steps} "
+                "with eval.keep_best (the best checkpoint is chosen among saved, evaluated steps)"
+            )
         return self
 
 

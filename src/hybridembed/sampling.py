@@ -19,7 +19,6 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from hybridembed.data.collator import DRAW_KEY
-
 from hybridembed.recipe import MixingStrategy
 from hybridembed.tasks import TaskType
 
@@ -215,7 +214,7 @@ class TaskBatchSampler(Sampler[list[int]]):
             for t in tasks:
                 task_credit[t] += self.num_replicas * task_share[t] / total
             chosen: list[TaskType] = []
-            for slot in range(self.num_replicas):
+            for _ in range(self.num_replicas):
                 fresh = [t for t in tasks if t not in chosen] or tasks
                 pick = max(fresh, key=lambda t: (task_credit[t], -tasks.index(t)))
                 task_credit[pick] -= 1.0

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,7 +40,7 @@ def main() -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = SentenceTransformer(args.model_dir, device="cpu", local_files_only=True)
-    texts = json.load(open(args.texts_json, encoding="utf-8"))
+    texts = json.loads(Path(args.texts_json).read_text(encoding="utf-8"))
     embeddings = model.encode(texts, prompt_name=args.prompt_name, convert_to_numpy=True, batch_size=8)
     np.save(args.out_npy, embeddings.astype(np.float32))
     stem = args.out_npy[: -len(".npy")] if args.out_npy.endswith(".npy") else args.out_npy

@@ -41,8 +41,9 @@ def main() -> None:
         ns = [x.float().requires_grad_(True) for x in n_all]
         single = loss_fn.loss_from_embeddings(qs, ps, ns)
         single.backward()
-        json.dump({"ranks": gathered, "single_loss": single.item(), "single_grad_q": qs.grad.tolist(), "single_grad_p": ps.grad.tolist(),
-                   "single_grad_n": [x.grad.tolist() for x in ns], "sizes": sizes}, open(out_path, "w"))  # fmt: skip
+        with open(out_path, "w") as f:
+            json.dump({"ranks": gathered, "single_loss": single.item(), "single_grad_q": qs.grad.tolist(), "single_grad_p": ps.grad.tolist(),
+                       "single_grad_n": [x.grad.tolist() for x in ns], "sizes": sizes}, f)  # fmt: skip
     dist.destroy_process_group()
 
 

@@ -51,7 +51,8 @@ def main() -> None:
     if rank == 0:
         every = [r for rows in ROWS for r in rows]
         single = loss_fn.loss_from_embeddings(*tensors(every, max(len(r[2]) for r in every)))
-        json.dump({"ranks": gathered, "single_loss": single.item()}, open(out_path, "w"))
+        with open(out_path, "w") as f:
+            json.dump({"ranks": gathered, "single_loss": single.item()}, f)
     dist.destroy_process_group()
 
 

@@ -154,8 +154,8 @@ def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = L
     best: tuple[float, int, int] | None = None
     for bands in range(1, num_perm + 1):
         for rows in range(1, num_perm // bands + 1):
-            fp = _integral(lambda s: 1 - (1 - s**rows) ** bands, 0.0, threshold)
-            fn = _integral(lambda s: (1 - s**rows) ** bands, threshold, 1.0)
+            fp = _integral(lambda s, r=rows, b=bands: 1 - (1 - s**r) ** b, 0.0, threshold)  # bound now (B023)
+            fn = _integral(lambda s, r=rows, b=bands: (1 - s**r) ** b, threshold, 1.0)
             error = w_fp * fp + w_fn * fn
             if best is None or error < best[0]:
                 best = (error, bands, rows)

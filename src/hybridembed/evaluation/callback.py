@@ -47,7 +47,8 @@ class SuiteEvalCallback(TrainerCallback):
         self.kept_step: int | None = None  # the step whose results the report shows
 
     def folder(self, args: TrainingArguments) -> Path:
-        return self.out_dir if self.out_dir is not None else Path(args.output_dir) / "eval"
+        # TrainingArguments types output_dir as optional but always sets it in __post_init__.
+        return self.out_dir if self.out_dir is not None else Path(str(args.output_dir)) / "eval"
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         from hybridembed.distributed import is_distributed

@@ -95,7 +95,8 @@ class SuiteEvaluator(SentenceEvaluator):
         self.wait_group: Any = None  # set by SuiteEvalCallback in multi-process runs
         self.waits = 0
 
-    def __call__(self, model: SentenceTransformer, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
+    # The base class takes any model; the trainer only ever passes its SentenceTransformer here.
+    def __call__(self, model: SentenceTransformer, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:  # type: ignore[override]
         from hybridembed.evaluation.runner import run_suite
 
         results = run_suite(model, self.suite, dims=self.dims, batch_size=self.batch_size, model_name=f"step {steps}", show_progress=self.show_progress)
@@ -111,7 +112,7 @@ class SuiteEvaluator(SentenceEvaluator):
             Path(output_path).mkdir(parents=True, exist_ok=True)
             with open(Path(output_path) / HISTORY_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
-        self.store_metrics_in_model_card_data(model, values, epoch, steps)
+        self.store_metrics_in_model_card_data(model, values, epoch, steps)  # type: ignore[arg-type]  # the trainer's epochs are fractional
         return values
 
     def evaluate_on_main(self, model: SentenceTransformer, output_path: str | None, epoch: float, steps: int, is_main: bool) -> dict[str, float]:

@@ -383,7 +383,7 @@ class DynamicMiner:
             "datasets": {n: {"rows": len(t.pools), "k": t.k, "pool_size": t.pool_size} for n, t in self.tables.items()},
         }
         arrays = {"meta": np.array(json.dumps(meta))}
-        for i, (name, table) in enumerate(self.tables.items()):
+        for i, table in enumerate(self.tables.values()):
             arrays.update({f"{i}.active": table.active, f"{i}.initial": table.initial, f"{i}.used": table.used})
         return arrays
 
