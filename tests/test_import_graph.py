@@ -53,12 +53,7 @@ HEAVY = {
     "matplotlib", "tensorboard", "numpy",
 }  # fmt: skip
 # Deferred imports from a schema into runtime code that are allowed for now, each with its way out.
-TEMPORARY = {
-    # EvalConfig.build_evaluator/build_callbacks/training_arguments: thin delegates kept while training.py
-    # still calls them; remove with them once prepare_training calls evaluation.callback's builders.
-    ("hybridembed.evaluation.config", "hybridembed.evaluation.callback"),
-    ("hybridembed.evaluation.config", "hybridembed.evaluation.evaluator"),
-}
+TEMPORARY: set[tuple[str, str]] = set()  # (module, import) pairs allowed for now; keep it empty
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

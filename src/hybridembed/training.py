@@ -280,7 +280,9 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         weighted_clipping = WeightedClipping(recipe.training.max_grad_norm)
     overrides = {"max_grad_norm": 0.0} if weighted_clipping else {}
     if recipe.eval is not None:
-        overrides |= recipe.eval.training_arguments(recipe.training.save_steps)
+        from hybridembed.evaluation.callback import eval_training_arguments
+
+        overrides |= eval_training_arguments(recipe.eval, recipe.training.save_steps)
     if streaming:
         overrides["ignore_data_skip"] = True  # the readers resume at their saved positions; nothing is skipped
     args = training_arguments(recipe, **overrides)
@@ -310,7 +312,13 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
 
         miner = build_dynamic_miner(model, recipe.mining.dynamic, datasets, views, sampler, args.gradient_accumulation_steps)
     collator = HybridCollator(model.preprocess, views, seed=recipe.training.seed, rank=args.process_index)
-    evaluator = recipe.eval.build_evaluator() if recipe.eval is not None else None
+    evaluator, eval_callbacks = None, []
+    if recipe.eval is not None:
+        from hybridembed.evaluation.callback import build_eval_callbacks
+        from hybridembed.evaluation.evaluator import build_evaluator
+
+        evaluator = build_evaluator(recipe.eval)
+        eval_callbacks = build_eval_callbacks(recipe.eval, evaluator)
     train_sets = {ds.name: ds.placeholder() if streaming else ds.to_hf() for ds in datasets}
     # sentence-transformers picks its model card's widget examples from 1,000 random rows of each training
     # set, which pages a whole memory-mapped file of millions of rows into memory; its first rows do as well.
@@ -329,7 +337,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         gather_groups=gather_groups,
         weighted_clipping=weighted_clipping,
         evaluator=evaluator,
-        callbacks=recipe.eval.build_callbacks(evaluator) if evaluator is not None else [],
+        callbacks=eval_callbacks,
         dynamic_miner=miner,
         streamed=streamed,
     )

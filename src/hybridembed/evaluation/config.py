@@ -7,14 +7,8 @@ evaluator, the trainer callbacks and arguments) lives in evaluation/evaluator.py
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:
-    from transformers import TrainerCallback
-
-    from hybridembed.evaluation.evaluator import SuiteEvaluator
 
 
 class EvalConfig(BaseModel):
@@ -44,20 +38,3 @@ class EvalConfig(BaseModel):
         base = Path(base_dir)
         suite = self.suite if self.suite.is_absolute() else base / self.suite
         return self.model_copy(update={"suite": suite})
-
-    # Thin delegates to the builders in evaluation/evaluator.py and evaluation/callback.py, kept while
-    # training.prepare_training still calls them (tests/test_import_graph.py lists them as TEMPORARY).
-    def training_arguments(self, save_steps: int | None) -> dict[str, Any]:
-        from hybridembed.evaluation.callback import eval_training_arguments
-
-        return eval_training_arguments(self, save_steps)
-
-    def build_evaluator(self) -> SuiteEvaluator:
-        from hybridembed.evaluation.evaluator import build_evaluator
-
-        return build_evaluator(self)
-
-    def build_callbacks(self, evaluator: SuiteEvaluator) -> list[TrainerCallback]:
-        from hybridembed.evaluation.callback import build_eval_callbacks
-
-        return build_eval_callbacks(self, evaluator)
