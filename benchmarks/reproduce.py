@@ -71,11 +71,11 @@ QUICK_QUOTAS = {
 }
 
 
-def sizes(quick: bool, steps: int | None = None, batch: int | None = None, eval_max_samples: int | None = None) -> dict[str, Any]:
+def sizes(quick: bool, steps: int | None = None, batch: int | None = None, eval_max_samples: int | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Steps, batch, rows per source, mining and evaluation settings; --quick is plumbing only."""
     s = {
         "quick": quick, "steps": 4 if quick else 490, "batch": 8 if quick else 32, "lr": 3e-5, "warmup_ratio": 0.1,
-        "max_seq_length": 64, "eval_max_seq_length": 256, "mixing": "proportional",
+        "max_seq_length": 64, "eval_max_seq_length": 256, "mixing": "proportional", "precision": precision,
         "nli_negatives": 1, "bge_negatives": 3, "cls_negatives": 10,
         "quotas": QUICK_QUOTAS if quick else QUOTAS,
         "mine_corpus": 200 if quick else 6000, "mine_range": [3, 20] if quick else [10, 60], "mine_pool": 5 if quick else 20, "every": 2 if quick else 20,
@@ -147,7 +147,7 @@ def _caption(lang: str, sz: dict[str, Any], data: dict[str, Any], backbone: str,
     suite = "the whole shipped suite" if not data["suite_subsampled"] else f"a generated copy with max_samples ≤ {sz['eval_max_samples']} per task (subsampled for time)"
     return (
         f"{sz['steps']} steps × batch {sz['batch']} = {sz['steps'] * sz['batch']} rows per training arm, from the same {data['rows_total']} sliced source rows of {lang} "
-        f"(proportional mixing); lr {sz['lr']}, warmup {sz['warmup_ratio']}, max_seq_length {sz['max_seq_length']} (eval {sz['eval_max_seq_length']} for every model), "
+        f"(proportional mixing); lr {sz['lr']}, warmup {sz['warmup_ratio']}, max_seq_length {sz['max_seq_length']} (eval {sz['eval_max_seq_length']} for every model), training precision {sz['precision']}, "
         f"equal task weights (default loss_preset, not piccolo2); backbone {backbone}; evaluation: {suite} ({data['suite'].name}), clustering bootstrap {arms_mod.CLUSTER_SAMPLE} draws; machine: {mach}"
     )
 
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate arms whose cached result exists")
     p.add_argument("--budget-min", type=float, default=None, help="start no arm that the estimate says would end after this many minutes (cut arms are listed; a re-run continues)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="training precision of every arm, the stock one included (auto: bf16 on an AMX CPU or a bf16 GPU; evaluation stays fp32)")
     p.add_argument("--eval-max-samples", type=int, default=None, help="evaluate a generated copy of each suite with max_samples ≤ N per task (for time; said in the captions)")
     args = p.parse_args(argv)
 
@@ -175,7 +177,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started_at = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    sz = sizes(args.quick, args.steps, args.batch, args.eval_max_samples)
+    from hybridembed.precision import resolve_precision
+
+    sz = sizes(args.quick, args.steps, args.batch, args.eval_max_samples, resolve_precision(args.precision))
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     arms = [a.strip() for a in args.only.split(",") if a.strip()] if args.only else list(ALL_ARMS)
     unknown = sorted(set(arms) - set(ALL_ARMS))

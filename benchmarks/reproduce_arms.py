@@ -100,6 +100,7 @@ def arm_recipe(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dic
             "seed": seed,
             "logging_steps": max(1, sz["steps"] // 12),
             "report_to": [],
+            "precision": sz.get("precision", "fp32"),
         },
     }  # loss_preset: the default (equal task weights, docs/losses.md "Task weights")
     if spec.get("dynamic"):
@@ -180,7 +181,7 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     args = SentenceTransformerTrainingArguments(
         output_dir=str(model_dir), per_device_train_batch_size=t.batch_size, max_steps=t.max_steps, learning_rate=t.learning_rate,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, seed=t.seed, report_to="none",
-        save_strategy="no", logging_steps=t.logging_steps, logging_first_step=True, use_cpu=not torch.cuda.is_available(),
+        save_strategy="no", logging_steps=t.logging_steps, logging_first_step=True, use_cpu=not torch.cuda.is_available(), bf16=t.precision == "bf16",
         multi_dataset_batch_sampler="proportional", batch_sampler=_stock_batch_sampler, disable_tqdm=True,
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=losses)
@@ -240,7 +241,7 @@ def evaluate(model_path: str, suite: Path, dims: list[int], sz: dict[str, Any]) 
 def plan_key(arm: str, backbone: str, data: dict[str, Any], sz: dict[str, Any]) -> dict[str, Any]:
     """What a cached result must match to be reused (sizes, rows, backbone, evaluation settings)."""
     keys = ("steps", "batch", "lr", "warmup_ratio", "max_seq_length", "eval_max_seq_length", "mixing", "nli_negatives", "bge_negatives", "cls_negatives")
-    key = {k: sz[k] for k in keys} | {"backbone": backbone, "rows": data["rows"], "suite": str(data["suite"]), "quick": sz["quick"]}
+    key = {k: sz[k] for k in keys} | ({"precision": sz["precision"]} if sz.get("precision", "fp32") != "fp32" else {}) | {"backbone": backbone, "rows": data["rows"], "suite": str(data["suite"]), "quick": sz["quick"]}
     if ARMS[arm].get("bge"):
         key |= {k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "mine_max_ratio", "every")}
     if ARMS[arm]["kind"] == "base":

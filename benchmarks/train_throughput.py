@@ -9,10 +9,16 @@ arm are not timed (new tensor shapes cost seconds on CPU).
 Reported per arm: rows ("pairs") per second, non-padding tokens per second of the batches' texts,
 training FLOP/s actually executed (6 × non-embedding parameters × non-padding tokens that went
 through the network, plus 12 × layers × hidden × L² per text for attention; a text embedded once
-for several uses counts once) as a fraction of the fp32 matmul peak measured in the same run
-(best of several 2048² matmul timings), and STS-B dev cosine Spearman after the run. The last line reads
-`speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock rows/s; our FLOP/s ÷ peak;
-our Spearman − stock's, 0–1 scale). Run it alone: two jobs on two cores slow each other.
+for several uses counts once) as a fraction of the matmul peak of the arm's precision measured in the
+same run (best of several 2048² matmul timings), and STS-B dev cosine Spearman after the run.
+
+`--precision auto` (the default) trains our arm in bf16 where the hardware has bf16 matrix units (an
+AMX CPU, a bf16 GPU; hybridembed.precision) and in fp32 elsewhere. The stock trainer runs with its
+defaults (fp32), and, when ours runs bf16, once more with `bf16=True`, so the gain of the precision
+and the gain of the trainer are shown apart. The last line reads
+`speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock-default rows/s; our FLOP/s ÷
+the peak of our precision; our Spearman − stock's, 0–1 scale); the line before it compares with the
+stock bf16 arm. Run it alone: two jobs on two cores slow each other.
 """
 
 from __future__ import annotations
@@ -79,14 +85,15 @@ def make_timer(counter: RowCounter, warmup: int):
     return StepTimer()
 
 
-def recipe(steps: int, batch_size: int, out: str):
+def recipe(steps: int, batch_size: int, out: str, precision: str = "fp32"):
     """The quickstart recipe with one batch size for every dataset (the stock sampler has only one)."""
     from hybridembed.recipe import load_recipe
 
     loaded = load_recipe(
         REPO / "recipes" / "quickstart.yaml",
-        {"training.max_steps": steps, "training.batch_size": batch_size, "training.output_dir": out, "training.report_to": []},
-    )
+        {"training.max_steps": steps, "training.batch_size": batch_size, "training.output_dir": out, "training.report_to": [],
+         "training.precision": precision},
+    )  # fmt: skip
     for dataset in loaded.datasets:
         dataset.batch_size = None
     return loaded
@@ -134,11 +141,12 @@ def stsb_dev_spearman(model) -> float:
     return next(iter(results["tasks"].values()))["dims"].popitem()[1]["main_score"]
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
-    """Best of several timings of dense fp32 2048² matmuls (the best trial is the least disturbed)."""
+def matmul_peak(precision: str, size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
+    """Best of several timings of dense 2048² matmuls in `precision` (the best trial is the least disturbed)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     best = 0.0
     for _ in range(trials):
@@ -149,13 +157,15 @@ def matmul_peak(size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
     return best
 
 
-def run_ours(steps: int, warmup: int, batch_size: int, out: str) -> dict:
+def run_ours(steps: int, warmup: int, batch_size: int, out: str, precision: str) -> dict:
     from hybridembed.training import prepare_training
 
-    return timed_train(prepare_training(recipe(steps, batch_size, out)), warmup)
+    return timed_train(prepare_training(recipe(steps, batch_size, out, precision)), warmup)
 
 
-def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> dict:
+def run_stock(steps: int, warmup: int, batch_size: int, out: str, precision: str) -> dict:
+    """The stock trainer with its defaults, and `bf16=True` (its own autocast) when `precision` is bf16."""
+    import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CoSENTLoss, MatryoshkaLoss, MultipleNegativesRankingLoss
@@ -176,7 +186,7 @@ def run_stock(steps: int, warmup: int, batch_size: int, out: str) -> dict:
     args = SentenceTransformerTrainingArguments(
         output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=r.training.learning_rate,
         warmup_steps=0.1, seed=r.training.seed, report_to="none", save_strategy="no", logging_steps=10,
-        multi_dataset_batch_sampler="proportional",
+        multi_dataset_batch_sampler="proportional", bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(),
     )  # fmt: skip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=losses)
     return timed_train(trainer, warmup)
@@ -187,27 +197,41 @@ def main() -> None:
 
     import torch
 
+    from hybridembed.precision import resolve_precision
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="our arm's training.precision (auto: bf16 on an AMX CPU or a bf16 GPU, else fp32)")  # fmt: skip
     args = parser.parse_args()
-    peak = matmul_peak()
+    precision = resolve_precision(args.precision)
+    precisions = sorted({"fp32", precision})
+    peaks = {p: matmul_peak(p) for p in precisions}
+    arms = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours")
-        stock = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock")
-    peak = max(peak, matmul_peak())
+        arms["hybridembed"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours", precision)
+        arms["stock SentenceTransformerTrainer"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock", "fp32")
+        if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
+            arms[f"stock SentenceTransformerTrainer, {precision}=True"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock-{precision}", precision)
+    peaks = {p: max(peaks[p], matmul_peak(p)) for p in precisions}
+    ours, stock = arms["hybridembed"], arms["stock SentenceTransformerTrainer"]
     print()
     print(f"model: all-MiniLM-L6-v2 → 768 (Matryoshka 5 dims), data: recipes/quickstart.yaml, batch {args.batch_size}, "
           f"{args.steps} steps ({args.warmup} untimed), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
-    print("| trainer | pairs/s | batch tokens/s | executed GFLOP/s | fraction of peak | STS-B dev Spearman | wall (s) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, arm in (("hybridembed", ours), ("stock SentenceTransformerTrainer", stock)):
-        print(f"| {name} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peak:.2f} | "
+          f"hybridembed precision {precision}, matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))  # fmt: skip
+    print("| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | STS-B dev Spearman | wall (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, arm in arms.items():
+        p = precision if name == "hybridembed" or name.endswith("=True") else "fp32"
+        print(f"| {name} | {p} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peaks[p]:.2f} | "
               f"{arm['spearman']:.4f} | {arm['wall']:.0f} |")  # fmt: skip
+    if precision != "fp32":
+        same = arms[f"stock SentenceTransformerTrainer, {precision}=True"]
+        print(f"speedup_vs_stock_{precision}: {ours['rows'] / same['rows']:.2f} quality_delta_vs_stock_{precision}: {ours['spearman'] - same['spearman']:.3f}")
     print(
-        f"speedup: {ours['rows'] / stock['rows']:.2f} peak_fraction: {ours['flops'] / peak:.2f} "
+        f"speedup: {ours['rows'] / stock['rows']:.2f} peak_fraction: {ours['flops'] / peaks[precision]:.2f} "
         f"quality_delta: {ours['spearman'] - stock['spearman']:.3f}"
     )
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from helpers import QUICKSTART
@@ -172,3 +173,18 @@ def test_recipe_eval_section_runs_the_suite_during_training_and_writes_the_repor
     assert [e["step"] for e in evaluated][:2] == [2, 4]
     report = json.loads((out / "eval" / "results.json").read_text())
     assert set(report["tasks"]["stsb-dev"]["dims"]) == {"96", "32"}
+
+
+def test_bf16_training_runs_every_task_type_with_finite_losses(tmp_path, tiny_bert_dir):
+    """precision bf16 on a CPU is torch.autocast("cpu"): every loss path (CoSENT, InfoNCE with negatives, label pools) runs under it."""
+    from hybridembed.recipe import load_recipe
+    from hybridembed.training import prepare_training
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, max_steps=8, precision="bf16"))
+    trainer = prepare_training(recipe)
+    assert trainer.args.bf16
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged and all(np.isfinite(e["loss"]) for e in logged)
+    assert {k for e in logged for k in e if k.startswith("loss_")} >= {"loss_sts", "loss_retrieval"}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32

@@ -161,7 +161,9 @@ class TrainingConfig(Strict):
         "step", description="step: clip each step at max_grad_norm × its task weight (weights survive clipping); loss: weight × loss, then clip"
     )
     seed: int = 42
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32", description="auto: bf16 on a bf16-capable GPU or a CPU with AMX-BF16, else fp32 (hybridembed.precision)"
+    )
     gradient_checkpointing: bool = False
     cache_minibatch_size: int | None = Field(None, gt=0, description="GradCache: embed batches in chunks of this many rows")
     forward_chunk_rows: int | None = Field(

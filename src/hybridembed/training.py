@@ -31,6 +31,7 @@ from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model import build_model, embedding_dim, write_metadata
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_recipe, write_training_log
+from hybridembed.precision import resolve_precision
 from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.sampling import DatasetPlan, KeyedBatches, KeyedRows, TaskBatchSampler
 from hybridembed.stream_training import StreamedTrainingMixin
@@ -203,6 +204,7 @@ def training_arguments(recipe: Recipe, args_class: type = SentenceTransformerTra
     # Without use_cpu, transformers does not set up multi-process CPU training under torchrun
     # (each process would silently train alone); gloo is the CPU backend.
     on_cpu = not torch.cuda.is_available()
+    precision = resolve_precision(t.precision)
     multi_cpu = on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if multi_cpu and not torch.distributed.is_initialized() and {"MASTER_ADDR", "MASTER_PORT", "RANK"} <= os.environ.keys():
         from datetime import timedelta
@@ -222,8 +224,8 @@ def training_arguments(recipe: Recipe, args_class: type = SentenceTransformerTra
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        bf16=t.precision == "bf16",
-        fp16=t.precision == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         logging_first_step=True,

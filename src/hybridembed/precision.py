@@ -1,0 +1,36 @@
+"""Which training precision `auto` means on this machine: bf16 where matmuls run natively in bf16, else fp32.
+
+transformers and accelerate take `bf16=True` on a CPU too (torch.autocast on "cpu"), but leave the
+choice to the user; on a CPU without bf16 matrix units bf16 autocast is slower than fp32, and on one
+with AMX (Intel Sapphire Rapids and later) it is several times faster. `auto` makes that choice once,
+here, for training (recipe `training.precision`) and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@cache
+def cpu_has_bf16_matrix_units() -> bool:
+    """True when the CPU reports AMX-BF16 (Linux /proc/cpuinfo flags; other systems: False)."""
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "amx_bf16" in flags and "amx_tile" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """`fp32`, `bf16` or `fp16` for a recipe's `precision`; `auto`: bf16 on a bf16-capable GPU or an AMX CPU, else fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16_matrix_units() else "fp32"

@@ -1,0 +1,46 @@
+"""`precision: auto` picks bf16 only where matmuls run natively in bf16 (hybridembed.precision)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hybridembed import precision
+from hybridembed.recipe import TrainingConfig
+from hybridembed.training import training_arguments
+
+AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+NO_AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
+
+
+@pytest.fixture
+def cpuinfo(tmp_path, monkeypatch):
+    def write(text: str | None):
+        path = tmp_path / "cpuinfo"
+        if text is not None:
+            path.write_text(text)
+        monkeypatch.setattr(precision, "CPUINFO", path)
+        precision.cpu_has_bf16_matrix_units.cache_clear()
+
+    yield write
+    precision.cpu_has_bf16_matrix_units.cache_clear()
+
+
+@pytest.mark.parametrize(("text", "expected"), [(AMX, True), (NO_AMX, False), ("", False), (None, False)])
+def test_amx_is_read_from_the_cpu_flags(cpuinfo, text, expected):
+    cpuinfo(text)
+    assert precision.cpu_has_bf16_matrix_units() is expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU auto follows the GPU, not the CPU flags")
+@pytest.mark.parametrize(("text", "expected"), [(AMX, "bf16"), (NO_AMX, "fp32")])
+def test_auto_on_a_cpu_follows_amx_and_reaches_the_trainer(cpuinfo, tmp_path, text, expected):
+    cpuinfo(text)
+    assert precision.resolve_precision("auto") == expected
+    args = training_arguments(TrainingConfig(output_dir=str(tmp_path / "run"), precision="auto", report_to=[]))
+    assert (args.bf16, args.fp16) == (expected == "bf16", False)
+
+
+@pytest.mark.parametrize("chosen", ["fp32", "bf16", "fp16"])
+def test_an_explicit_precision_is_kept(chosen):
+    assert precision.resolve_precision(chosen) == chosen
