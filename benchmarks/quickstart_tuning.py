@@ -93,7 +93,9 @@ def build_tuning_data(out: Path) -> tuple[Path, Path]:
 
 
 def _scores(results: dict) -> dict[str, float]:
-    return {name: next(iter(task["dims"].values()))["main_score"] for name, task in results["tasks"].items()}
+    from hybridembed.evaluation.results import SuiteResults
+
+    return SuiteResults(results).scores()
 
 
 def run_arm(arm: str, out: Path, suites: tuple[Path, Path], seed: int) -> dict:

@@ -10,6 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from hybridembed.evaluation.results import SuiteResults
+
 TYPE_ORDER = ["sts", "pair_classification", "classification", "clustering", "reranking", "retrieval"]
 TYPE_SHORT = {"sts": "STS", "pair_classification": "PairCls", "classification": "Cls", "clustering": "Clust", "reranking": "Rerank", "retrieval": "Retr", "avg": "avg"}
 MRL_DIMS = [768, 384, 256, 128, 64]
@@ -17,17 +19,14 @@ Results = dict[str, list[dict[str, Any]]]
 
 
 def score(entry: dict[str, Any], task: str, dim: int) -> float | None:
-    t = entry["eval"]["tasks"].get(task)
-    d = t and t["dims"].get(str(dim))
-    return None if not d or d["main_score"] is None else 100 * d["main_score"]
+    value = SuiteResults(entry["eval"]).score(task, dim)
+    return None if value is None else 100 * value
 
 
 def type_scores(entry: dict[str, Any], dim: int) -> dict[str, float]:
-    by_type = entry["eval"]["averages"]["by_type"]
-    out = {t: 100 * by_type[t][str(dim)] for t in TYPE_ORDER if t in by_type and str(dim) in by_type[t]}
-    if str(dim) in entry["eval"]["averages"]["overall"]:
-        out["avg"] = 100 * entry["eval"]["averages"]["overall"][str(dim)]
-    return out
+    results = SuiteResults(entry["eval"])
+    found = {t: results.average(t, dim) for t in TYPE_ORDER} | {"avg": results.average(dim=dim)}
+    return {t: 100 * value for t, value in found.items() if value is not None}
 
 
 def mean_spread(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -60,12 +59,12 @@ def _rows_drawn(entry: dict[str, Any]) -> str:
 
 def top_dim(entry: dict[str, Any]) -> int:
     """The largest dim an entry was scored at (384 for the base MiniLM and zh-noproj; a tiny test model has fewer)."""
-    return max(int(d) for d in entry["eval"]["dims"])
+    return SuiteResults(entry["eval"]).dims[0]
 
 
 def present(res: Results, arms: list[str], keys: list[str]) -> list[str]:
     """The task types (and avg) any of these arms has a score for: a suite without reranking gets no Rerank column."""
-    found = {k for a in arms for e in res.get(a, []) for d in e["eval"]["dims"] for k in type_scores(e, int(d))}
+    found = {k for a in arms for e in res.get(a, []) for d in SuiteResults(e["eval"]).dims for k in type_scores(e, d)}
     return [k for k in keys if k in found]
 
 

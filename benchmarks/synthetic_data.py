@@ -171,10 +171,10 @@ def score(name_or_path: str, suite: Path, max_seq_length: int) -> dict[str, floa
     model = load_model(name_or_path)
     model.max_seq_length = max_seq_length
     results = evaluate(model, suite, show_progress=False)
-    task = next(iter(results["tasks"].values()))
-    entry = next(iter(task["dims"].values()))
-    extra = {k: float(entry["metrics"][k]) for k in ("recall_at_10", "mrr_at_10") if k in entry.get("metrics", {})}
-    return {"ndcg@10": entry["main_score"], **extra}
+    task = results.tasks[0]
+    metrics = results.metrics(task)
+    extra = {k: float(metrics[k]) for k in ("recall_at_10", "mrr_at_10") if k in metrics}
+    return {"ndcg@10": results.score(task), **extra}
 
 
 def train_arm(work: Path, name: str, synthetic: Path | None, cfg: dict, seed: int) -> Path:

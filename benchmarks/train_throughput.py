@@ -138,7 +138,7 @@ def stsb_dev_spearman(model) -> float:
     from hybridembed.evaluation import load_suite, run_suite
 
     results = run_suite(model, load_suite(REPO / "suites" / "quickstart.yaml"))
-    return next(iter(results["tasks"].values()))["dims"].popitem()[1]["main_score"]
+    return results.score(results.tasks[0])
 
 
 def matmul_peak(precision: str, size: int = 2048, repeats: int = 5, trials: int = 5) -> float:

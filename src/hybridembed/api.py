@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from hybridembed.evaluation.results import SuiteResults
     from hybridembed.evaluation.suite import Suite
     from hybridembed.mining.offline import MiningReport
     from hybridembed.model_folder import RunResult
@@ -77,12 +78,12 @@ def evaluate(
     batch_size: int = 32,
     out: str | Path | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> SuiteResults:
     """Evaluate a model (folder, hub id, bundled alias or a loaded SentenceTransformer) on a suite at each dim.
 
-    Returns the results dict that `hybridembed eval` writes as results.json; with `out`, writes the same report
-    (results.json, results.md, plot) there too. ``main_scores(results, dim)`` in
-    `hybridembed.evaluation.runner` gives {task: score}.
+    Returns the `SuiteResults` (the dict `hybridembed eval` writes as results.json, with `.score(task, dim)`,
+    `.scores(dim)` and `.average(task_type, dim)`); with `out`, writes the same report (results.json,
+    results.md, plot) there too.
     """
     from hybridembed.evaluation.runner import run_suite
 

@@ -35,18 +35,13 @@ def run(args: argparse.Namespace) -> int:
     trained = run_suite(load_model(str(out), trust_remote_code=recipe.model.trust_remote_code), suite, dims=sorted(dims, reverse=True) if dims else None)
     print()
     print(f"Before/after on {args.suite} (main score: {', '.join(sorted({t['type'] for t in trained['tasks'].values()}))})")
-    print("| task | base model | trained (full dim) | " + " | ".join(f"trained @{d}" for d in _dims(trained)[1:]) + " |")
-    print("|---|---|---|" + "---|" * (len(_dims(trained)) - 1))
-    for name, task in trained["tasks"].items():
-        base_score = next(iter(base["tasks"][name]["dims"].values()))["main_score"]
-        scores = [task["dims"][d]["main_score"] for d in _dims(trained)]
-        print(f"| {name} | {base_score:.4f} | " + " | ".join(f"{s:.4f}" for s in scores) + " |")
+    print("| task | base model | trained (full dim) | " + " | ".join(f"trained @{d}" for d in trained.dims[1:]) + " |")
+    print("|---|---|---|" + "---|" * (len(trained.dims) - 1))
+    for name in trained.tasks:
+        scores = [trained.score(name, d) for d in trained.dims]
+        print(f"| {name} | {base.score(name):.4f} | " + " | ".join(f"{s:.4f}" for s in scores) + " |")
     for note in suite.skipped:
         print(f"not evaluated: {note}")
     print(f"\ntrained model: {out}")
     return 0
 
-
-def _dims(results: dict) -> list[str]:
-    first = next(iter(results["tasks"].values()))
-    return sorted(first["dims"], key=int, reverse=True)

@@ -1,6 +1,7 @@
 """Evaluation of embedding models on local or named MTEB tasks: suites, runs, Matryoshka sweeps, reports.
 
-Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=32)`, `EvalConfig`
+Public API: `load_suite(path)`, `run_suite(model, suite, dims=None, batch_size=32)` → `SuiteResults`
+(`.score(task, dim)`, `.scores(dim)`, `.average(type, dim)`), `EvalConfig`
 (a recipe's `eval:` section), `hybridembed.evaluation.evaluator.SuiteEvaluator` (a suite as a sentence-transformers evaluator).
 Heavy imports (torch, mteb) happen inside the functions.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hybridembed.evaluation.config import EvalConfig
+from hybridembed.evaluation.results import SuiteResults
 from hybridembed.evaluation.suite import Suite, SuiteError, TaskSpec, load_suite, parse_suite
 
 if TYPE_CHECKING:
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
 
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["EvalConfig", "Suite", "SuiteError", "TaskSpec", "load_suite", "main_scores", "parse_suite", "run_suite"]
+__all__ = ["EvalConfig", "Suite", "SuiteError", "SuiteResults", "TaskSpec", "load_suite", "main_scores", "parse_suite", "run_suite"]
 
 
 def run_suite(
@@ -26,7 +28,7 @@ def run_suite(
     dims: list[int] | None = None,
     batch_size: int = 32,
     **kwargs: Any,
-) -> dict[str, Any]:
+) -> SuiteResults:
     """Evaluate `model` on every task of `suite` at every dim; see `hybridembed.evaluation.runner.run_suite`."""
     from hybridembed.evaluation.runner import run_suite as _run
 
@@ -34,7 +36,5 @@ def run_suite(
 
 
 def main_scores(results: dict[str, Any], dim: str | int | None = None) -> dict[str, float]:
-    """{task name: main score} at `dim` (default: the largest evaluated dim)."""
-    from hybridembed.evaluation.runner import main_scores as _main_scores
-
-    return _main_scores(results, dim)
+    """{task name: main score} at `dim` (default: the largest evaluated dim); `SuiteResults(results).scores(dim)`."""
+    return SuiteResults(results).scores(dim)

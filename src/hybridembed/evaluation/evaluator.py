@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
+from hybridembed.evaluation.results import SuiteResults
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -32,19 +34,23 @@ HISTORY_FILE = "eval_history.jsonl"
 
 def scalars(results: dict[str, Any], prefix: str | None = None) -> dict[str, float]:
     """`<task>` at the largest dim, `<task>@<dim>` for the others, `avg_<type>` and `overall` (each `prefix/…` when given)."""
-    dims = results["dims"]
+    results = SuiteResults(results)
+    dims = results.dims
     out: dict[str, float] = {}
-    for name, task in results["tasks"].items():
-        for i, dim in enumerate(dims):
-            if dim in task["dims"]:
-                out[name if i == 0 else f"{name}@{dim}"] = float(task["dims"][dim]["main_score"])
-    averages = results.get("averages", {})
-    for task_type, by_dim in averages.get("by_type", {}).items():
-        if dims[0] in by_dim:
-            out[f"avg_{task_type}"] = float(by_dim[dims[0]])
-    for i, dim in enumerate(dims):
-        if dim in averages.get("overall", {}):
-            out["overall" if i == 0 else f"overall@{dim}"] = float(averages["overall"][dim])
+    suffixes = {dim: "" if i == 0 else f"@{dim}" for i, dim in enumerate(dims)}
+    for name in results.tasks:
+        for dim, suffix in suffixes.items():
+            score = results.score(name, dim)
+            if score is not None:
+                out[f"{name}{suffix}"] = score
+    for task_type in results.task_types if dims else []:
+        value = results.average(task_type, dims[0])
+        if value is not None:
+            out[f"avg_{task_type}"] = value
+    for dim, suffix in suffixes.items():
+        value = results.average(dim=dim)
+        if value is not None:
+            out[f"overall{suffix}"] = value
     return {f"{prefix}/{key}": value for key, value in out.items()} if prefix else out
 
 

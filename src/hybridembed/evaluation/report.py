@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridembed.errors import HybridembedError
+from hybridembed.evaluation.results import SuiteResults
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -22,14 +23,10 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def _dims(results: dict[str, Any]) -> list[str]:
-    return [str(d) for d in results.get("dims") or sorted({d for t in results["tasks"].values() for d in t["dims"]}, key=int, reverse=True)]
-
-
 def render_markdown(results: dict[str, Any]) -> str:
     """The Markdown report: main scores ×100, one column per dim."""
-    dims = _dims(results)
-    avg = results.get("averages", {})
+    results = SuiteResults(results)
+    dims = results.dims
     lines = [
         f"# Evaluation of `{results.get('model')}`",
         "",
@@ -43,15 +40,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         "|---|---|---|" + "---:|" * len(dims),
     ]
     for name, task in results["tasks"].items():
-        cells = [_pct(task["dims"].get(d, {}).get("main_score")) for d in dims]
+        cells = [_pct(results.score(name, d)) for d in dims]
         lines.append(f"| {name} | {task['type']} | {task.get('main_metric', '')} | " + " | ".join(cells) + " |")
-    for task_type, by_dim in avg.get("by_type", {}).items():
-        cells = [_pct(by_dim.get(d)) for d in dims]
+    for task_type in results.task_types:
+        cells = [_pct(results.average(task_type, d)) for d in dims]
         lines.append(f"| *{task_type} average* | {task_type} | | " + " | ".join(cells) + " |")
-    if avg.get("overall"):
-        cells = [f"**{_pct(avg['overall'].get(d))}**" for d in dims]
+    if results.get("averages", {}).get("overall"):
+        cells = [f"**{_pct(results.average(dim=d))}**" for d in dims]
         lines.append("| **overall** | | | " + " | ".join(cells) + " |")
-        lines += ["", f"Overall average: {avg.get('overall_method', '')}."]
+        lines += ["", f"Overall average: {results['averages'].get('overall_method', '')}."]
     extra = _secondary_metrics(results, dims[0]) if dims else []
     if extra:
         lines += ["", f"Secondary metrics at dim {dims[0]} (×100):", "", "| task | metrics |", "|---|---|", *extra]
@@ -68,11 +65,11 @@ SECONDARY = {
 }
 
 
-def _secondary_metrics(results: dict[str, Any], dim: str) -> list[str]:
+def _secondary_metrics(results: SuiteResults, dim: int) -> list[str]:
     rows = []
-    for name, task in results["tasks"].items():
-        metrics = task["dims"].get(dim, {}).get("metrics", {})
-        shown = [f"{k} {_pct(metrics[k])}" for k in SECONDARY.get(task["type"], ()) if isinstance(metrics.get(k), (int, float))]
+    for name in results.tasks:
+        metrics = results.metrics(name, dim)
+        shown = [f"{k} {_pct(metrics[k])}" for k in SECONDARY.get(results.task_type(name) or "", ()) if isinstance(metrics.get(k), (int, float))]
         if shown:
             rows.append(f"| {name} | {', '.join(shown)} |")
     return rows
@@ -122,7 +119,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, plot: bool = True
     return paths
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
+def load_results(path: str | Path) -> SuiteResults:
     """Read a results.json (or the results.json inside a folder) and check its shape."""
     path = Path(path)
     if path.is_dir():
@@ -135,23 +132,22 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise HybridembedError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
         raise HybridembedError(f"{path}: not a hybridembed results.json (no `tasks` mapping)")
-    return data
+    return SuiteResults(data)
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows {task, type, dim, a, b, delta} for every (task, dim) in either run (a value is None when absent)."""
+    a, b = SuiteResults(a), SuiteResults(b)
     rows = []
-    for name in list(dict.fromkeys([*a["tasks"], *b["tasks"]])):
+    for name in list(dict.fromkeys([*a.tasks, *b.tasks])):
         ta, tb = a["tasks"].get(name, {}), b["tasks"].get(name, {})
         dims = list(dict.fromkeys([*ta.get("dims", {}), *tb.get("dims", {})]))
         for dim in sorted(dims, key=int, reverse=True):
-            va = ta.get("dims", {}).get(dim, {}).get("main_score")
-            vb = tb.get("dims", {}).get(dim, {}).get("main_score")
+            va, vb = a.score(name, dim), b.score(name, dim)
             delta = vb - va if va is not None and vb is not None else None
-            rows.append({"task": name, "type": ta.get("type") or tb.get("type"), "dim": dim, "a": va, "b": vb, "delta": delta})
+            rows.append({"task": name, "type": a.task_type(name) or b.task_type(name), "dim": dim, "a": va, "b": vb, "delta": delta})
     for dim in sorted(set(a.get("averages", {}).get("overall", {})) | set(b.get("averages", {}).get("overall", {})), key=int, reverse=True):
-        va = a.get("averages", {}).get("overall", {}).get(dim)
-        vb = b.get("averages", {}).get("overall", {}).get(dim)
+        va, vb = a.average(dim=dim), b.average(dim=dim)
         delta = vb - va if va is not None and vb is not None else None
         rows.append({"task": "overall", "type": "", "dim": dim, "a": va, "b": vb, "delta": delta})
     return rows

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridembed.errors import HybridembedError
+from hybridembed.evaluation.results import SuiteResults
 from hybridembed.evaluation.suite import Suite, TaskSpec, load_suite
 
 if TYPE_CHECKING:
@@ -142,10 +143,10 @@ def run_suite(
     *,
     model_name: str | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> SuiteResults:
     """Evaluate `model` (a SentenceTransformer or a path/hub id) on every task of `suite` at every dim.
 
-    Returns the results dict; nothing is written (see `hybridembed.evaluation.report.write_report`).
+    Returns the results (a dict with score accessors); nothing is written (see `hybridembed.evaluation.report.write_report`).
     """
     import mteb
     from tqdm.auto import tqdm
@@ -217,10 +218,9 @@ def run_suite(
         model.train(was_training)
     results["averages"] = compute_averages(results["tasks"])
     results["seconds"] = round(time.perf_counter() - started, 3)
-    return results
+    return SuiteResults(results)
 
 
 def main_scores(results: dict[str, Any], dim: str | int | None = None) -> dict[str, float]:
-    """{task name: main score} at `dim` (default: the largest evaluated dim) — handy for logging."""
-    dim = str(dim) if dim is not None else results["dims"][0]
-    return {name: r["dims"][dim]["main_score"] for name, r in results["tasks"].items() if dim in r["dims"]}
+    """{task name: main score} at `dim` (default: the largest evaluated dim); `SuiteResults.scores`."""
+    return SuiteResults(results).scores(dim)
