@@ -56,7 +56,7 @@ def vocab_digest(backbone: str) -> str:
 
     from transformers import AutoTokenizer
 
-    from hybridembed.model import resolve_backbone
+    from hybridembed.modeling.model import resolve_backbone
 
     vocab = sorted(AutoTokenizer.from_pretrained(resolve_backbone(backbone)).get_vocab().items())
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -71,8 +71,8 @@ def english_check(old_path: str, new_path: Path, texts: list[str]) -> dict[str, 
     """Fertility of both tokenizers on English text and how many texts tokenize differently (expected: none)."""
     from transformers import AutoTokenizer
 
-    from hybridembed.model import resolve_backbone
-    from hybridembed.tokenizer_extend import measure_fertility
+    from hybridembed.modeling.model import resolve_backbone
+    from hybridembed.modeling.tokenizer_extend import measure_fertility
 
     old, new = AutoTokenizer.from_pretrained(resolve_backbone(old_path)), AutoTokenizer.from_pretrained(str(new_path))
     pairs = [(a, b) for a, b in zip(old(texts)["input_ids"], new(texts)["input_ids"]) if a != b]
@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
+    from hybridembed.modeling.tokenizer_extend import extend_backbone, format_report, split_held_out
     from hybridembed.recipe import Recipe
-    from hybridembed.stages import run_recipe
-    from hybridembed.tokenizer_extend import extend_backbone, format_report, split_held_out
+    from hybridembed.training.stages import run_recipe
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if sz["backbone"] is None:  # --quick: a tiny random BERT with an English-only WordPiece, as the tests build
-        from hybridembed.tiny import build_tiny_backbone
+        from hybridembed.modeling.tiny import build_tiny_backbone
 
         tiny = out / "tiny-bert"
         sz["backbone"] = str(tiny if (tiny / "model.safetensors").is_file() else build_tiny_backbone(tiny, english_texts()[:3000], kind="bert"))

@@ -100,7 +100,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from hybridembed.tiny import build_tiny_backbone
+    from hybridembed.modeling.tiny import build_tiny_backbone
 
     args.work.mkdir(parents=True, exist_ok=True)
     pool = sentences()

@@ -74,7 +74,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
     from hybridembed.serve.engine import ServedModel
     from hybridembed.serve.settings import ServeSettings
 

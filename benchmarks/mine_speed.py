@@ -103,7 +103,7 @@ def worker(args: argparse.Namespace) -> dict:
     from hybridembed.mining.corpus import open_corpus
     from hybridembed.mining.index import Searcher
     from hybridembed.mining.offline import MiningOptions, load_queries, mine_hard_negatives
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     work = Path(args.work)
     model = load_model(args.model)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 def main() -> None:
     from train_throughput import recipe
 
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=25)

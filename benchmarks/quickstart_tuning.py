@@ -100,9 +100,9 @@ def _scores(results: dict) -> dict[str, float]:
 
 def run_arm(arm: str, out: Path, suites: tuple[Path, Path], seed: int) -> dict:
     from hybridembed.evaluation import load_suite, run_suite
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import run_training
+    from hybridembed.training.builder import run_training
 
     folder = out / f"{arm}-s{seed}"
     cached = folder / "results.json"

@@ -43,7 +43,7 @@ ARMS: dict[str, dict[str, Any]] = {
 
 def backbone_dim(backbone: str) -> int:
     """Hidden size of the backbone (from its config.json; 384 when unreadable) — a tiny test BERT has 64."""
-    from hybridembed.model import resolve_backbone
+    from hybridembed.modeling.model import resolve_backbone
 
     try:
         config = json.loads((Path(resolve_backbone(backbone)) / "config.json").read_text())
@@ -113,8 +113,8 @@ def rows_drawn(recipe: Any) -> dict[str, Any]:
     import bisect
 
     from hybridembed.data import load_datasets
-    from hybridembed.sampling import TaskBatchSampler
-    from hybridembed.training import _batch_plans
+    from hybridembed.training.builder import _batch_plans
+    from hybridembed.training.sampling import TaskBatchSampler
 
     datasets = load_datasets(recipe.datasets)
     sampler = TaskBatchSampler(_batch_plans(recipe, datasets), recipe.sampling.mixing, recipe.sampling.temperature, recipe.training.seed)
@@ -158,8 +158,8 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
 
     from hybridembed.data import load_datasets
     from hybridembed.losses import matryoshka_mean_weights
-    from hybridembed.model import build_model
     from hybridembed.model_folder import write_training_log
+    from hybridembed.modeling.model import build_model
     from hybridembed.tasks import RowShape
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -225,7 +225,7 @@ def evaluate(model_path: str, suite: Path, dims: list[int], sz: dict[str, Any]) 
     from mteb.abstasks.clustering import AbsTaskClustering
 
     from hybridembed.evaluation import run_suite
-    from hybridembed.model import embedding_dim, load_model
+    from hybridembed.modeling.model import embedding_dim, load_model
 
     # mteb's clustering draws 10 bootstrap samples of 16,384 documents and runs k-means on each; 2,048
     # draws from the same few thousand texts keep the protocol's shape at 1/8 of the cost (same for every model).
@@ -291,7 +291,7 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
             if spec["kind"] == "stock":
                 drawn = train_stock(recipe, model_dir)
             else:
-                from hybridembed.stages import run_recipe
+                from hybridembed.training.stages import run_recipe
 
                 drawn = rows_drawn(recipe)
                 run_recipe(recipe.model_copy(update={"training": recipe.training.model_copy(

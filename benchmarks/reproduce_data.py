@@ -251,7 +251,7 @@ def mine_pool(work: Path, backbone: str, data: dict[str, Any], sz: dict[str, Any
     previous = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     if not (pool_path.exists() and static_path.exists() and previous.get("key") == key):
         from hybridembed.mining.offline import MiningOptions, load_queries, mine_hard_negatives
-        from hybridembed.model import load_model
+        from hybridembed.modeling.model import load_model
 
         rows = read_jsonl(data["files"]["bge"])
         positives = list(dict.fromkeys(p for r in rows for p in r["positives"]))

@@ -68,7 +68,7 @@ def train_generator(out: Path, cfg: dict, max_passage_chars: int, seed: int) -> 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from hybridembed.tiny import _bert_tokenizer
+    from hybridembed.modeling.tiny import _bert_tokenizer
 
     if (out / "config.json").exists():
         log(f"generator: reusing {out}")
@@ -166,7 +166,7 @@ def cmrc_suite(work: Path, eval_queries: int | None) -> Path:
 
 def score(name_or_path: str, suite: Path, max_seq_length: int) -> dict[str, float]:
     from hybridembed.api import evaluate
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     model = load_model(name_or_path)
     model.max_seq_length = max_seq_length
@@ -178,7 +178,7 @@ def score(name_or_path: str, suite: Path, max_seq_length: int) -> dict[str, floa
 
 
 def train_arm(work: Path, name: str, synthetic: Path | None, cfg: dict, seed: int) -> Path:
-    # (hybridembed.train is the same function; the training module is hybridembed.training)
+    # (hybridembed.train is the same function; the training package is hybridembed.training)
     from hybridembed.api import train
 
     datasets = [

@@ -158,7 +158,7 @@ def matmul_peak(precision: str, size: int = 2048, repeats: int = 5, trials: int 
 
 
 def run_ours(steps: int, warmup: int, batch_size: int, out: str, precision: str) -> dict:
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     return timed_train(prepare_training(recipe(steps, batch_size, out, precision)), warmup)
 
@@ -171,7 +171,7 @@ def run_stock(steps: int, warmup: int, batch_size: int, out: str, precision: str
     from sentence_transformers.sentence_transformer.losses import CoSENTLoss, MatryoshkaLoss, MultipleNegativesRankingLoss
 
     from hybridembed.data import load_datasets
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.tasks import RowShape
 
     r = recipe(steps, batch_size, out)

@@ -22,7 +22,7 @@ if "HYBRIDEMBED_DATA_CACHE" not in os.environ:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A random 2-layer, 64-hidden BERT with a WordPiece tokenizer (a raw HF checkpoint folder)."""
-    from hybridembed.tiny import build_tiny_backbone
+    from hybridembed.modeling.tiny import build_tiny_backbone
 
     return build_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"), corpus_sentences(), kind="bert")
 
@@ -30,7 +30,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_decoder_dir(tmp_path_factory) -> Path:
     """A random 2-layer Qwen2-style decoder with a byte-level BPE tokenizer that appends EOS."""
-    from hybridembed.tiny import build_tiny_backbone
+    from hybridembed.modeling.tiny import build_tiny_backbone
 
     return build_tiny_backbone(tmp_path_factory.mktemp("tiny-qwen2"), corpus_sentences(), kind="qwen2")
 
@@ -38,7 +38,7 @@ def tiny_decoder_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     """The tiny BERT saved as a sentence-transformers model (mean pooling, normalized, 64 dims)."""
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
     model = build_model(ModelConfig(backbone=str(tiny_bert_dir), pooling="mean", normalize=True))

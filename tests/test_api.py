@@ -60,7 +60,7 @@ def test_python_train_evaluate_and_mine_produce_what_the_cli_produces(tmp_path, 
     import hybridembed
 
     raw = _recipe_dict(tmp_path / "out", tiny_bert_dir)
-    import hybridembed.training  # noqa: F401  (importing the training module must not shadow the function)
+    import hybridembed.training.builder  # noqa: F401  (importing the training package must not shadow the function)
 
     result = hybridembed.train(raw, training={"max_steps": 3})
     assert callable(hybridembed.train)

@@ -17,7 +17,7 @@ TEXTS = ["a man plays a guitar on the street", "a dog", "two women are cooking d
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """One tiny backbone per family kind, built on demand and shared by the tests of this module."""
-    from hybridembed.tiny import build_tiny_backbone
+    from hybridembed.modeling.tiny import build_tiny_backbone
 
     corpus, built = corpus_sentences(1500), {}
 
@@ -39,8 +39,8 @@ def _encode(model, texts, padding_side: str | None = None) -> np.ndarray:
 def test_every_family_builds_saves_and_reloads(kind, tiny_dirs, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from hybridembed.backbones import is_decoder
-    from hybridembed.model import build_model
+    from hybridembed.modeling.backbones import is_decoder
+    from hybridembed.modeling.model import build_model
 
     backbone = tiny_dirs(kind)
     pooling = "last" if kind in ("qwen2", "llama", "gpt2") else "mean"
@@ -55,7 +55,7 @@ def test_every_family_builds_saves_and_reloads(kind, tiny_dirs, tmp_path):
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama", "gpt2"])
 def test_last_token_embedding_is_the_same_under_left_and_right_padding(kind, tiny_dirs):
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
 
     model = build_model(ModelConfig(backbone=str(tiny_dirs(kind)), pooling="last", max_seq_length=64))
     tokenizer = model.tokenizer
@@ -84,7 +84,7 @@ def test_extending_a_bert_from_128_to_1024_positions_encodes_a_1000_token_text(t
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
 
     trained = AutoModel.from_pretrained(str(tiny_bert_dir)).embeddings.position_embeddings.weight.detach()
     assert trained.shape[0] == 128
@@ -112,7 +112,7 @@ def test_extending_a_bert_from_128_to_1024_positions_encodes_a_1000_token_text(t
 
 
 def test_hierarchical_decomposition_keeps_the_first_block_and_matches_su_formula():
-    from hybridembed.positions import hierarchical_positions
+    from hybridembed.modeling.positions import hierarchical_positions
 
     table = torch.randn(8, 4)
     out = hierarchical_positions(table, 64, alpha=0.4)
@@ -125,7 +125,7 @@ def test_hierarchical_decomposition_keeps_the_first_block_and_matches_su_formula
 
 def test_roberta_extension_keeps_reserved_rows_and_needs_a_method(tiny_dirs):
     from hybridembed.errors import RecipeError
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
 
     with pytest.raises(RecipeError, match="extend_positions"):
         build_model(ModelConfig(backbone=str(tiny_dirs("roberta")), max_seq_length=300))
@@ -137,7 +137,7 @@ def test_roberta_extension_keeps_reserved_rows_and_needs_a_method(tiny_dirs):
 
 
 def test_rope_decoder_passes_through_to_long_inputs(tiny_dirs):
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
 
     model = build_model(ModelConfig(backbone=str(tiny_dirs("qwen2")), pooling="last", max_seq_length=1024, extend_positions="tile"))
     text = " ".join(["word"] * 990)
@@ -148,7 +148,7 @@ def test_rope_decoder_passes_through_to_long_inputs(tiny_dirs):
 def test_instruction_goes_on_queries_only_and_is_saved_as_a_prompt(tiny_dirs, tmp_path):
     from hybridembed.data import load_datasets
     from hybridembed.recipe import Recipe
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"query": f"question {i}", "positive": f"answer {i}"}) + "\n" for i in range(8)))
@@ -175,8 +175,8 @@ def test_lora_trains_an_adapter_and_saves_merged_or_as_adapter(tiny_dirs, tmp_pa
     pytest.importorskip("peft")
     from sentence_transformers import SentenceTransformer
 
-    from hybridembed.lora import is_adapter_folder, merge_saved_adapter
-    from hybridembed.model import build_model
+    from hybridembed.modeling.lora import is_adapter_folder, merge_saved_adapter
+    from hybridembed.modeling.model import build_model
 
     backbone = tiny_dirs("qwen2")
     model = build_model(ModelConfig(backbone=str(backbone), pooling="last", lora={"r": 4, "alpha": 8, "dropout": 0.0}))
@@ -228,7 +228,7 @@ def test_a_sentence_transformers_backbone_keeps_its_dense_pooling_and_prompts(st
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
 
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
 
     original = SentenceTransformer(str(st_folder_with_dense), device="cpu")
     model = build_model(ModelConfig(backbone=str(st_folder_with_dense)), device="cpu")
@@ -257,7 +257,7 @@ def test_a_sentence_transformers_backbone_follows_the_recipe_where_it_says_other
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
 
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
 
     original = SentenceTransformer(str(st_folder_with_dense), device="cpu")
     old_dense = next(m for m in original if isinstance(m, Dense))

@@ -15,7 +15,7 @@ from hybridembed.data import load_dataset, loading
 from hybridembed.data.arrow_store import CACHE_ENV, RowWriter, cache_root
 from hybridembed.errors import DataError
 from hybridembed.recipe import DatasetConfig, recipe_from_mapping
-from hybridembed.sampling import DatasetPlan, TaskBatchSampler
+from hybridembed.training.sampling import DatasetPlan, TaskBatchSampler
 
 
 @pytest.fixture()

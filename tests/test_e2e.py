@@ -22,7 +22,7 @@ def _stsb_dev(limit: int):
 @pytest.fixture(scope="module")
 def quickstart_model(tmp_path_factory):
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import run_training
+    from hybridembed.training.builder import run_training
 
     out = tmp_path_factory.mktemp("quickstart") / "model"
     recipe = load_recipe(
@@ -45,7 +45,7 @@ def test_quickstart_model_loads_and_gives_768_dim_unit_vectors(quickstart_model)
 def test_matryoshka_prefix_256_is_usable(quickstart_model):
     from sentence_transformers import SentenceTransformer
 
-    from hybridembed.model import truncate_embeddings
+    from hybridembed.modeling.model import truncate_embeddings
 
     model = SentenceTransformer(str(quickstart_model))
     left, right, gold = _stsb_dev(400)

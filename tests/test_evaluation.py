@@ -15,14 +15,14 @@ from sklearn.metrics import average_precision_score
 
 from hybridembed.errors import HybridembedError
 from hybridembed.evaluation import parse_suite, run_suite
-from hybridembed.model import truncate_embeddings
+from hybridembed.modeling.model import truncate_embeddings
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "data" / "quickstart"
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     return load_model(str(tiny_model_dir))
 

@@ -108,7 +108,7 @@ def test_keep_best_saves_the_best_evaluated_steps_weights_and_says_so(tmp_path, 
     from sentence_transformers import SentenceTransformer
 
     from hybridembed.recipe import recipe_from_mapping
-    from hybridembed.stages import run_recipe
+    from hybridembed.training.stages import run_recipe
 
     recipe = recipe_from_mapping(_recipe(tmp_path, tiny_bert_dir, suite_file, {"every_steps": 2, "keep_best": True, "metric": "stsb"},
                                          max_steps=8, save_total_limit=1), tmp_path)  # fmt: skip
@@ -130,7 +130,7 @@ def test_keep_best_saves_the_best_evaluated_steps_weights_and_says_so(tmp_path, 
 
 def test_early_stopping_ends_training_after_patience_evaluations_without_gain(tmp_path, tiny_bert_dir, suite_file):
     from hybridembed.recipe import recipe_from_mapping
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     # A threshold no score can beat: every evaluation after the first counts as no improvement.
     eval_ = {"every_steps": 1, "keep_best": True, "early_stopping_patience": 2, "early_stopping_threshold": 10.0}

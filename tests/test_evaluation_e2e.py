@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def minilm():
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     return load_model("bundled:all-MiniLM-L6-v2")
 

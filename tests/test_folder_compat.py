@@ -1,4 +1,4 @@
-"""Interoperable model folders (hybridembed.folder_compat): sentence-transformers 5.x and 6.x, TEI's and vLLM's layout.
+"""Interoperable model folders (hybridembed.modeling.folder_compat): sentence-transformers 5.x and 6.x, TEI's and vLLM's layout.
 
 Always run: the rewritten files hold the portable module types and the keys TEI/vLLM/5.x read, 6.x
 still loads the folder with the same embeddings, the rewrite is idempotent, 6.x-only settings are
@@ -57,8 +57,8 @@ def built(tmp_path_factory, tiny_bert_dir):
 
     Returns (the folder as sentence-transformers 6 saved it, the rewritten copy, 6.x embeddings before the rewrite).
     """
-    from hybridembed.folder_compat import make_interoperable
-    from hybridembed.model import build_model, write_metadata
+    from hybridembed.modeling.folder_compat import make_interoperable
+    from hybridembed.modeling.model import build_model, write_metadata
     from hybridembed.recipe import ModelConfig
 
     cfg = ModelConfig(backbone=str(tiny_bert_dir), pooling="mean", normalize=True, projection_dim=96, matryoshka_dims=DIMS, prompts=PROMPTS)
@@ -75,12 +75,12 @@ def built(tmp_path_factory, tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert_dir):
-    """A folder trained through hybridembed.stages.run_recipe (2 steps), then rewritten; (folder, 6.x embeddings before)."""
+    """A folder trained through hybridembed.training.stages.run_recipe (2 steps), then rewritten; (folder, 6.x embeddings before)."""
     import yaml
 
-    from hybridembed.folder_compat import make_interoperable
+    from hybridembed.modeling.folder_compat import make_interoperable
     from hybridembed.recipe import load_recipe
-    from hybridembed.stages import run_recipe
+    from hybridembed.training.stages import run_recipe
 
     root = tmp_path_factory.mktemp("compat-trained")
     recipe = {
@@ -137,7 +137,7 @@ def test_module_configs_hold_the_keys_every_reader_needs(built, trained):
 
 
 def test_config_json_carries_matryoshka_dimensions_for_vllm(built, trained, tmp_path):
-    from hybridembed.folder_compat import make_interoperable
+    from hybridembed.modeling.folder_compat import make_interoperable
 
     for folder in (built[1], trained[0]):
         assert _json(folder / "config.json")["matryoshka_dimensions"] == sorted(DIMS)
@@ -166,7 +166,7 @@ def test_sentence_transformers_6_loads_the_rewritten_folder_with_the_same_embedd
 
 
 def test_rewrite_is_idempotent(built, trained):
-    from hybridembed.folder_compat import make_interoperable
+    from hybridembed.modeling.folder_compat import make_interoperable
 
     for folder in (built[1], trained[0]):
         files = _files(folder)
@@ -175,8 +175,8 @@ def test_rewrite_is_idempotent(built, trained):
 
 
 def test_decoder_folder_keeps_last_token_pooling_and_its_embeddings(tmp_path, tiny_decoder_dir):
-    from hybridembed.folder_compat import make_interoperable
-    from hybridembed.model import build_model
+    from hybridembed.modeling.folder_compat import make_interoperable
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
     folder = tmp_path / "decoder"
@@ -189,7 +189,7 @@ def test_decoder_folder_keeps_last_token_pooling_and_its_embeddings(tmp_path, ti
 
 
 def test_settings_without_a_5x_form_are_reported_and_left_alone(built, tmp_path):
-    from hybridembed.folder_compat import make_interoperable
+    from hybridembed.modeling.folder_compat import make_interoperable
 
     folder = tmp_path / "odd"
     shutil.copytree(built[0], folder)

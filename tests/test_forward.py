@@ -18,7 +18,7 @@ def _texts(seed: int, n: int) -> list[str]:
 @pytest.mark.parametrize("backbone", ["tiny_bert_dir", "tiny_decoder_dir"])
 @pytest.mark.parametrize("chunk_rows", [None, 4, 7])
 def test_sorted_chunked_forward_matches_per_column_forward(request, backbone, chunk_rows):
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
     pooling = "last" if backbone == "tiny_decoder_dir" else "mean"
@@ -40,7 +40,7 @@ def test_sorted_chunked_forward_matches_per_column_forward(request, backbone, ch
 
 
 def test_each_distinct_text_goes_through_the_model_once(tiny_bert_dir):
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
     model = build_model(ModelConfig(backbone=str(tiny_bert_dir)))

@@ -300,3 +300,24 @@ def test_every_module_imports_on_its_own_in_topological_order():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=SRC.parent, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert out.stdout.strip().endswith(f"ok {len(order)}")
+
+
+# Lower layers never import these, at module level or inside a function (type-only imports are allowed).
+LAYERS = {
+    "hybridembed.losses": ("hybridembed.training",),
+    "hybridembed.data": ("hybridembed.training",),
+    "hybridembed.mining": ("hybridembed.training",),
+    "hybridembed.modeling": ("hybridembed.training", "hybridembed.serve", "hybridembed.evaluation", "hybridembed.mining"),
+    "hybridembed.distributed": ("hybridembed.training",),
+}
+
+
+def test_imports_run_one_way_between_the_layers():
+    """losses/, data/ and mining/ do not import training/ (the builder hands them what they need); modeling/ imports no runtime layer above it."""
+    found = {}
+    for name in MODULES:
+        banned = next((b for layer, b in LAYERS.items() if name == layer or name.startswith(layer + ".")), ())
+        bad = sorted(t for t in _edges(name, ("module", "local")) if any(t == b or t.startswith(b + ".") for b in banned))
+        if bad:
+            found[name] = bad
+    assert not found, found

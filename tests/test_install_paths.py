@@ -59,9 +59,9 @@ def test_the_bundled_alias_without_its_package_names_the_extra_in_one_line(tmp_p
 
 def test_a_backbone_with_its_own_code_needs_trust_remote_code_and_then_trains_and_loads(tmp_path, remote_code_dir):
     from hybridembed.errors import HybridembedError
-    from hybridembed.model import build_model, load_model
+    from hybridembed.modeling.model import build_model, load_model
     from hybridembed.recipe import ModelConfig, recipe_from_mapping
-    from hybridembed.stages import run_recipe
+    from hybridembed.training.stages import run_recipe
 
     with pytest.raises(HybridembedError, match="model.trust_remote_code: true"):
         build_model(ModelConfig(backbone=str(remote_code_dir)))

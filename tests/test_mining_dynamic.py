@@ -44,7 +44,7 @@ def _cosines(model, query: str, texts: list[str]) -> np.ndarray:
 
 
 def test_easy_negatives_are_replaced_by_harder_unused_candidates(tiny_bert_dir, pool_data, tmp_path):
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     trainer = prepare_training(_recipe(tiny_bert_dir, pool_data, tmp_path / "out", init="lazy", max_score=0.999))
     miner = trainer.dynamic_miner
@@ -87,7 +87,7 @@ def test_easy_negatives_are_replaced_by_harder_unused_candidates(tiny_bert_dir, 
 
 def test_training_with_dynamic_mining_logs_replacements_and_resume_restores_the_pools(tiny_bert_dir, pool_data, tmp_path):
     from hybridembed.mining.dynamic import STATE_FILE
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     out = tmp_path / "run"
     # ratio 1.001: a negative whose score fell at all is easy. At 1.02 whether any of the 24 fell by 2% in
@@ -122,7 +122,7 @@ def test_training_with_dynamic_mining_logs_replacements_and_resume_restores_the_
 
 
 def test_upcoming_rows_follow_the_sampler(tiny_bert_dir, pool_data, tmp_path):
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     trainer = prepare_training(_recipe(tiny_bert_dir, pool_data, tmp_path / "o"))
     miner, sampler = trainer.dynamic_miner, trainer.task_sampler
@@ -137,7 +137,7 @@ WORKER = '''
 import json, sys
 import torch.distributed as dist
 from hybridembed.recipe import Recipe
-from hybridembed.training import prepare_training
+from hybridembed.training.builder import prepare_training
 
 trainer = prepare_training(Recipe.model_validate(json.load(open(sys.argv[1]))))
 trainer.train()
@@ -215,7 +215,7 @@ def test_easy_threshold_is_conans_rule_for_positive_scores_and_monotone_for_nega
 
 
 def test_refresh_judges_negative_zero_and_positive_scores_by_the_monotone_rule(tiny_bert_dir, pool_data, tmp_path):
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     trainer = prepare_training(_recipe(tiny_bert_dir, pool_data, tmp_path / "out", init="lazy", ratio=1.15))
     miner = trainer.dynamic_miner
@@ -246,7 +246,7 @@ def test_refresh_judges_negative_zero_and_positive_scores_by_the_monotone_rule(t
 
 def test_max_score_bounds_every_negative_when_it_becomes_active(tiny_bert_dir, pool_data, tmp_path):
     """Replacements and initial negatives alike: nothing at or above max_score becomes (or stays, when avoidable) active."""
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     trainer = prepare_training(_recipe(tiny_bert_dir, pool_data, tmp_path / "out", init="lazy", max_score=0.8))
     miner = trainer.dynamic_miner
@@ -289,7 +289,7 @@ def test_the_batches_after_an_event_are_collated_with_its_replacements(tiny_bert
     """
     from transformers import TrainerCallback
 
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     recipe = _recipe(tiny_bert_dir, pool_data, tmp_path / "out", every_steps=every)
     recipe.training.gradient_accumulation_steps = accumulation

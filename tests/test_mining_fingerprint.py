@@ -10,7 +10,7 @@ import pytest
 
 def test_a_folder_fingerprint_reads_no_weights_and_follows_the_files(tiny_model_dir, tmp_path, monkeypatch):
     from hybridembed.mining.cache import model_fingerprint
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -30,7 +30,7 @@ def test_without_a_source_on_disk_the_weights_decide(tiny_model_dir):
     import torch
 
     from hybridembed.mining.cache import model_fingerprint
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     model = load_model(str(tiny_model_dir))
     before = model_fingerprint(model, "no-such-owner/no-such-model")  # not on disk: falls back to the weights

@@ -13,7 +13,7 @@ from helpers import corpus_sentences
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     return load_model(str(tiny_model_dir))
 

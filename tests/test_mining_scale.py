@@ -26,7 +26,7 @@ def one_faiss_thread():
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     return load_model(str(tiny_model_dir))
 

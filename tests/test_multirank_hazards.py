@@ -19,7 +19,7 @@ TEXTS = ["a man plays a guitar on the street", "a dog", "two women are cooking d
 
 def test_lora_all_linear_on_bert_leaves_the_pooler_alone_and_every_trainable_parameter_gets_a_gradient(tiny_bert_dir, tmp_path):
     pytest.importorskip("peft")
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
     model = build_model(ModelConfig(backbone=str(tiny_bert_dir), pooling="mean", lora={"r": 4, "alpha": 8, "dropout": 0.0}))
@@ -67,9 +67,9 @@ def _recipe(tmp_path: Path, backbone: Path, *, stages=None, eval_=None, max_samp
 
 
 def test_ddp_timeout_reaches_the_training_arguments_of_both_trainers(tmp_path, tiny_bert_dir):
-    from hybridembed.mlm import _mlm_arguments
     from hybridembed.recipe import TrainingConfig, load_recipe
-    from hybridembed.training import training_arguments
+    from hybridembed.training.builder import training_arguments
+    from hybridembed.training.mlm import _mlm_arguments
 
     assert TrainingConfig().ddp_timeout == 1800  # transformers' own default, documented in docs/distributed.md
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir), overrides={"training.ddp_timeout": 45})
@@ -98,9 +98,9 @@ def test_slow_rank0_evaluation_does_not_time_out_the_other_rank(tmp_path, tiny_b
 
 
 def test_gather_groups_cover_all_trained_epochs_with_gradient_accumulation(tmp_path, tiny_bert_dir, monkeypatch):
-    import hybridembed.training as train
+    import hybridembed.training.builder as train
     from hybridembed.recipe import load_recipe
-    from hybridembed.sampling import TaskBatchSampler
+    from hybridembed.training.sampling import TaskBatchSampler
 
     covered: list[int] = []
     real_sharing_ranks = TaskBatchSampler.sharing_ranks
@@ -124,8 +124,8 @@ def test_mlm_stage_training_arguments_use_cpu_and_gloo_under_cpu_torchrun(tmp_pa
     from sentence_transformers import SentenceTransformerTrainingArguments
     from transformers import TrainingArguments
 
-    from hybridembed.mlm import _mlm_arguments
     from hybridembed.recipe import TrainingConfig
+    from hybridembed.training.mlm import _mlm_arguments
 
     # With WORLD_SIZE=2, __post_init__ would set up the process group right away; the fields are what matters here.
     monkeypatch.setattr(TrainingArguments, "__post_init__", lambda self: None)

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from helpers import running_server
-from hybridembed.model import load_model, truncate_embeddings, write_metadata
+from hybridembed.modeling.model import load_model, truncate_embeddings, write_metadata
 from hybridembed.onnx_export import FP32_TOLERANCE, export_onnx
 from hybridembed.serve import ServeSettings, create_app, load_served_model
 from hybridembed.serve.onnx_backend import OnnxEncoder
@@ -36,7 +36,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def dense_model_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     """Tiny BERT → CLS pooling → Dense 64→96 → Normalize, with a query prompt and Matryoshka dims recorded."""
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
     cfg = ModelConfig(backbone=str(tiny_bert_dir), pooling="cls", projection_dim=96, normalize=True, query_prefix="query: ")
@@ -95,7 +95,7 @@ def test_mean_and_last_token_pooling_export(kind, exporter, tiny_model_dir, tiny
     if kind == "mean-bert":
         source = tiny_model_dir
     else:
-        from hybridembed.model import build_model
+        from hybridembed.modeling.model import build_model
         from hybridembed.recipe import ModelConfig
 
         source = tmp_path / "decoder-st"

@@ -7,7 +7,7 @@ import torch
 
 from hybridembed import precision
 from hybridembed.recipe import TrainingConfig
-from hybridembed.training import training_arguments
+from hybridembed.training.builder import training_arguments
 
 AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 NO_AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"

@@ -29,7 +29,7 @@ def test_recipe_validates(path):
             assert recipe.deepspeed["zero_optimization"]["stage"] == 1
         case "conan.yaml":
             assert [s.kind for s in recipe.stages] == ["pairs", "multitask"]
-            from hybridembed.stages import plan_stages, stage_recipe
+            from hybridembed.training.stages import plan_stages, stage_recipe
 
             pretrain, finetune = (stage_recipe(recipe, plan, "backbone", resume=False) for plan in plan_stages(recipe))
             assert pretrain.mining is None and finetune.mining.dynamic.every_steps == 100  # Conan mines while fine-tuning

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from hybridembed.recipe import MixingStrategy
-from hybridembed.sampling import DatasetPlan, TaskBatchSampler
+from hybridembed.training.sampling import DatasetPlan, TaskBatchSampler
 
 
 def _dataset_of(index, plans):
@@ -93,7 +93,7 @@ def test_one_rank_schedule_is_the_batch_order_of_the_epoch():
 
 
 def test_keyed_batches_tag_each_index_with_epoch_and_batch_index():
-    from hybridembed.sampling import KeyedBatches, KeyedRows
+    from hybridembed.training.sampling import KeyedBatches, KeyedRows
 
     plans = [DatasetPlan("a", 12, 4)]
     sampler = TaskBatchSampler(plans, seed=1)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from helpers import running_server
-from hybridembed.model import load_model, truncate_embeddings, write_metadata
+from hybridembed.modeling.model import load_model, truncate_embeddings, write_metadata
 from hybridembed.serve import ServeSettings, create_app, load_served_model
 
 MODEL = "tiny"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridembed.model import load_model
+from hybridembed.modeling.model import load_model
 from hybridembed.serve.engine import ServedModel, _select, _token_counts, plan_passes
 
 TEXTS = [

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from hybridembed.model import load_model
+from hybridembed.modeling.model import load_model
 from hybridembed.serve import ServeSettings, create_app, load_served_model, schemas
 from hybridembed.serve.batching import InvalidInput, MicroBatcher
 from helpers import running_server

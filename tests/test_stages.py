@@ -46,8 +46,8 @@ def test_three_stages_run_end_to_end_resume_after_an_interruption_and_skip_finis
 
     from hybridembed.errors import RecipeError
     from hybridembed.recipe import load_recipe
-    from hybridembed.stages import run_recipe
-    from hybridembed.training import HybridTrainer
+    from hybridembed.training.stages import run_recipe
+    from hybridembed.training.trainer import HybridTrainer
 
     recipe_path = _three_stage_recipe(tmp_path, tiny_bert_dir, save_steps=2)
     original = HybridTrainer.training_step

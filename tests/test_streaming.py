@@ -170,7 +170,7 @@ def test_data_check_validates_every_record_of_a_streamed_dataset(tmp_path, tiny_
 def test_a_loader_with_two_workers_resumed_after_an_odd_number_of_batches_continues_in_order(tmp_path):
     from torch.utils.data import DataLoader
 
-    from hybridembed.stream_training import pass_through
+    from hybridembed.training.stream_training import pass_through
 
     spec = open_stream(DatasetConfig(path=str(_shards(tmp_path / "d")), task="retrieval"), batch_size=BATCH)
 

@@ -18,7 +18,7 @@ from hybridembed.data.streaming import TRACE_ENV
 from hybridembed.data.text_stream import StreamedTexts, count_streamed_texts, open_text_sources
 from hybridembed.errors import DataError
 from hybridembed.recipe import StageConfig, TextsConfig
-from hybridembed.stream_training import pass_through
+from hybridembed.training.stream_training import pass_through
 from helpers import kill_after_first_checkpoint, launch_traced_training, read_trace
 
 MAX_STEPS, SAVE_STEPS, BATCH = 100, 5, 4

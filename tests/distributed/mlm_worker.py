@@ -5,8 +5,8 @@ import sys
 
 import torch.distributed as dist
 
-from hybridembed.mlm import run_mlm
 from hybridembed.recipe import load_recipe
+from hybridembed.training.mlm import run_mlm
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 import hybridembed.evaluation.runner as runner
 from hybridembed.recipe import load_recipe
-from hybridembed.training import prepare_training
+from hybridembed.training.builder import prepare_training
 
 real_run_suite = runner.run_suite
 slept = []

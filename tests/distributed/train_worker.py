@@ -6,7 +6,7 @@ import sys
 import torch.distributed as dist
 
 from hybridembed.recipe import load_recipe
-from hybridembed.training import prepare_training
+from hybridembed.training.builder import prepare_training
 
 
 def main() -> None:

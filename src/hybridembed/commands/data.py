@@ -205,7 +205,7 @@ def check_groups(recipe) -> list[CheckGroup]:
 
     from hybridembed.errors import RecipeError
     from hybridembed.recipe import StageKind
-    from hybridembed.stages import plan_stages, stage_recipe
+    from hybridembed.training.stages import plan_stages, stage_recipe
 
     if not recipe.stages:
         return [CheckGroup(None, list(recipe.datasets))]
@@ -230,7 +230,7 @@ def check_text_file(cfg) -> int:
     from hybridembed.data.readers import iter_texts, missing_file
     from hybridembed.data.text_stream import count_streamed_texts
     from hybridembed.errors import DataError
-    from hybridembed.mlm import read_texts
+    from hybridembed.training.mlm import read_texts
 
     if cfg.streaming:  # a file, folder or glob of shards, read as training reads them
         return count_streamed_texts(cfg)

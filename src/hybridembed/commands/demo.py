@@ -23,9 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridembed.evaluation import load_suite, run_suite
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
     from hybridembed.recipe import load_recipe
-    from hybridembed.stages import run_recipe
+    from hybridembed.training.stages import run_recipe
 
     recipe = load_recipe(args.recipe, {"training.max_steps": args.max_steps, "training.output_dir": args.output_dir})
     suite = load_suite(args.suite)

@@ -127,7 +127,7 @@ def output_paths(output: str | Path) -> tuple[Path, Path]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from hybridembed.model import load_model, truncate_embeddings
+    from hybridembed.modeling.model import load_model, truncate_embeddings
 
     data = read_input(Path(args.input), args.field, args.on_empty, args.id_field)
     if data.empty_lines:

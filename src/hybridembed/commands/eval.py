@@ -7,6 +7,7 @@ import sys
 
 from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import HybridembedError
+from hybridembed.evaluation.config import EVAL_BATCH_SIZE
 
 
 def _parse_dims(text: str) -> list[int]:
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
     parser.add_argument("--suite", required=True, help="suite YAML (see suites/ and docs/evaluation.md)")
     parser.add_argument("--dims", type=_parse_dims, help="Matryoshka dims to score, e.g. 384,256,64 (encodes once)")
-    parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32: less padding than 64 on CPU, benchmarks/encode_speed.py)")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=f"encoding batch size (default {EVAL_BATCH_SIZE}: less padding than 64 on CPU, benchmarks/encode_speed.py)")
     parser.add_argument("--out", required=True, help="output folder for results.json, results.md, results_dims.png")
     parser.add_argument("--device", help="torch device (default: sentence-transformers' choice)")
     add_trust_remote_code(parser)
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.evaluation import load_suite
     from hybridembed.evaluation.report import render_markdown, write_report
     from hybridembed.evaluation.runner import run_suite
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     suite = load_suite(args.suite)  # validate before loading the model
     try:

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hybridembed.mining.corpus import open_corpus
     from hybridembed.mining.offline import MiningOptions, load_queries, mine_hard_negatives
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     options = MiningOptions(
         rank_range=(args.range[0], args.range[1]),

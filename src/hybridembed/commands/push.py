@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     if not (folder / "modules.json").is_file():
         raise HybridembedError(f"{folder}: not a sentence-transformers model folder (no modules.json)")
-    from hybridembed.model import load_model
+    from hybridembed.modeling.model import load_model
 
     model = load_model(str(folder), device="cpu", trust_remote_code=args.trust_remote_code)
     token = os.environ.get(args.token_env) or None

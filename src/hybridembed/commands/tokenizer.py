@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_extend(args: argparse.Namespace) -> int:
-    from hybridembed.tokenizer_extend import REPORT_FILE, extend_backbone, format_report
+    from hybridembed.modeling.tokenizer_extend import REPORT_FILE, extend_backbone, format_report
 
     if args.vocab_size < 1:
         raise HybridembedError(f"--vocab-size {args.vocab_size}: must be positive")
@@ -74,8 +74,8 @@ def read_corpus(sources: list[str | Path]) -> list[str]:
     undecodable source is the same `file[:line]: problem` error as everywhere else.
     """
     from hybridembed.data.readers import iter_texts
-    from hybridembed.mlm import read_texts
     from hybridembed.recipe import TextsConfig
+    from hybridembed.training.mlm import read_texts
 
     texts: list[str] = []
     for source in sources:

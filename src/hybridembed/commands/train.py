@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybridembed.recipe import load_recipe, parse_assignments
-    from hybridembed.stages import run_recipe
+    from hybridembed.training.stages import run_recipe
 
     overrides = parse_assignments(args.set)
     named = {
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 def _dry_run(recipe, args: argparse.Namespace) -> int:
     import tempfile
 
-    from hybridembed.dryrun import dry_run_recipe
-    from hybridembed.stages import run_recipe
+    from hybridembed.training.dryrun import dry_run_recipe
+    from hybridembed.training.stages import run_recipe
 
     with tempfile.TemporaryDirectory(prefix="hybridembed-dry-run-") as tmp:
         workdir = Path(args.output_dir) if args.output_dir else Path(tmp)

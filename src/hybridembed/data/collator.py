@@ -12,7 +12,7 @@ import torch
 
 from hybridembed.tasks import RowShape, TaskType
 
-# The key a row carries from the batch sampler (see hybridembed.sampling.KeyedBatches): which
+# The key a row carries from the batch sampler (see hybridembed.training.sampling.KeyedBatches): which
 # (epoch, batch index) of the schedule it was drawn for. The collator seeds its draws with it.
 DRAW_KEY = "draw_key"
 

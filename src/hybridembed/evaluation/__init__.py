@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hybridembed.evaluation.config import EvalConfig
+from hybridembed.evaluation.config import EVAL_BATCH_SIZE, EvalConfig
 from hybridembed.evaluation.results import SuiteResults
 from hybridembed.evaluation.suite import Suite, SuiteError, TaskSpec, load_suite, parse_suite
 
@@ -26,7 +26,7 @@ def run_suite(
     model: SentenceTransformer | str,
     suite: Suite | str | Path,
     dims: list[int] | None = None,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_SIZE,
     **kwargs: Any,
 ) -> SuiteResults:
     """Evaluate `model` on every task of `suite` at every dim; see `hybridembed.evaluation.runner.run_suite`."""

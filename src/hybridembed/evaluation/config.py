@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+EVAL_BATCH_SIZE = 32  # texts per encode call when a suite is scored (eval:, `hybridembed eval`, run_suite)
+
 
 class EvalConfig(BaseModel):
     """A recipe's `eval:` section."""
@@ -20,7 +22,7 @@ class EvalConfig(BaseModel):
     every_steps: int | None = Field(None, gt=0, description="evaluate every N optimizer steps (None: only at the end)")
     at_end: bool = Field(True, description="evaluate after the last step and write the report")
     dims: list[int] | None = Field(None, description="Matryoshka dims to score (None: the model's full dim)")
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(EVAL_BATCH_SIZE, gt=0)
     out_dir: Path | None = Field(None, description="report folder (default: <training output_dir>/eval)")
     metric: str = Field("overall", description="score that ranks checkpoints: a task name, <task>@<dim>, avg_<type>, overall")
     keep_best: bool = Field(False, description="save the best evaluated checkpoint's weights as the model (load_best_model_at_end)")

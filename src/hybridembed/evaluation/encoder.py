@@ -7,7 +7,7 @@ embeddings keyed by (prompt type, prompt, text), so that
 * every text is encoded once per run, however many tasks or dims ask for it (deduplication
   within a call and across tasks), and
 * a `--dims` sweep re-runs the mteb tasks per dim on cached vectors, truncated to the first
-  `dim` coordinates and re-normalised (`hybridembed.model.truncate_embeddings`).
+  `dim` coordinates and re-normalised (`hybridembed.modeling.model.truncate_embeddings`).
 
 At the model's full dimension the cached vectors are returned unchanged, so scores equal
 plain mteb's. Encoding is batched and length-sorted by sentence-transformers itself.
@@ -24,7 +24,7 @@ import numpy as np
 from mteb.models import SentenceTransformerEncoderWrapper
 from mteb.models.abs_encoder import get_prompt_name
 
-from hybridembed.model import truncate_embeddings
+from hybridembed.modeling.model import truncate_embeddings
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata

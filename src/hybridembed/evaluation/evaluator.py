@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
+from hybridembed.evaluation.config import EVAL_BATCH_SIZE, EvalConfig
 from hybridembed.evaluation.results import SuiteResults
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from hybridembed.evaluation.config import EvalConfig
     from hybridembed.evaluation.suite import Suite
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class SuiteEvaluator(SentenceEvaluator):
         self,
         suite: Suite | str | Path,
         dims: list[int] | None = None,
-        batch_size: int = 32,
+        batch_size: int = EVAL_BATCH_SIZE,
         metric: str = "overall",
         show_progress: bool = False,
     ) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hybridembed.errors import HybridembedError
+from hybridembed.evaluation.config import EVAL_BATCH_SIZE
 from hybridembed.evaluation.results import SuiteResults
 from hybridembed.evaluation.suite import Suite, TaskSpec, load_suite
 
@@ -139,7 +140,7 @@ def run_suite(
     model: SentenceTransformer | str,
     suite: Suite | str | Path,
     dims: Sequence[int] | None = None,
-    batch_size: int = 32,
+    batch_size: int = EVAL_BATCH_SIZE,
     *,
     model_name: str | None = None,
     show_progress: bool = True,
@@ -153,7 +154,7 @@ def run_suite(
 
     from hybridembed.evaluation.encoder import CachingTruncatingEncoder
     from hybridembed.evaluation.local_tasks import task_type_of
-    from hybridembed.model import embedding_dim, load_model
+    from hybridembed.modeling.model import embedding_dim, load_model
 
     if isinstance(suite, (str, Path)):
         suite = load_suite(suite)

@@ -32,7 +32,7 @@ DEFAULT_LOSS_FOR_TASK: dict[TaskType, LossName] = {task: LossName(spec.default_l
 
 
 # Task weights when a recipe gives none. Since a weight now scales its task's (clipped) steps
-# (hybridembed.task_weighting), hybridembed defaults to equal weights; Piccolo2's public-code
+# (hybridembed.training.task_weighting), hybridembed defaults to equal weights; Piccolo2's public-code
 # weights stay available as `loss_preset: piccolo2`. Why: docs/losses.md ("Task weights").
 LOSS_WEIGHT_PRESETS: dict[str, dict[LossName, float]] = {
     "hybridembed": {},  # every loss at weight 1.0

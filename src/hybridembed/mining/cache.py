@@ -65,7 +65,7 @@ def _source_folder(source: str | Path | None) -> Path | None:
     """The folder holding the model's files: a local path (or the bundled copy), else the hub cache's snapshot."""
     if source is None:
         return None
-    from hybridembed.model import resolve_backbone
+    from hybridembed.modeling.model import resolve_backbone
 
     path = Path(resolve_backbone(str(source)))
     if path.is_dir():

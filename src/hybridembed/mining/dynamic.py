@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
     from hybridembed.data import TaskDataset
     from hybridembed.data.collator import DatasetView
-    from hybridembed.sampling import TaskBatchSampler
+    from hybridembed.training.sampling import TaskBatchSampler
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "dynamic_mining.npz"

@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hybridembed.model import truncate_embeddings
+from hybridembed.modeling.model import truncate_embeddings
 from hybridembed.serve.batching import BatcherClosed, InvalidInput, MicroBatcher, QueueFull, estimate_tokens
 from hybridembed.serve.engine import ServedModel
 from hybridembed.serve.metrics import ServerMetrics

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybridembed.errors import HybridembedError
+from hybridembed.recipe import BUNDLED_ALIASES
 from hybridembed.serve.batching import InvalidInput
 
 if TYPE_CHECKING:
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
     from hybridembed.serve.onnx_backend import OnnxEncoder
 
 logger = logging.getLogger(__name__)
-
-BUNDLED_ALIASES = ("bundled:all-MiniLM-L6-v2", "bundled")
-
 
 @dataclass
 class ServedModel:
@@ -38,7 +36,7 @@ class ServedModel:
 
     @classmethod
     def from_model(cls, model: SentenceTransformer, name: str, matryoshka_dims: list[int] | None = None) -> ServedModel:
-        from hybridembed.model import embedding_dim
+        from hybridembed.modeling.model import embedding_dim
 
         max_len = getattr(model, "max_seq_length", None)
         return cls(
@@ -291,7 +289,7 @@ def load_served_model(
     the torch backend casts the model to `dtype` after loading (one copy of the fp32 weights
     is briefly in memory).
     """
-    from hybridembed.model import load_model, matryoshka_dims, resolve_backbone
+    from hybridembed.modeling.model import load_model, matryoshka_dims, resolve_backbone
 
     if backend not in BACKENDS:
         raise HybridembedError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")

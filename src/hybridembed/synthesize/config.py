@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hybridembed.errors import HybridembedError
+from hybridembed.recipe import BUNDLED_MODEL
 
 # Language codes the prompts spell out (the template says "Write the query in Chinese", not "in zh").
 LANGUAGE_NAMES = {
@@ -59,7 +60,7 @@ class QualitySettings:
     near_threshold: float | None = 0.9  # MinHash Jaccard between queries; None: exact duplicates only
     consistency: bool = True
     consistency_k: int = 1  # keep a query when its passage ranks in its top k (Promptagator's round-trip filter)
-    filter_model: str = "bundled:all-MiniLM-L6-v2"
+    filter_model: str = BUNDLED_MODEL
     batch_size: int = 64
     cache_dir: str | None = None  # corpus-embedding cache (hybridembed.mining.cache)
 

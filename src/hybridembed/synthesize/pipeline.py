@@ -109,7 +109,7 @@ def synthesize(settings: SynthesisSettings, generator: Generator, filter_model=N
     stats["to do"] = len(todo)
 
     if filter_model is None and ((quality.consistency and todo) or settings.mine_negatives):
-        from hybridembed.model import load_model
+        from hybridembed.modeling.model import load_model
 
         try:
             filter_model = load_model(quality.filter_model)

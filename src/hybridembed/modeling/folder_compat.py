@@ -94,7 +94,7 @@ def make_interoperable(folder: str | Path, matryoshka_dims: list[int] | None = N
                 module["type"] = PORTABLE_TYPES[kind]
         _write(modules_path, modules)
     if matryoshka_dims is None:
-        from hybridembed.model import matryoshka_dims as recorded_dims
+        from hybridembed.modeling.model import matryoshka_dims as recorded_dims
 
         matryoshka_dims = recorded_dims(folder)
     config_path = folder / "config.json"

@@ -57,7 +57,7 @@ def append_eos(tokenizer: Any) -> bool:
 
 def has_absolute_positions(model: nn.Module) -> bool:
     """A learned position table (GPT-2's ``wpe``, BERT's ``position_embeddings``) rather than RoPE/ALiBi."""
-    from hybridembed.positions import find_position_table
+    from hybridembed.modeling.positions import find_position_table
 
     return find_position_table(model) is not None
 

@@ -17,7 +17,7 @@ from hybridembed.recipe import Recipe, StageKind
 from hybridembed.tasks import TaskType
 
 logger = logging.getLogger(__name__)
-QUICKSTART = Path(__file__).resolve().parents[2] / "data" / "quickstart"
+QUICKSTART = Path(__file__).resolve().parents[3] / "data" / "quickstart"
 DRY_STEPS = 2
 DRY_BATCH = 8
 DRY_TEXTS = 256  # raw texts read per mlm file
@@ -98,7 +98,7 @@ def dry_run_recipe(recipe: Recipe, workdir: Path, tiny: bool = False) -> Recipe:
 
 def _tiny_backbone(recipe: Recipe, workdir: Path) -> dict[str, Any]:
     """A tiny random stand-in of the recipe's backbone family, long enough for its max_seq_length unless it extends positions."""
-    from hybridembed.tiny import build_tiny_backbone
+    from hybridembed.modeling.tiny import build_tiny_backbone
 
     decoder = recipe.model.pooling == "last" or any(s.model is not None and s.model.pooling == "last" for s in recipe.stages or [])
     has_mlm = any(s.kind is StageKind.MLM for s in recipe.stages or [])

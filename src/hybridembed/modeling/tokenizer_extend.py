@@ -313,7 +313,7 @@ def extend_backbone(
     import torch
     from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
-    from hybridembed.model import _is_sentence_transformers_folder, resolve_backbone
+    from hybridembed.modeling.model import _is_sentence_transformers_folder, resolve_backbone
 
     path, out = resolve_backbone(backbone), Path(out)
     source = None

@@ -5,7 +5,7 @@ into Transformer → Pooling → (Dense projection, Identity activation) → (No
 Hugging Face checkpoint, or carries on from an existing sentence-transformers folder with its own
 modules and settings where the recipe does not change them (docs/backbones.md), and a
 `hybridembed.json` beside the weights recording the trained Matryoshka dims. Decoder LLMs (last-token
-pooling, EOS), position-table extension and LoRA come from hybridembed.backbones, .positions, .lora.
+pooling, EOS), position-table extension and LoRA come from hybridembed.modeling.backbones, .positions, .lora.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridembed.backbones import is_decoder, prepare_decoder, use_mask_positions
 from hybridembed.errors import HybridembedError
-from hybridembed.lora import add_lora
-from hybridembed.positions import fit_max_seq_length
+from hybridembed.modeling.backbones import is_decoder, prepare_decoder, use_mask_positions
+from hybridembed.modeling.lora import add_lora
+from hybridembed.modeling.positions import fit_max_seq_length
+from hybridembed.recipe import BUNDLED_ALIASES
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -50,7 +51,7 @@ def bundled_model_path() -> str:
 
 def resolve_backbone(name: str) -> str:
     """`bundled:all-MiniLM-L6-v2` names the offline copy; anything else is a local path or hub id."""
-    if name in ("bundled:all-MiniLM-L6-v2", "bundled"):
+    if name in BUNDLED_ALIASES:
         return bundled_model_path()
     return name
 

@@ -20,10 +20,10 @@ from transformers import Trainer
 from hybridembed.data.readers import iter_texts, read_records
 from hybridembed.data.text_stream import StreamedTexts, open_text_sources, record_texts, text_format
 from hybridembed.errors import DataError, RecipeError
-from hybridembed.model import resolve_backbone
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_training_log
+from hybridembed.modeling.model import resolve_backbone
 from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
-from hybridembed.stream_training import StreamedTrainingMixin, pass_through
+from hybridembed.training.stream_training import StreamedTrainingMixin, pass_through
 
 logger = logging.getLogger(__name__)
 DEFAULT_MLM_LENGTH = 512
@@ -70,7 +70,7 @@ def _mlm_arguments(training: TrainingConfig, **overrides):
     """
     from transformers import TrainingArguments
 
-    from hybridembed.training import training_arguments
+    from hybridembed.training.builder import training_arguments
 
     return training_arguments(training, TrainingArguments, ddp_find_unused_parameters=None, disable_tqdm=None, **overrides)
 
@@ -98,8 +98,8 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
     from datasets import Dataset
     from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling
 
-    from hybridembed.backbones import is_decoder
-    from hybridembed.positions import fit_positions
+    from hybridembed.modeling.backbones import is_decoder
+    from hybridembed.modeling.positions import fit_positions
 
     backbone = resolve_backbone(model_cfg.backbone)
     remote = {"trust_remote_code": True} if model_cfg.trust_remote_code else {}

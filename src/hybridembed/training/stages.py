@@ -1,6 +1,6 @@
 """Run a whole recipe: one training run, or its `stages:` (mlm → pairs → multitask) in order, each from the previous stage's weights, skipping finished stages and resuming an interrupted one.
 
-What this adds around `hybridembed.training.run_training` (which trains one stage): per-stage
+What this adds around `hybridembed.training.builder.run_training` (which trains one stage): per-stage
 recipes resolved from the recipe's sections and the stage's overrides, the `pairs` defaults
 (retrieval rows, bidirectional InfoNCE), a marker file per finished stage with a fingerprint of
 what it trained on, resume from the stage's last checkpoint, LoRA merging between stages, and the
@@ -21,10 +21,10 @@ from typing import Any
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed.errors import RecipeError
-from hybridembed.folder_compat import make_interoperable
-from hybridembed.lora import is_adapter_folder, merge_saved_adapter
-from hybridembed.model import write_metadata
 from hybridembed.model_folder import STAGE_MARKER, RunResult, checkpoints, read_marker, read_training_log, write_marker, write_recipe
+from hybridembed.modeling.folder_compat import make_interoperable
+from hybridembed.modeling.lora import is_adapter_folder, merge_saved_adapter
+from hybridembed.modeling.model import write_metadata
 from hybridembed.recipe import (
     DataFormat,
     LossConfig,
@@ -128,7 +128,7 @@ def finish_model(out: Path, model: ModelConfig, final: bool) -> None:
 def run_recipe(recipe: Recipe, recipe_text: str | None = None) -> RunResult:
     """Train as the recipe says (all stages, or one run); return the final model folder with its global step and last metrics."""
     if not recipe.stages:
-        from hybridembed.training import run_training
+        from hybridembed.training.builder import run_training
 
         result = run_training(recipe, recipe_text)
         finish_model(result.folder, recipe.model, final=True)
@@ -167,12 +167,12 @@ def run_stages(recipe: Recipe, recipe_text: str | None = None) -> RunResult:
 def _run_one(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool, final: bool) -> RunResult:
     match plan.stage.kind:
         case StageKind.MLM:
-            from hybridembed.mlm import run_mlm
+            from hybridembed.training.mlm import run_mlm
 
             model = plan.model.model_copy(update={"backbone": backbone})
             result = run_mlm(model, plan.stage.texts or [], plan.training, plan.stage.mlm_probability, resume)
         case StageKind.PAIRS | StageKind.MULTITASK:
-            from hybridembed.training import run_training
+            from hybridembed.training.builder import run_training
 
             result = run_training(stage_recipe(recipe, plan, backbone, resume))
             finish_model(plan.out, plan.model, final)
