@@ -44,3 +44,18 @@ def test_auto_on_a_cpu_follows_amx_and_reaches_the_trainer(cpuinfo, tmp_path, te
 @pytest.mark.parametrize("chosen", ["fp32", "bf16", "fp16"])
 def test_an_explicit_precision_is_kept(chosen):
     assert precision.resolve_precision(chosen) == chosen
+
+
+def test_forward_chunk_rows_auto_is_32_on_a_cpu_and_one_forward_on_a_gpu(monkeypatch):
+    assert TrainingConfig().forward_chunk_rows == "auto"
+    assert precision.resolve_chunk_rows(8) == 8 and precision.resolve_chunk_rows(None) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.resolve_chunk_rows("auto") == 32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert precision.resolve_chunk_rows("auto") is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, "fast"])
+def test_forward_chunk_rows_rejects_what_is_not_a_positive_count_or_auto(bad):
+    with pytest.raises(ValueError, match="forward_chunk_rows"):
+        TrainingConfig(forward_chunk_rows=bad)

@@ -1,9 +1,15 @@
-"""Which training precision `auto` means on this machine: bf16 where matmuls run natively in bf16, else fp32.
+"""What the recipe's `auto` settings mean on this machine: the training precision and the forward chunk size.
+
+Precision: bf16 where matmuls run natively in bf16, else fp32.
 
 transformers and accelerate take `bf16=True` on a CPU too (torch.autocast on "cpu"), but leave the
 choice to the user; on a CPU without bf16 matrix units bf16 autocast is slower than fp32, and on one
 with AMX (Intel Sapphire Rapids and later) it is several times faster. `auto` makes that choice once,
 here, for training (recipe `training.precision`) and the benchmarks.
+
+Forward chunks (`training.forward_chunk_rows`): on a CPU, embedding a batch's length-sorted texts in
+chunks of 32 rows cuts padding at little cost per call (docs/performance.md); on a GPU a kernel
+launch costs more than padding, so one forward per batch is the better default.
 """
 
 from __future__ import annotations
@@ -23,6 +29,18 @@ def cpu_has_bf16_matrix_units() -> bool:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return "amx_bf16" in flags and "amx_tile" in flags
+
+
+CPU_CHUNK_ROWS = 32
+
+
+def resolve_chunk_rows(chunk_rows: int | str | None) -> int | None:
+    """Rows per forward chunk for `training.forward_chunk_rows`; `auto`: 32 on a CPU, one forward (None) on a GPU."""
+    if chunk_rows != "auto":
+        return None if chunk_rows is None else int(chunk_rows)
+    import torch
+
+    return None if torch.cuda.is_available() else CPU_CHUNK_ROWS
 
 
 def resolve_precision(precision: str) -> str:

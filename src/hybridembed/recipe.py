@@ -6,7 +6,7 @@ import copy
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -169,8 +169,10 @@ class TrainingConfig(Strict):
     )
     gradient_checkpointing: bool = False
     cache_minibatch_size: int | None = Field(None, gt=0, description="GradCache: embed batches in chunks of this many rows")
-    forward_chunk_rows: int | None = Field(
-        32, gt=0, description="embed each batch's texts sorted by length in chunks of this many rows (less padding); null: one forward"
+    forward_chunk_rows: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
+        "auto",
+        description="embed each batch's texts sorted by length in chunks of this many rows (less padding); null: one forward; "
+        "auto: 32 on a CPU, one forward on a GPU (hybridembed.precision)",
     )
     logging_steps: int = Field(10, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])

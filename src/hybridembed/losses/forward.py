@@ -10,9 +10,12 @@ from sentence_transformers.base.losses.gradcache import _create_minibatch
 from sentence_transformers.base.losses.merged_forward import merge_feature_batches
 from torch import Tensor, nn
 
+from hybridembed.precision import CPU_CHUNK_ROWS
+
 # Rows per forward chunk. Small chunks of similar length cut padding; on CPUs the matmuls of
 # 16–32 short rows are already efficient, so little is lost per call. None: one forward.
-DEFAULT_CHUNK_ROWS = 32
+# (The recipe's `auto` picks this on a CPU and one forward on a GPU: hybridembed.precision.)
+DEFAULT_CHUNK_ROWS = CPU_CHUNK_ROWS
 
 
 def embed_columns(model: nn.Module, features_list: Iterable[dict[str, Any]], chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> list[Tensor]:

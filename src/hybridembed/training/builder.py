@@ -27,7 +27,7 @@ from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_recipe, write_training_log
 from hybridembed.modeling.model import build_model, embedding_dim, write_metadata
-from hybridembed.precision import resolve_precision
+from hybridembed.precision import resolve_chunk_rows, resolve_precision
 from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 from hybridembed.training.sampling import DatasetPlan, TaskBatchSampler
@@ -140,7 +140,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
             recipe.model.matryoshka_weights,
             where=f"datasets[{ds.name}].loss",
             cache_minibatch_size=recipe.training.cache_minibatch_size,
-            forward_chunk_rows=recipe.training.forward_chunk_rows,
+            forward_chunk_rows=resolve_chunk_rows(recipe.training.forward_chunk_rows),
             preset=recipe.loss_preset,
         )
     weighted_clipping = None
