@@ -35,6 +35,7 @@ PACKAGE = "hybridembed"
 
 # The plain validated settings a run is described by (rule 2 and 3).
 SCHEMAS = (
+    "hybridembed.schema",
     "hybridembed.recipe",
     "hybridembed.evaluation.config",
     "hybridembed.evaluation.suite",

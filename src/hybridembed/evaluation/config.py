@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from hybridembed.schema import Strict
 
 EVAL_BATCH_SIZE = 32  # texts per encode call when a suite is scored (eval:, `hybridembed eval`, run_suite)
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(Strict):
     """A recipe's `eval:` section."""
-
-    model_config = ConfigDict(extra="forbid")
 
     suite: Path = Field(description="suite YAML (relative paths: against the recipe's folder, see resolve())")
     every_steps: int | None = Field(None, gt=0, description="evaluate every N optimizer steps (None: only at the end)")

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from hybridembed.errors import HybridembedError
+from hybridembed.schema import Strict
 from hybridembed.tasks import TaskType
 
 MTEB_PREFIX = "mteb:"
@@ -46,10 +47,8 @@ class SuiteError(HybridembedError):
     """The suite file is missing, malformed, or names an unknown key or a missing file."""
 
 
-class TaskSpec(BaseModel):
+class TaskSpec(Strict):
     """One task of a suite: a local data file (or BEIR folder) or a named MTEB task."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description='task name in the report; "mteb:<TaskName>" runs a named MTEB/C-MTEB task')
     type: TaskType | None = Field(None, description="task type (required for local tasks)")
@@ -126,10 +125,8 @@ class TaskSpec(BaseModel):
         return self
 
 
-class Suite(BaseModel):
+class Suite(Strict):
     """A named list of tasks; `source` is the file it was read from (None when built in code)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
     description: str | None = None

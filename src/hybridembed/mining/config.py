@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from hybridembed.schema import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DynamicMiningConfig(_Strict):
+class DynamicMiningConfig(Strict):
     """Every `every_steps` steps, re-score the active negatives of the upcoming batches and swap the ones that became easy."""
 
     every_steps: int = Field(
@@ -37,7 +35,7 @@ class DynamicMiningConfig(_Strict):
     batch_size: int = Field(64, gt=0, description="texts per forward pass when scoring")
 
 
-class MiningConfig(_Strict):
+class MiningConfig(Strict):
     dynamic: DynamicMiningConfig | None = None
 
 
