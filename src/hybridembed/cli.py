@@ -75,13 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except HybridembedError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if code == 0 and "torch.distributed" in sys.modules:  # a multi-process run (torchrun): every rank finished
+        from hybridembed.distributed import close_process_group
+
+        close_process_group()
+    return code
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def close_process_group() -> None:
+    """After a successful run: wait for every rank, then destroy the process group.
+
+    A rank that leaves the interpreter with its gloo group alive while another rank is still
+    writing the folder can abort at exit ("terminate called without an active exception"), and
+    torchrun then reports the whole run as failed although it finished.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class _GatherRows(torch.autograd.Function):
     """all_gather of tensors whose first dimension may differ per rank; backward sums the gradients over the group."""
 

@@ -5,6 +5,7 @@ import sys
 
 import torch.distributed as dist
 
+from hybridembed.distributed import close_process_group
 from hybridembed.recipe import load_recipe
 from hybridembed.training.builder import prepare_training
 
@@ -20,3 +21,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    close_process_group()  # every rank done: no rank leaves with its gloo group alive
