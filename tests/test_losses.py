@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridembed.losses import CoSENTLoss, InfoNCELoss, LabelContrastiveLoss, PearsonLoss, build_loss
-from hybridembed.recipe import LossConfig, LossName
+from hybridembed.recipe import LossName, loss_config
 from hybridembed.tasks import TaskType
 
 
@@ -119,27 +119,47 @@ def test_routing_rejects_a_loss_for_the_wrong_row_shape():
     from hybridembed.errors import RecipeError
 
     with pytest.raises(RecipeError, match="cosent trains on scored_pair rows"):
-        build_loss(None, TaskType.RETRIEVAL, LossConfig(name=LossName.COSENT))
-    with pytest.raises(ValueError, match="loss cosent has no setting 'bidirectional'"):
-        LossConfig(name=LossName.COSENT, bidirectional=True)
+        build_loss(None, TaskType.RETRIEVAL, loss_config(LossName.COSENT))
+    with pytest.raises(ValueError, match="bidirectional"):
+        loss_config(LossName.COSENT, bidirectional=True)
 
 
 VALUES = {"temperature": 0.1, "bidirectional": True, "in_batch_negatives": False}
 
 
 @pytest.mark.parametrize("name", list(LossName))
-def test_each_losss_settings_are_what_its_class_takes_and_nothing_else(name):
-    """LOSS_SETTINGS (recipe validation) against the loss classes: every listed setting builds, every other is refused up front."""
+def test_each_losss_settings_are_what_its_class_takes_and_nothing_else(name, tmp_path):
+    """The settings model of each loss (recipe validation) against its class: every setting builds, every other is an unknown key of the recipe."""
+    from hybridembed.errors import RecipeError
     from hybridembed.losses import LOSS_CLASSES
-    from hybridembed.recipe import LOSS_SETTINGS
+    from hybridembed.recipe import LOSS_SETTINGS, recipe_from_mapping
 
     loss_class = LOSS_CLASSES[name]
-    for key in LOSS_SETTINGS[name] | {"weight"}:
+    settings = set(LOSS_SETTINGS[name].model_fields) - {"name"}
+    assert "weight" in settings
+    for key in settings:
         value = VALUES.get(key, 0.5)
-        assert getattr(loss_class(_Identity(), **{key: value}), key) == value
-    for key in set(VALUES) - LOSS_SETTINGS[name]:
-        with pytest.raises(ValueError, match=f"loss {name} has no setting '{key}'"):
-            LossConfig(name=name, **{key: VALUES[key]})
+        assert getattr(build_loss(_Identity(), _task_of(loss_class), loss_config(name, **{key: value})), key) == value
+    recipe = {"model": {"backbone": "x"}, "datasets": [{"path": "d.jsonl", "task": "sts"}], "losses": {"sts": {"name": str(name)}}}
+    assert type(recipe_from_mapping(recipe, tmp_path).losses[TaskType.STS]) is LOSS_SETTINGS[name]
+    for key in set(VALUES) - settings:
+        recipe = {"model": {"backbone": "x"}, "datasets": [{"path": "d.jsonl", "task": "sts"}], "losses": {"sts": {"name": str(name), key: VALUES[key]}}}
+        with pytest.raises(RecipeError, match=f"losses.sts.{name}.{key}: unknown key"):
+            recipe_from_mapping(recipe, tmp_path)
+
+
+def _task_of(loss_class) -> TaskType:
+    return next(task for task in TaskType if task.shape is loss_class.accepts)
+
+
+def test_a_loss_without_a_known_name_is_one_line_listing_the_names(tmp_path):
+    from hybridembed.errors import RecipeError
+    from hybridembed.recipe import recipe_from_mapping
+
+    for entry in ({"name": "triplet"}, {"temperature": 0.1}):
+        recipe = {"model": {"backbone": "x"}, "datasets": [{"path": "d.jsonl", "task": "sts"}], "losses": {"sts": entry}}
+        with pytest.raises(RecipeError, match="losses.sts: name: one of infonce, cosent, label_contrastive, pearson$"):
+            recipe_from_mapping(recipe, tmp_path)
 
 
 def test_default_temperatures_follow_piccolo2_and_weights_are_equal():
@@ -150,8 +170,8 @@ def test_default_temperatures_follow_piccolo2_and_weights_are_equal():
     from hybridembed.losses import LOSS_WEIGHT_PRESETS
 
     assert LOSS_WEIGHT_PRESETS["piccolo2"] == {LossName.COSENT: 0.04, LossName.LABEL_CONTRASTIVE: 0.2}
-    preset = build_loss(_Identity(), TaskType.STS, LossConfig(name=LossName.COSENT), preset="piccolo2")
-    assert preset.weight == 0.04 and build_loss(_Identity(), TaskType.STS, LossConfig(name=LossName.COSENT, weight=0.5), preset="piccolo2").weight == 0.5
+    preset = build_loss(_Identity(), TaskType.STS, loss_config(LossName.COSENT), preset="piccolo2")
+    assert preset.weight == 0.04 and build_loss(_Identity(), TaskType.STS, loss_config(LossName.COSENT, weight=0.5), preset="piccolo2").weight == 0.5
 
 
 @pytest.mark.parametrize(
@@ -175,7 +195,7 @@ def test_gradcache_equals_the_uncached_loss_and_gradients(tiny_model_dir, task, 
     results = []
     for cache in (None, 3):
         model.zero_grad()
-        loss = build_loss(model, TaskType(task), LossConfig(name=LossName(loss_name)), matryoshka, cache_minibatch_size=cache)
+        loss = build_loss(model, TaskType(task), loss_config(loss_name), matryoshka, cache_minibatch_size=cache)
         value = loss([dict(f) for f in features], labels)
         value.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])

@@ -398,7 +398,18 @@ def test_cli_refuses_inconsistent_limits(capsys):
     from hybridembed.cli import main
 
     assert main(["serve", "some-model", "--max-inputs", "100", "--max-queue", "10"]) == 2
-    assert "max_queue" in capsys.readouterr().err
+    assert "max_queue (10) must be >= max_inputs (100)" in capsys.readouterr().err
+    assert main(["serve", "some-model", "--max-batch-size", "0"]) == 2
+    assert "invalid serve option: max_batch_size: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_settings_are_frozen_and_public_hides_the_key():
+    import pydantic
+
+    settings = ServeSettings(api_key="secret")
+    with pytest.raises(pydantic.ValidationError):
+        settings.max_inputs = 1  # type: ignore[misc]
+    assert settings.public()["api_key"] is True and "secret" not in str(settings.public())
 
 
 def test_cpu_threads_default_leaves_a_core_free():

@@ -111,7 +111,7 @@ class FakeOpenAI:
 
 
 def endpoint(server: FakeOpenAI, stats: Counter, **overrides) -> EndpointGenerator:
-    settings = EndpointSettings(server.url, "fake", concurrency=3, timeout=0.5, max_retries=3, backoff_base=0.01, backoff_max=2.0)
+    settings = EndpointSettings(url=server.url, model="fake", concurrency=3, timeout=0.5, max_retries=3, backoff_base=0.01, backoff_max=2.0)
     for name, value in overrides.items():
         setattr(settings, name, value)
     return EndpointGenerator(settings, GenerationSettings(temperature=0), stats)
@@ -169,7 +169,7 @@ def test_http_fatal_status_stops_the_run():
 
 def settings_for(corpus: Path, out: Path, **quality) -> SynthesisSettings:
     q = QualitySettings(consistency=False, **quality)
-    return SynthesisSettings(str(corpus), str(out), chunk_size=4, progress=False, quality=q)
+    return SynthesisSettings(corpus=str(corpus), out=str(out), chunk_size=4, progress=False, quality=q)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -251,7 +251,7 @@ def test_local_causal_lm(tmp_path):
     path = build_tiny_backbone(tmp_path / "gpt2", corpus_sentences(500), kind="gpt2", hidden_size=32, vocab_size=400)
     stats: Counter = Counter()
     generation = GenerationSettings(max_new_tokens=8, temperature=0.8, seed=3)
-    generator = LocalGenerator(LocalSettings(str(path), batch_size=2), generation, stats)
+    generator = LocalGenerator(LocalSettings(path=str(path), batch_size=2), generation, stats)
     prompts = ["Passage: a man plays a guitar\nQuery:", "Passage: two dogs run on the beach in the sun today\nQuery:", "Passage: x\nQuery:"]
     first = generator.generate(prompts, [0, 1, 2])
     assert [r.status for r in first] == ["ok"] * 3 and all(isinstance(r.text, str) for r in first)
@@ -297,6 +297,19 @@ def test_cli_bad_corpus_line(tmp_path, capsys):
     assert code != 0 and "Traceback" not in err
     assert f"{corpus}:2: text: missing or empty text" in err and f"{corpus}:3: id: duplicate id 'a' (first on line 1)" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [("--max-overlap", "0", "max_overlap"), ("--consistency-k", "0", "consistency_k"), ("--top-p", "2", "top_p"), ("--concurrency", "0", "concurrency")],
+)
+def test_cli_out_of_range_option_is_one_line_naming_it(tmp_path, capsys, option, value, named):
+    out = tmp_path / "o.jsonl"
+    code = main(["data", "synthesize", "--corpus", str(tmp_path / "c.jsonl"), "--out", str(out), "--endpoint", "http://127.0.0.1:9", "--model", "m", option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("error: invalid synthesize option: ") and f"{named}: Input should be" in err and err.count("\n") == 1
+    assert not out.exists()
 
 
 @pytest.mark.e2e

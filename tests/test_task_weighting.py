@@ -70,10 +70,10 @@ def test_the_clip_bound_is_the_sum_of_the_step_weights_averaged_over_micro_batch
 def test_loss_weight_looks_through_matryoshka_and_gradcache(tiny_bert_dir):
     from hybridembed.losses import build_loss
     from hybridembed.modeling.model import build_model
-    from hybridembed.recipe import LossConfig, LossName, ModelConfig
+    from hybridembed.recipe import LossName, ModelConfig, loss_config
     from hybridembed.tasks import TaskType
     from hybridembed.training.task_weighting import loss_weight
 
     model = build_model(ModelConfig(backbone=str(tiny_bert_dir)))
-    wrapped = build_loss(model, TaskType.STS, LossConfig(name=LossName.COSENT), [64, 32], cache_minibatch_size=4, preset="piccolo2")
+    wrapped = build_loss(model, TaskType.STS, loss_config(LossName.COSENT), [64, 32], cache_minibatch_size=4, preset="piccolo2")
     assert loss_weight(wrapped) == pytest.approx(0.04)

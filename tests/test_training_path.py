@@ -13,7 +13,7 @@ import yaml
 from helpers import QUICKSTART, stray_tensors_fail
 from hybridembed.data.collator import DatasetView, HybridCollator, text_hash
 from hybridembed.losses import InfoNCELoss, LabelContrastiveLoss, build_loss
-from hybridembed.recipe import LossConfig, LossName
+from hybridembed.recipe import LossName, loss_config
 from hybridembed.tasks import TaskType
 
 
@@ -51,7 +51,7 @@ def test_merged_forward_and_losses_create_no_tensor_off_the_batch_device(tiny_be
     })  # fmt: skip
     cls_rows = [{"dataset_name": "cls", "row_id": i, "query": f"text {i}", "positives": [["card", "pin"][i % 2]], "negatives": None} for i in range(6)]
     sts_rows = [{"dataset_name": "sts", "text1": "a man plays", "text2": f"a man plays {i}", "score": float(i)} for i in range(4)]
-    for rows, loss in ((cls_rows, LabelContrastiveLoss(model)), (sts_rows, build_loss(model, TaskType.STS, LossConfig(name=LossName.COSENT)))):
+    for rows, loss in ((cls_rows, LabelContrastiveLoss(model)), (sts_rows, build_loss(model, TaskType.STS, loss_config(LossName.COSENT)))):
         batch = collator(rows)
         prefixes = [c for c in ("query", "positive", "negative_1", "negative_2", "negative_3", "text1", "text2") if f"{c}_input_ids" in batch]
         features = [_on(device, {k[len(c) + 1 :]: v for k, v in batch.items() if k.startswith(c + "_")}) for c in prefixes]
@@ -149,9 +149,9 @@ def test_candidates_identical_to_the_query_positive_are_masked_in_batch():
 
 def test_matryoshka_defaults_to_the_mean_over_dims(tiny_bert_dir):
     model = _tiny_model(tiny_bert_dir, "cpu")
-    wrapped = build_loss(model, TaskType.RETRIEVAL, LossConfig(name=LossName.INFONCE), matryoshka_dims=[64, 32, 16, 8])
+    wrapped = build_loss(model, TaskType.RETRIEVAL, loss_config(LossName.INFONCE), matryoshka_dims=[64, 32, 16, 8])
     assert list(wrapped.matryoshka_weights) == [0.25] * 4
-    explicit = build_loss(model, TaskType.RETRIEVAL, LossConfig(name=LossName.INFONCE), [64, 32], matryoshka_weights=[1.0, 2.0])
+    explicit = build_loss(model, TaskType.RETRIEVAL, loss_config(LossName.INFONCE), [64, 32], matryoshka_weights=[1.0, 2.0])
     assert list(explicit.matryoshka_weights) == [1.0, 2.0]
 
 

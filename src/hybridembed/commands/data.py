@@ -100,7 +100,7 @@ def run_from_instructions(args: argparse.Namespace) -> int:
 def _register_synthesize(children: argparse._SubParsersAction) -> None:
     from hybridembed.synthesize.config import EndpointSettings, GenerationSettings, QualitySettings, SynthesisSettings
 
-    e, g, q, s = EndpointSettings("", ""), GenerationSettings(), QualitySettings(), SynthesisSettings("", "")
+    e, g, q, s = EndpointSettings(url="", model=""), GenerationSettings(), QualitySettings(), SynthesisSettings(corpus="", out="")
     syn = children.add_parser(
         "synthesize",
         help="generate retrieval queries for a corpus with an LLM (OpenAI-compatible endpoint or local model), filtered",
@@ -147,33 +147,39 @@ def run_synthesize(args: argparse.Namespace) -> int:
     import os
     from collections import Counter
 
+    from pydantic import ValidationError
+
     from hybridembed.errors import HybridembedError
+    from hybridembed.schema import validation_problems
     from hybridembed.synthesize import EndpointGenerator, LocalGenerator, synthesize
     from hybridembed.synthesize.config import EndpointSettings, GenerationSettings, LocalSettings, QualitySettings, SynthesisSettings
     from hybridembed.synthesize.filters import check_quality
 
     if args.endpoint and not args.model:
         raise HybridembedError("--endpoint needs --model (the model name the server serves)")
-    generation = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-    quality = QualitySettings(
-        max_overlap=args.max_overlap, language=args.language, near_threshold=None if args.no_near_dedup else args.near_threshold,
-        consistency=not args.no_consistency, consistency_k=args.consistency_k, filter_model=args.filter_model, cache_dir=args.cache_dir,
-    )  # fmt: skip
-    check_quality(quality)
-    settings = SynthesisSettings(
-        corpus=args.corpus, out=args.out, prompts=args.prompt or ["question"], language=args.language, instruction=args.instruction,
-        max_passage_chars=args.max_passage_chars, limit=args.limit, mine_negatives=args.mine_negatives,
-        negatives_range=tuple(args.negatives_range), progress=not args.no_progress, generation=generation, quality=quality,
-    )  # fmt: skip
-    stats: Counter = Counter()
-    if args.endpoint:
-        endpoint = EndpointSettings(
-            args.endpoint, args.model, os.environ.get(args.api_key_env) or None, args.concurrency, args.timeout, args.max_retries,
-            max_requests=args.max_requests,
+    try:
+        generation = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        quality = QualitySettings(
+            max_overlap=args.max_overlap, language=args.language, near_threshold=None if args.no_near_dedup else args.near_threshold,
+            consistency=not args.no_consistency, consistency_k=args.consistency_k, filter_model=args.filter_model, cache_dir=args.cache_dir,
         )  # fmt: skip
-        generator = EndpointGenerator(endpoint, generation, stats)
-    else:
-        generator = LocalGenerator(LocalSettings(args.local, batch_size=args.batch_size), generation, stats)
+        settings = SynthesisSettings(
+            corpus=args.corpus, out=args.out, prompts=args.prompt or ["question"], language=args.language, instruction=args.instruction,
+            max_passage_chars=args.max_passage_chars, limit=args.limit, mine_negatives=args.mine_negatives,
+            negatives_range=tuple(args.negatives_range), progress=not args.no_progress, generation=generation, quality=quality,
+        )  # fmt: skip
+        if args.endpoint:
+            source: EndpointSettings | LocalSettings = EndpointSettings(
+                url=args.endpoint, model=args.model, api_key=os.environ.get(args.api_key_env) or None, concurrency=args.concurrency,
+                timeout=args.timeout, max_retries=args.max_retries, max_requests=args.max_requests,
+            )  # fmt: skip
+        else:
+            source = LocalSettings(path=args.local, batch_size=args.batch_size)
+    except ValidationError as err:
+        raise HybridembedError("invalid synthesize option: " + "; ".join(validation_problems(err))) from None
+    check_quality(quality)
+    stats: Counter = Counter()
+    generator = EndpointGenerator(source, generation, stats) if isinstance(source, EndpointSettings) else LocalGenerator(source, generation, stats)
     report = synthesize(settings, generator)
     print("\n".join(report.lines()))
     return 0

@@ -13,7 +13,7 @@ from hybridembed.serve.settings import defaults
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = defaults()  # one place: the ServeSettings dataclass
+DEFAULTS = defaults()  # one place: the ServeSettings model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -124,6 +124,9 @@ def set_cpu_threads(threads: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from hybridembed.schema import validation_problems
     from hybridembed.serve.settings import ServeSettings
 
     api_key = read_api_key(args.api_key_env)
@@ -142,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
             api_key=api_key,
             warmup=not args.no_warmup,
         )
-    except ValueError as err:
-        raise HybridembedError(f"invalid serve option: {err}") from None
+    except ValidationError as err:
+        raise HybridembedError("invalid serve option: " + "; ".join(validation_problems(err))) from None
     if args.threads is not None and args.threads < 1:
         raise HybridembedError(f"--threads {args.threads}: must be >= 1")
     if not _is_loopback(args.host) and api_key is None:

@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from hybridembed.errors import HybridembedError
-from hybridembed.schema import Strict
+from hybridembed.schema import Strict, validation_problems
 from hybridembed.tasks import TaskType
 
 MTEB_PREFIX = "mteb:"
@@ -143,17 +143,6 @@ class Suite(Strict):
         return self
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key {loc!r}")
-        else:
-            parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return f"{where}: " + "; ".join(parts)
-
-
 def parse_suite(data: Any, base_dir: str | Path | None = None, where: str = "suite") -> Suite:
     """Validate a suite given as a dict (or a bare list of tasks); resolve relative paths against `base_dir`."""
     if isinstance(data, list):
@@ -163,7 +152,7 @@ def parse_suite(data: Any, base_dir: str | Path | None = None, where: str = "sui
     try:
         suite = Suite.model_validate(data)
     except ValidationError as err:
-        raise SuiteError(_format_validation_error(err, where)) from None
+        raise SuiteError(f"{where}: " + "; ".join(validation_problems(err))) from None
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     kept = []
     for task in suite.tasks:

@@ -1,12 +1,11 @@
 """Losses (one file each) and the single place that routes a task type to its default loss.
 
 Adding a loss: write one file with an ``nn.Module`` taking ``(sentence_features, labels)`` and a
-class attribute ``accepts`` (the row shape it trains on), then add one line to ``LOSS_CLASSES``.
+class attribute ``accepts`` (the row shape it trains on), add one line to ``LOSS_CLASSES`` and its
+settings model to ``recipe.LossConfig`` (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
-
-import inspect
 
 from torch import nn
 
@@ -17,7 +16,7 @@ from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS
 from hybridembed.losses.infonce import InfoNCELoss
 from hybridembed.losses.label_contrastive import LabelContrastiveLoss
 from hybridembed.losses.pearson import PearsonLoss
-from hybridembed.recipe import LossConfig, LossName
+from hybridembed.recipe import LossConfig, LossName, loss_config
 from hybridembed.tasks import TASKS, TaskType
 
 LOSS_CLASSES: dict[LossName, type[nn.Module]] = {
@@ -42,7 +41,7 @@ LOSS_WEIGHT_PRESETS: dict[str, dict[LossName, float]] = {
 
 def resolve_loss_config(task: TaskType, per_task: dict[TaskType, LossConfig], per_dataset: LossConfig | None) -> LossConfig:
     """Dataset setting beats the recipe's per-task setting, which beats the default routing."""
-    return per_dataset or per_task.get(task) or LossConfig(name=DEFAULT_LOSS_FOR_TASK[task])
+    return per_dataset or per_task.get(task) or loss_config(DEFAULT_LOSS_FOR_TASK[task])
 
 
 def build_loss(
@@ -57,18 +56,13 @@ def build_loss(
     preset: str = "hybridembed",
 ) -> nn.Module:
     """Instantiate the configured loss for `task`: optionally gradient-cached, then wrapped in MatryoshkaLoss if dims are given."""
-    loss_class = LOSS_CLASSES[config.name]
+    name = LossName(config.name)
+    loss_class = LOSS_CLASSES[name]
     if loss_class.accepts is not task.shape:
-        raise RecipeError(f"{where}: loss {config.name} trains on {loss_class.accepts} rows, but task {task} has {task.shape} rows")
-    accepted = inspect.signature(loss_class.__init__).parameters
-    kwargs = {}
-    for key, value in config.model_dump(exclude={"name"}).items():
-        if value is None:
-            continue
-        if key not in accepted:
-            raise RecipeError(f"{where}: loss {config.name} has no parameter {key!r}")
-        kwargs[key] = value
-    kwargs.setdefault("weight", LOSS_WEIGHT_PRESETS[preset].get(config.name, 1.0))
+        raise RecipeError(f"{where}: loss {name} trains on {loss_class.accepts} rows, but task {task} has {task.shape} rows")
+    # The settings model of each loss holds exactly what its class takes (tests/test_losses.py checks it).
+    kwargs = config.model_dump(exclude={"name"}, exclude_none=True)
+    kwargs.setdefault("weight", LOSS_WEIGHT_PRESETS[preset].get(name, 1.0))
     loss = loss_class(model, chunk_rows=forward_chunk_rows, **kwargs)
     if cache_minibatch_size:
         loss = CachedLoss(loss, mini_batch_size=cache_minibatch_size)

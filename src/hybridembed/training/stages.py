@@ -27,8 +27,7 @@ from hybridembed.modeling.lora import is_adapter_folder, merge_saved_adapter
 from hybridembed.modeling.model import write_metadata
 from hybridembed.recipe import (
     DataFormat,
-    LossConfig,
-    LossName,
+    InfoNCESettings,
     ModelConfig,
     Recipe,
     StageConfig,
@@ -88,7 +87,7 @@ def stage_recipe(recipe: Recipe, plan: StagePlan, backbone: str, resume: bool) -
             if ds.task is None and ds.format is not DataFormat.PICCOLO:
                 ds.task = TaskType.RETRIEVAL  # weakly supervised (query, passage) pairs
         if stage.losses is None:
-            losses = {TaskType.RETRIEVAL: LossConfig(name=LossName.INFONCE, bidirectional=True, temperature=PAIRS_TEMPERATURE)}
+            losses = {TaskType.RETRIEVAL: InfoNCESettings(bidirectional=True, temperature=PAIRS_TEMPERATURE)}
     rest = recipe.model_dump(exclude={"model", "datasets", "losses", "training", "stages"})
     if stage.mining is not None:
         rest["mining"] = stage.mining.model_dump()
