@@ -105,6 +105,9 @@ def test_training_with_dynamic_mining_logs_replacements_and_resume_restores_the_
     assert events[0]["mining/checked"] > 0 and events[0]["mining/replaced"] > 0
     assert "mining/score_before" in events[0] and "mining/score_after" in events[0]
     assert events[0]["mining/score_after"] > events[0]["mining/score_before"]  # replacements are harder
+    assert events[0]["mining/above_max_score"] == 0  # max_score 1.0
+    start = [e for e in trainer.state.log_history if e["step"] == 0]  # init: start — the activation pass is logged too
+    assert len(start) == 1 and start[0]["mining/initialized"] == 48 and "mining/checked" not in start[0]
     checkpoint = out / "checkpoint-6"
     saved = dict(np.load(checkpoint / STATE_FILE))
     default_active = np.tile(np.arange(2), (24, 1))
@@ -133,7 +136,7 @@ def test_upcoming_rows_follow_the_sampler(tiny_bert_dir, pool_data, tmp_path):
     assert sampler.epoch == 1  # the replay does not move the live sampler
 
 
-WORKER = '''
+WORKER = """
 import json, sys
 import torch.distributed as dist
 from hybridembed.recipe import Recipe
@@ -151,7 +154,7 @@ result = {
     "own_rows": miner.upcoming_rows(3, 3).get("pool", []),
 }
 json.dump(result, open(f"{sys.argv[2]}.rank{rank}.json", "w"))
-'''
+"""
 
 
 def test_two_processes_share_one_mining_state(tiny_bert_dir, pool_data, tmp_path):
@@ -274,6 +277,22 @@ def test_max_score_bounds_every_negative_when_it_becomes_active(tiny_bert_dir, p
     # and every unused candidate scores ≥ 0.8, so it stays (exhausted)
     assert table.active_texts(1) == [p1[0], p1[1]]
     assert event.checked == 4 and event.easy == 2 and event.replaced == 1 and event.exhausted == 1
+    assert event.above_max_score == 1  # row 1, slot 0 (0.81)
+
+
+def test_the_callback_warns_once_when_most_judged_negatives_sit_above_max_score(tiny_bert_dir, pool_data, tmp_path, caplog):
+    from hybridembed.mining.dynamic import DynamicMiningCallback, MiningEvent
+    from hybridembed.training.builder import prepare_training
+
+    trainer = prepare_training(_recipe(tiny_bert_dir, pool_data, tmp_path / "out", max_score=0.8))
+    callback = DynamicMiningCallback(trainer.dynamic_miner, trainer)
+    with caplog.at_level("WARNING", logger="hybridembed.mining.dynamic"):
+        callback._warn_if_bound_blocks(MiningEvent(checked=10, above_max_score=5, sum_before=8.0))  # half: no warning
+        assert not caplog.records
+        callback._warn_if_bound_blocks(MiningEvent(checked=10, above_max_score=6, sum_before=9.0))
+        callback._warn_if_bound_blocks(MiningEvent(checked=10, above_max_score=9, sum_before=9.3))
+    assert len(caplog.records) == 1
+    assert "6 of 10 judged negatives score at or above max_score 0.80 (mean 0.900)" in caplog.records[0].getMessage()
 
 
 # --- timing: the event runs before the first batch it covers is collated ---------------------------------------------
@@ -364,4 +383,3 @@ def test_the_batches_after_an_event_are_collated_with_its_replacements(tiny_bert
         assert scored == {row for p in range(first, last) for row, _ in batches[p]}
         changed += sum(set(before[row]) != set(after[row]) for p in batches_of_step(nominal + 1) for row, _ in batches[p])
     assert changed > 0  # not vacuous: the first batch trained after an event's nominal step holds replaced negatives
-

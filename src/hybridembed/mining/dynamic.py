@@ -69,6 +69,7 @@ class MiningEvent:
     """What one re-scoring event did on this process (or, after `gather`, on all of them)."""
 
     step: int = 0
+    judged: bool = True  # False for the activation pass before step 1 (`init: start`): nothing is judged there
     rows: int = 0
     initialized: int = 0  # negatives that got their activation score now (no judgement yet)
     checked: int = 0  # negatives judged against their activation score
@@ -77,11 +78,14 @@ class MiningEvent:
     exhausted: int = 0  # easy negatives left in place: no unused candidate below max_score scored higher
     guarded: int = 0  # negatives scoring >= max_score when they got their activation score (likely false negatives)
     guard_replaced: int = 0  # ... of which swapped for the hardest unused candidate below max_score
+    above_max_score: int = 0  # judged negatives at or above max_score, which are never easy
     sum_before: float = 0.0  # over the checked negatives, their current scores ...
     sum_after: float = 0.0  # ... and the scores of whatever occupies their slots after the event
 
     def logs(self) -> dict[str, float]:
-        keys = ("rows", "initialized", "checked", "easy", "replaced", "exhausted", "guarded", "guard_replaced")
+        keys = ("rows", "initialized", "guarded", "guard_replaced")
+        if self.judged:
+            keys += ("checked", "easy", "replaced", "exhausted", "above_max_score")
         out = {f"mining/{k}": float(getattr(self, k)) for k in keys}
         if self.checked:
             out["mining/score_before"] = round(self.sum_before / self.checked, 5)
@@ -294,7 +298,7 @@ class DynamicMiner:
 
         Rows are handled `chunk_rows` at a time, so memory holds one chunk's embeddings.
         """
-        event = MiningEvent(step=step)
+        event = MiningEvent(step=step, judged=judge)
         updates: dict[str, list[tuple]] = {}
         total = sum(len(ids) for ids in rows_by_dataset.values())
         with tqdm(total=total, desc="dynamic mining: scoring", unit="row", disable=total <= 2 * chunk_rows, leave=False) as bar:
@@ -329,6 +333,7 @@ class DynamicMiner:
                 flags = is_easy(judged_scores, table.initial[r, judged_slots], ratio, max_score)
                 easy = sorted(((int(s), float(v), True) for s, v, f in zip(judged_slots, judged_scores, flags) if f), key=lambda x: x[1])
                 event.checked += len(judged_slots)
+                event.above_max_score += int((judged_scores >= max_score).sum())
                 event.sum_before += float(judged_scores.sum())
                 event.sum_after += float(judged_scores.sum()) - sum(score for _, score, _ in easy)
                 event.easy += len(easy)
@@ -371,7 +376,7 @@ class DynamicMiner:
                     for update in rows:
                         self.tables[name].apply(update)
         for key, value in totals.items():
-            if key != "step":
+            if key not in ("step", "judged"):
                 setattr(event, key, type(getattr(event, key))(value))
 
     # --- state -------------------------------------------------------------------------------
@@ -420,6 +425,7 @@ class DynamicMiningCallback(TrainerCallback):
     def __init__(self, miner: DynamicMiner, trainer: Any) -> None:
         self.miner, self.trainer = miner, trainer
         self.restored_from: str | None = None
+        self.warned_bound = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         # (0 dataloader workers: prepare_training rejects workers with dynamic mining, see WORKERS_ERROR)
@@ -435,6 +441,7 @@ class DynamicMiningCallback(TrainerCallback):
             epoch = state.global_step // self.miner.steps_per_epoch
             event = self.miner.refresh(self.miner.epoch_rows(epoch), step=state.global_step, judge=False)
             logger.info("dynamic mining: activation scores for %d negatives of %d rows", event.initialized, event.rows)
+            self.trainer.log(event.logs())  # the guard's swaps before step 1 (mining/guarded, mining/guard_replaced)
 
     def on_step_end(self, args, state, control, **kwargs):
         # The event of nominal step N (a multiple of every_steps) runs before the batches after it are
@@ -448,6 +455,23 @@ class DynamicMiningCallback(TrainerCallback):
         self.miner.windows.append((step, first, end))
         self.miner.events += 1
         self.trainer.log(event.logs())
+        self._warn_if_bound_blocks(event)
+
+    def _warn_if_bound_blocks(self, event: MiningEvent) -> None:
+        # Measured: all-MiniLM-L6-v2 on Chinese scores its negatives at 0.84-0.95 cosine, so with max_score 0.8 no
+        # negative was ever judged easy in 490 steps (docs/RESULTS.md, Table F). Say so once, early.
+        if self.warned_bound or not event.checked or event.above_max_score * 2 <= event.checked:
+            return
+        self.warned_bound = True
+        logger.warning(
+            "dynamic mining: %d of %d judged negatives score at or above max_score %.2f (mean %.3f), and such a "
+            "negative is never judged easy, so the rule can hardly replace anything; this model's cosines sit above "
+            "the bound — set mining.dynamic.max_score from its score distribution on training data (docs/mining.md)",
+            event.above_max_score,
+            event.checked,
+            self.miner.config.max_score,
+            event.sum_before / event.checked,
+        )
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
