@@ -85,14 +85,14 @@ def make_timer(counter: RowCounter, warmup: int):
     return StepTimer()
 
 
-def recipe(steps: int, batch_size: int, out: str, precision: str = "fp32"):
+def recipe(steps: int, batch_size: int, out: str, precision: str = "fp32", packing: bool = False):
     """The quickstart recipe with one batch size for every dataset (the stock sampler has only one)."""
     from hybridembed.recipe import load_recipe
 
     loaded = load_recipe(
         REPO / "recipes" / "quickstart.yaml",
         {"training.max_steps": steps, "training.batch_size": batch_size, "training.output_dir": out, "training.report_to": [],
-         "training.precision": precision},
+         "training.precision": precision, "training.packing": packing},
     )  # fmt: skip
     for dataset in loaded.datasets:
         dataset.batch_size = None
@@ -157,10 +157,10 @@ def matmul_peak(precision: str, size: int = 2048, repeats: int = 5, trials: int 
     return best
 
 
-def run_ours(steps: int, warmup: int, batch_size: int, out: str, precision: str) -> dict:
+def run_ours(steps: int, warmup: int, batch_size: int, out: str, precision: str, packing: bool = False) -> dict:
     from hybridembed.training.builder import prepare_training
 
-    return timed_train(prepare_training(recipe(steps, batch_size, out, precision)), warmup)
+    return timed_train(prepare_training(recipe(steps, batch_size, out, precision, packing)), warmup)
 
 
 def run_stock(steps: int, warmup: int, batch_size: int, out: str, precision: str) -> dict:
@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="our arm's training.precision (auto: bf16 on an AMX CPU or a bf16 GPU, else fp32)")  # fmt: skip
+    parser.add_argument("--packing", action="store_true", help="also time our arm with training.packing: true (a row of its own)")
     args = parser.parse_args()
     precision = resolve_precision(args.precision)
     precisions = sorted({"fp32", precision})
@@ -212,6 +213,8 @@ def main() -> None:
     arms = {}
     with tempfile.TemporaryDirectory() as tmp:
         arms["hybridembed"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours", precision)
+        if args.packing:
+            arms["hybridembed, training.packing"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/packed", precision, packing=True)
         arms["stock SentenceTransformerTrainer"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock", "fp32")
         if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
             arms[f"stock SentenceTransformerTrainer, {precision}=True"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock-{precision}", precision)
@@ -224,7 +227,7 @@ def main() -> None:
     print("| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | STS-B dev Spearman | wall (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, arm in arms.items():
-        p = precision if name == "hybridembed" or name.endswith("=True") else "fp32"
+        p = precision if name.startswith("hybridembed") or name.endswith("=True") else "fp32"
         print(f"| {name} | {p} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peaks[p]:.2f} | "
               f"{arm['spearman']:.4f} | {arm['wall']:.0f} |")  # fmt: skip
     if precision != "fp32":

@@ -197,6 +197,11 @@ class TrainingConfig(Strict):
         description="embed each batch's texts sorted by length in chunks of this many rows (less padding); null: one forward; "
         "auto: 32 on a CPU, one forward on a GPU (hybridembed.precision)",
     )
+    packing: bool = Field(
+        False,
+        description="train on packed (unpadded) forwards: each chunk's rows as one sequence of their real tokens; varlen "
+        "attention with flash_attention_2/3, a block-diagonal mask otherwise (hybridembed.modeling.packing)",
+    )
     logging_steps: int = Field(10, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     save_steps: int | None = Field(None, gt=0)
