@@ -110,15 +110,15 @@ def _masked_bins_forward(backbone: Any, columns: dict[str, Tensor], row_of_token
     """
     sizes = lengths.tolist()
     capacity = max(BIN_TOKENS, max(sizes))
-    bin_of_row, offset_of_row, used = [], [], 0
-    bins = 0
+    bin_of_row: list[int] = []
+    offset_of_row: list[int] = []
+    bins, used = 1, 0
     for size in sizes:
-        if used + size > capacity or not bin_of_row:
-            bins, used = bins + (1 if bin_of_row else 0), 0
-        bin_of_row.append(bins)
+        if used + size > capacity:
+            bins, used = bins + 1, 0
+        bin_of_row.append(bins - 1)
         offset_of_row.append(used)
         used += size
-    bins += 1
     bin_length = capacity if bins > 1 else used
     device = row_of_token.device
     token_bin = torch.tensor(bin_of_row, device=device)[row_of_token]
