@@ -39,7 +39,7 @@ def _embed(model, texts: list[str], device: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bin_tokens", [512, 16], ids=["one-bin", "many-bins"])
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta"])
 def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, bin_tokens, device, tmp_path, monkeypatch):
     from hybridembed.modeling import packing
     from hybridembed.modeling.tiny import build_tiny_backbone

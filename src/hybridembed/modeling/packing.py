@@ -9,10 +9,11 @@ at the backbone's first position) and keeps rows from attending to each other:
 * `flash_attention_2` / `flash_attention_3` backbones (`model.attn_implementation`) get transformers'
   varlen arguments (`cu_seq_lens_q/k`, `max_length_q/k`) and no mask, so attention runs over each
   row's own tokens only — FLOPs and memory proportional to the real tokens (the GPU path);
-* `sdpa` and `eager` get a block-diagonal boolean mask. The result is the same as the padded
-  forward, but attention then covers (all tokens)² instead of Σ(row tokens)², so this path is for
-  checking correctness anywhere and for backbones without a varlen kernel, not a speed-up on its own
-  (docs/performance.md has the measurement).
+* `sdpa` and `eager` get rows packed in order into bins of at most `BIN_TOKENS` tokens (or the
+  longest row) with a block-diagonal boolean mask per bin. The result is the same as the padded
+  forward, but attention then covers (bin length)² per bin instead of Σ(row tokens)², so this path is
+  for checking correctness anywhere and for backbones without a varlen kernel, not a speed-up on its
+  own (docs/performance.md has the measurement).
 
 The per-token outputs are scattered back to the padded (rows, length, hidden) layout before the
 pooling module, so every sentence-transformers module after the encoder (pooling of any kind, Dense,
@@ -33,18 +34,10 @@ from hybridembed.errors import RecipeError
 
 # model_type → first position id. BERT-style models count from 0; RoBERTa-style ones from padding_idx + 1
 # (their embeddings derive position ids from input_ids when none are given, which packing must reproduce).
-FIRST_POSITION: dict[str, str | int] = {
-    "bert": 0,
-    "distilbert": 0,
-    "electra": 0,
-    "ernie": 0,
-    "nomic_bert": 0,
-    "roberta": "padding_idx+1",
-    "xlm-roberta": "padding_idx+1",
-    "camembert": "padding_idx+1",
-}
+# Only the families tests/test_packing.py checks against the padded forward.
+FIRST_POSITION: dict[str, str | int] = {"bert": 0, "roberta": "padding_idx+1", "xlm-roberta": "padding_idx+1"}
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
-# Tokens per bin of the masked path: bounds its (bin length)² attention mask and scores (hybridembed.modeling.packing).
+# Tokens per bin of the masked path: bounds its (bin length)² attention mask and scores.
 BIN_TOKENS = 512
 
 
