@@ -39,11 +39,12 @@ LINT_PATHS := src tests benchmarks scripts
 help:
 	@awk '/^## /{doc = doc (doc ? " " : "") substr($$0, 4); next} /^[a-zA-Z0-9_-]+:/{if (doc) printf "  %-10s %s\n", substr($$1, 1, length($$1) - 1), doc; doc = ""; next} {doc = ""}' $(MAKEFILE_LIST)
 
-## Lint with ruff (rules in pyproject.toml [tool.ruff]).
+## Lint with ruff and check that every file is formatted (rules in pyproject.toml [tool.ruff]).
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
-## Format with ruff format (rewrites files: run it on your own changes, e.g. make format LINT_PATHS=src/hybridembed/x.py).
+## Format with ruff format (rewrites files; `make lint` fails on any file it would change).
 format: $(STAMP)
 	$(BIN)/ruff format $(LINT_PATHS)
 

@@ -79,7 +79,13 @@ def english_check(old_path: str, new_path: Path, texts: list[str]) -> dict[str, 
     # A text whose old tokens had no [UNK] must come out identical; one that had [UNK] (a curly quote the
     # old vocabulary lacked, say) may now get the new token for it.
     changed_known = sum(old.unk_token_id not in a for a, _ in pairs)
-    return {"texts": len(texts), "changed": len(pairs), "changed_without_unk": changed_known, "before": measure_fertility(old, texts).as_dict(), "after": measure_fertility(new, texts).as_dict()}
+    return {
+        "texts": len(texts),
+        "changed": len(pairs),
+        "changed_without_unk": changed_known,
+        "before": measure_fertility(old, texts).as_dict(),
+        "after": measure_fertility(new, texts).as_dict(),
+    }
 
 
 def arm_recipe(backbone: str, out: Path, mlm_corpus: Path, files: dict[str, Path], sz: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +151,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     sz = dict(QUICK if args.quick else FULL)
-    overrides = {"backbone": args.backbone, "mlm_steps": args.mlm_steps, "train_steps": args.train_steps, "vocab_size": args.vocab_size, "eval_max_samples": args.eval_max_samples}
+    overrides = {
+        "backbone": args.backbone,
+        "mlm_steps": args.mlm_steps,
+        "train_steps": args.train_steps,
+        "vocab_size": args.vocab_size,
+        "eval_max_samples": args.eval_max_samples,
+    }
     sz.update({k: v for k, v in overrides.items() if v is not None})
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

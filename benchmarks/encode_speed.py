@@ -65,9 +65,7 @@ def served_rate(served, sentences: list[str]) -> tuple[float, float]:
 
     settings = ServeSettings()
     size, passes = settings.max_batch_size, settings.forward_batch_size()
-    return rate(
-        lambda t: np.concatenate([served.encode(t[i : i + size], batch_size=passes)[0] for i in range(0, len(t), size)]), sentences
-    )
+    return rate(lambda t: np.concatenate([served.encode(t[i : i + size], batch_size=passes)[0] for i in range(0, len(t), size)]), sentences)
 
 
 def main() -> None:
@@ -130,6 +128,7 @@ def onnx_rows(model: str, onnx_dir: str | None, sentences: list[str], threads: i
             name = f"ONNX {label} serve engine (onnxruntime {onnxruntime.__version__}, {file_name}, same batching)"
             rows[name] = served_rate(served, sentences)
         return rows
+
 
 if __name__ == "__main__":
     main()

@@ -91,7 +91,13 @@ def store_worker(args: argparse.Namespace) -> dict:
     else:
         store = open_corpus(work / "all.txt", cache_dir=work / "store-cache")
         count, disk = len(store), sum(f.stat().st_size for f in store.path.iterdir())
-    result = {"step": args.worker, "texts": count, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(), "over_start_mb": peak_rss_mb() - before}
+    result = {
+        "step": args.worker,
+        "texts": count,
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "over_start_mb": peak_rss_mb() - before,
+    }
     return {**result, "disk_mb": disk / 2**20} if args.worker == "store" else result
 
 
@@ -225,11 +231,15 @@ def main() -> None:
     embed = results.pop(0)
     print(f"Corpus to its text store and embedding cache (once): {embed['embed_texts_per_s']:.0f} texts/s ({embed['total_s']:.0f} s), "
           f"peak RSS {embed['peak_rss_mb']:.0f} MB ({embed['over_model_mb']:.0f} MB over the loaded model).\n")  # fmt: skip
-    print(f"| index | index build (s) | search only (queries/s) | mine end-to-end (queries/s) | top-{args.rank_range[1]} overlap with exact | index in RAM (KB) | peak RSS (MB) | peak RSS over model load (MB) |")
+    print(
+        f"| index | index build (s) | search only (queries/s) | mine end-to-end (queries/s) | top-{args.rank_range[1]} overlap with exact | index in RAM (KB) | peak RSS (MB) | peak RSS over model load (MB) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         assert r["reused"], "the index runs must reuse the text store and the embedding cache"
-        print(f"| {r['index']} | {r['build_s']:.2f} | {r['search_qps']:.0f} | {r['mine_qps']:.1f} | {r['recall']:.3f} | {r['index_kb']:.0f} | {r['peak_rss_mb']:.0f} | {r['over_model_mb']:.0f} |")
+        print(
+            f"| {r['index']} | {r['build_s']:.2f} | {r['search_qps']:.0f} | {r['mine_qps']:.1f} | {r['recall']:.3f} | {r['index_kb']:.0f} | {r['peak_rss_mb']:.0f} | {r['over_model_mb']:.0f} |"
+        )
     print("\nmine end-to-end = encode the queries + search + sample + write; search only = faiss on pre-encoded queries;")
     print("index in RAM = faiss's serialized index; peak RSS (ru_maxrss) is the mining run's, before the search-only timing builds its own index.")
 

@@ -144,7 +144,11 @@ def machine() -> str:
 
 
 def _caption(lang: str, sz: dict[str, Any], data: dict[str, Any], backbone: str, mach: str) -> str:
-    suite = "the whole shipped suite" if not data["suite_subsampled"] else f"a generated copy with max_samples ≤ {sz['eval_max_samples']} per task (subsampled for time)"
+    suite = (
+        "the whole shipped suite"
+        if not data["suite_subsampled"]
+        else f"a generated copy with max_samples ≤ {sz['eval_max_samples']} per task (subsampled for time)"
+    )
     return (
         f"{sz['steps']} steps × batch {sz['batch']} = {sz['steps'] * sz['batch']} rows per training arm, from the same {data['rows_total']} sliced source rows of {lang} "
         f"(proportional mixing); lr {sz['lr']}, warmup {sz['warmup_ratio']}, max_seq_length {sz['max_seq_length']} (eval {sz['eval_max_seq_length']} for every model), training precision {sz['precision']}, "
@@ -163,10 +167,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--backbone", default="bundled:all-MiniLM-L6-v2", help="backbone (tests pass a tiny random BERT)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate arms whose cached result exists")
-    p.add_argument("--budget-min", type=float, default=None, help="start no arm that the estimate says would end after this many minutes (cut arms are listed; a re-run continues)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="training precision of every arm, the stock one included (auto: bf16 on an AMX CPU or a bf16 GPU; evaluation stays fp32)")
-    p.add_argument("--eval-max-samples", type=int, default=None, help="evaluate a generated copy of each suite with max_samples ≤ N per task (for time; said in the captions)")
+    p.add_argument(
+        "--budget-min",
+        type=float,
+        default=None,
+        help="start no arm that the estimate says would end after this many minutes (cut arms are listed; a re-run continues)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="training precision of every arm, the stock one included (auto: bf16 on an AMX CPU or a bf16 GPU; evaluation stays fp32)",
+    )
+    p.add_argument(
+        "--eval-max-samples",
+        type=int,
+        default=None,
+        help="evaluate a generated copy of each suite with max_samples ≤ N per task (for time; said in the captions)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -252,7 +270,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": mach,
         "started": started_at,
         "wall_seconds_this_invocation": round(wall, 1),
-        "arm_seconds": {f"{e['arm']}-s{e['seed']}": {"train": round(e["train_seconds"], 1), "eval": round(e["eval_seconds"], 1)} for es in res.values() for e in es},
+        "arm_seconds": {
+            f"{e['arm']}-s{e['seed']}": {"train": round(e["train_seconds"], 1), "eval": round(e["eval_seconds"], 1)} for es in res.values() for e in es
+        },
         "command": "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "caption": {lang: _caption(lang, sz, data[lang], args.backbone, mach) for lang in data},
     }

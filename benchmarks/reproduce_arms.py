@@ -29,7 +29,14 @@ ARMS: dict[str, dict[str, Any]] = {
     "zh-hybrid": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "seeds": "all", "dims": MRL_DIMS},
     "zh-stock": {"lang": "zh", "kind": "stock", "view": "cosent", "vs": "zh-hybrid", "dims": [768]},
     "zh-nomrl": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "dims": MRL_DIMS, "model": {"matryoshka_dims": None}},
-    "zh-noproj": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "dims": [384], "model": {"projection_dim": None, "matryoshka_dims": NOPROJ_DIMS}},
+    "zh-noproj": {
+        "lang": "zh",
+        "kind": "ours",
+        "view": "hybrid",
+        "vs": "zh-hybrid",
+        "dims": [384],
+        "model": {"projection_dim": None, "matryoshka_dims": NOPROJ_DIMS},
+    },
     "zh-pearson": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "dims": [768], "sts_loss": "pearson"},
     "zh-static": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "dims": [768], "bge": "bge_static"},
     "zh-dynamic": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-static", "dims": [768], "bge": "bge_pool", "dynamic": True},
@@ -135,7 +142,15 @@ def rows_drawn(recipe: Any) -> dict[str, Any]:
                 break
         epoch += 1
     sizes = {ds.name: len(ds) for ds in datasets}
-    return {"total": sum(per.values()), "batches": steps, "short_batches": short, "per_dataset": per, "distinct": {n: len(s) for n, s in seen.items()}, "dataset_rows": sizes, "epochs": epoch}
+    return {
+        "total": sum(per.values()),
+        "batches": steps,
+        "short_batches": short,
+        "per_dataset": per,
+        "distinct": {n: len(s) for n, s in seen.items()},
+        "dataset_rows": sizes,
+        "epochs": epoch,
+    }
 
 
 # ---------------------------------------------------------------- the stock arm
@@ -191,7 +206,12 @@ def train_stock(recipe: Any, model_dir: Path) -> dict[str, Any]:
     trainer.save_model(str(model_dir))
     write_training_log(model_dir, trainer.state.log_history)
     trained = counter.sizes[: trainer.state.global_step]  # the loader collates one batch ahead of the trained ones
-    return {"total": sum(trained), "batches": len(trained), "short_batches": sum(1 for n in trained if n < t.batch_size), "dataset_rows": {n: len(d) for n, d in train.items()}}
+    return {
+        "total": sum(trained),
+        "batches": len(trained),
+        "short_batches": sum(1 for n in trained if n < t.batch_size),
+        "dataset_rows": {n: len(d) for n, d in train.items()},
+    }
 
 
 def _stock_batch_sampler(dataset: Any, **kwargs: Any) -> Any:
@@ -241,7 +261,11 @@ def evaluate(model_path: str, suite: Path, dims: list[int], sz: dict[str, Any]) 
 def plan_key(arm: str, backbone: str, data: dict[str, Any], sz: dict[str, Any]) -> dict[str, Any]:
     """What a cached result must match to be reused (sizes, rows, backbone, evaluation settings)."""
     keys = ("steps", "batch", "lr", "warmup_ratio", "max_seq_length", "eval_max_seq_length", "mixing", "nli_negatives", "bge_negatives", "cls_negatives")
-    key = {k: sz[k] for k in keys} | ({"precision": sz["precision"]} if sz.get("precision", "fp32") != "fp32" else {}) | {"backbone": backbone, "rows": data["rows"], "suite": str(data["suite"]), "quick": sz["quick"]}
+    key = (
+        {k: sz[k] for k in keys}
+        | ({"precision": sz["precision"]} if sz.get("precision", "fp32") != "fp32" else {})
+        | {"backbone": backbone, "rows": data["rows"], "suite": str(data["suite"]), "quick": sz["quick"]}
+    )
     if ARMS[arm].get("bge"):
         key |= {k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "mine_max_ratio", "every")}
     if ARMS[arm]["kind"] == "base":
@@ -304,8 +328,17 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
         from hybridembed.model_folder import read_training_log
 
         log = read_training_log(model_dir)
-        entry |= {"train_seconds": info["train_seconds"], "resumed": info.get("resumed", False), "rows_drawn": info["rows_drawn"], "recipe": info["recipe"], "model": str(model_dir), "train_log": log}
-        entry["mining"] = {k: sum(e.get(k, 0) for e in log) for k in ("mining/checked", "mining/easy", "mining/replaced", "mining/exhausted", "mining/guard_replaced")}
+        entry |= {
+            "train_seconds": info["train_seconds"],
+            "resumed": info.get("resumed", False),
+            "rows_drawn": info["rows_drawn"],
+            "recipe": info["recipe"],
+            "model": str(model_dir),
+            "train_log": log,
+        }
+        entry["mining"] = {
+            k: sum(e.get(k, 0) for e in log) for k in ("mining/checked", "mining/easy", "mining/replaced", "mining/exhausted", "mining/guard_replaced")
+        }
         model_path = str(model_dir)
     t0 = time.perf_counter()
     entry["eval"] = evaluate(model_path, data["suite"], spec["dims"], sz)

@@ -158,7 +158,9 @@ def zh_sources() -> dict[str, list[dict[str, Any]]]:
                 if r[1] not in entry[r[2]]:
                     entry[r[2]].append(r[1])
     src["nli"] = [{"query": p, "positives": e["entailment"], "negatives": e["contradiction"]} for p, e in nli.items() if e["entailment"] and e["contradiction"]]
-    src["bge"] = [{"query": r["query"], "positives": r["pos"], "negatives": r["neg"]} for r in read_jsonl(zh / "retrieval" / "bge_finetune_data.jsonl") if r.get("pos")]
+    src["bge"] = [
+        {"query": r["query"], "positives": r["pos"], "negatives": r["neg"]} for r in read_jsonl(zh / "retrieval" / "bge_finetune_data.jsonl") if r.get("pos")
+    ]
     tnews_zh = {str(r["label"]): r["label_zh"] for r in read_jsonl(zh / "fewclue_tnews" / "label_index2en2zh.jsonl")}
     src["cls_tnews"] = [{"text": r["sentence"], "label": tnews_zh[str(r["label"])]} for r in read_jsonl(zh / "fewclue_tnews" / "train_few_all.jsonl")]
     src["cls_iflytek"] = [{"text": r["sentence"], "label": r["label_des"]} for r in read_jsonl(zh / "fewclue_iflytek" / "train_few_all.jsonl")]
@@ -246,7 +248,11 @@ def mine_pool(work: Path, backbone: str, data: dict[str, Any], sz: dict[str, Any
     tr = work / "train-zh"
     pool_path, static_path = tr / "bge_mined_pool.jsonl", tr / "bge_mined_static.jsonl"
     report_path = tr / "bge_mined_report.json"
-    key = {"backbone": backbone, "rows": data["rows"], **{k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "mine_max_ratio", "bge_negatives", "max_seq_length")}}
+    key = {
+        "backbone": backbone,
+        "rows": data["rows"],
+        **{k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "mine_max_ratio", "bge_negatives", "max_seq_length")},
+    }
     key = json.loads(json.dumps(key))
     previous = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     if not (pool_path.exists() and static_path.exists() and previous.get("key") == key):
@@ -255,13 +261,17 @@ def mine_pool(work: Path, backbone: str, data: dict[str, Any], sz: dict[str, Any
 
         rows = read_jsonl(data["files"]["bge"])
         positives = list(dict.fromkeys(p for r in rows for p in r["positives"]))
-        others = list(dict.fromkeys([n for r in rows for n in r["negatives"]] + [t for r in read_jsonl(data["files"]["sts"]) for t in (r["text1"], r["text2"])]))
+        others = list(
+            dict.fromkeys([n for r in rows for n in r["negatives"]] + [t for r in read_jsonl(data["files"]["sts"]) for t in (r["text1"], r["text2"])])
+        )
         others = [t for t in others if t not in set(positives)]
         corpus = positives + seeded(others, max(0, sz["mine_corpus"] - len(positives)), SLICE_SEED)
         model = load_model(backbone)
         model.max_seq_length = sz["max_seq_length"]
         options = MiningOptions(rank_range=tuple(sz["mine_range"]), num_negatives=sz["mine_pool"], sampling="top", max_ratio=sz["mine_max_ratio"], seed=0)
-        report = mine_hard_negatives(model, load_queries(data["files"]["bge"]), pool_path, corpus=corpus, options=options, cache_dir=work / "cache", progress=False)
+        report = mine_hard_negatives(
+            model, load_queries(data["files"]["bge"]), pool_path, corpus=corpus, options=options, cache_dir=work / "cache", progress=False
+        )
         mined = read_jsonl(pool_path)
         write_jsonl(static_path, [{"query": r["query"], "positives": r["positives"], "negatives": r["negatives"][: sz["bge_negatives"]]} for r in mined])
         summary = {
@@ -270,7 +280,9 @@ def mine_pool(work: Path, backbone: str, data: dict[str, Any], sz: dict[str, Any
             "embed_seconds": round(report.embed_seconds, 1), "search_seconds": round(report.search_seconds, 1), "notes": report.notes,
         }  # fmt: skip
         report_path.write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
-        print(f"mined {report.negatives_written} negatives for {report.rows} rows from {report.corpus_size} texts: {'; '.join(report.notes) or 'ok'}", flush=True)
+        print(
+            f"mined {report.negatives_written} negatives for {report.rows} rows from {report.corpus_size} texts: {'; '.join(report.notes) or 'ok'}", flush=True
+        )
     data["mining"] = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
     return {"bge_pool": pool_path, "bge_static": static_path}
 

@@ -13,7 +13,15 @@ from typing import Any
 from hybridembed.evaluation.results import SuiteResults
 
 TYPE_ORDER = ["sts", "pair_classification", "classification", "clustering", "reranking", "retrieval"]
-TYPE_SHORT = {"sts": "STS", "pair_classification": "PairCls", "classification": "Cls", "clustering": "Clust", "reranking": "Rerank", "retrieval": "Retr", "avg": "avg"}
+TYPE_SHORT = {
+    "sts": "STS",
+    "pair_classification": "PairCls",
+    "classification": "Cls",
+    "clustering": "Clust",
+    "reranking": "Rerank",
+    "retrieval": "Retr",
+    "avg": "avg",
+}
 MRL_DIMS = [768, 384, 256, 128, 64]
 Results = dict[str, list[dict[str, Any]]]
 
@@ -157,7 +165,11 @@ def build_tables(res: Results, meta: dict[str, Any]) -> list[dict[str, Any]]:
     # --- F: dynamic vs static mining
     if res.get("zh-static") and res.get("zh-dynamic"):
         rows, plot = [], {}
-        for arm, label in (("zh-hybrid", "bge's own negatives (zh-hybrid)"), ("zh-static", "mined once by the base model, fixed"), ("zh-dynamic", "same start + dynamic mining (Conan rule)")):
+        for arm, label in (
+            ("zh-hybrid", "bge's own negatives (zh-hybrid)"),
+            ("zh-static", "mined once by the base model, fixed"),
+            ("zh-dynamic", "same start + dynamic mining (Conan rule)"),
+        ):
             if not res.get(arm):
                 continue
             e0 = res[arm][0]

@@ -88,8 +88,9 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, {platform.system()}"
 
 
-async def run_phase(client: httpx.AsyncClient, phase: Phase, texts: list[str], model: str, total: int,
-                    max_seconds: float, offset: int, on_progress=None) -> None:
+async def run_phase(
+    client: httpx.AsyncClient, phase: Phase, texts: list[str], model: str, total: int, max_seconds: float, offset: int, on_progress=None
+) -> None:
     """`phase.concurrency` workers send one text per request until `total` requests or `max_seconds`."""
     next_index = 0
     deadline = time.perf_counter() + max_seconds
@@ -199,8 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     port = free_port()
     model_name = "bench-model"
-    cmd = [sys.executable, "-m", "hybridembed.cli", "serve", args.model, "--host", "127.0.0.1", "--port", str(port),
-           "--model-name", model_name, "--no-access-log", "--log-level", "warning", *args.server_arg]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hybridembed.cli",
+        "serve",
+        args.model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model-name",
+        model_name,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *args.server_arg,
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with tempfile.TemporaryFile("w+") as log:
         server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -229,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"`{f'python benchmarks/serve_load.py {shown}'.strip()}`")
     options = " ".join(args.server_arg) or "none"
-    print(f"Model: {args.model}; one STS-B sentence per request; extra server options: {options}; "
-          "client and server share the machine.")
+    print(f"Model: {args.model}; one STS-B sentence per request; extra server options: {options}; client and server share the machine.")
     print(f"Machine: {machine()}; 1-minute load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after.")
     print()
     print(table(phases, rss))

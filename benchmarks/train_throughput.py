@@ -217,7 +217,9 @@ def main() -> None:
             arms["hybridembed, training.packing"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/packed", precision, packing=True)
         arms["stock SentenceTransformerTrainer"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock", "fp32")
         if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
-            arms[f"stock SentenceTransformerTrainer, {precision}=True"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock-{precision}", precision)
+            arms[f"stock SentenceTransformerTrainer, {precision}=True"] = run_stock(
+                args.steps, args.warmup, args.batch_size, f"{tmp}/stock-{precision}", precision
+            )
     peaks = {p: max(peaks[p], matmul_peak(p)) for p in precisions}
     ours, stock = arms["hybridembed"], arms["stock SentenceTransformerTrainer"]
     print()

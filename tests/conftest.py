@@ -19,6 +19,7 @@ if "HYBRIDEMBED_DATA_CACHE" not in os.environ:
     os.environ["HYBRIDEMBED_DATA_CACHE"] = tempfile.mkdtemp(prefix="hybridembed-data-store-")
     atexit.register(shutil.rmtree, os.environ["HYBRIDEMBED_DATA_CACHE"], ignore_errors=True)
 
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A random 2-layer, 64-hidden BERT with a WordPiece tokenizer (a raw HF checkpoint folder)."""
@@ -61,5 +62,3 @@ DEVICES = ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else []
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     return request.param
-
-

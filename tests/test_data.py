@@ -75,12 +75,27 @@ def test_piccolo_example_loads_as_is(shared_data):
 @pytest.mark.parametrize(
     ("name", "content", "kwargs", "expected"),
     [
-        ("a.jsonl", '{"query": "q", "positive": "p"}\n{"query": "  ", "positive": "p"}\n', {"task": "retrieval"}, "a.jsonl:2: query: empty or whitespace-only text"),
-        ("b.jsonl", '{"query": "q", "positive": "p"}\n{"query": "q2"}\n', {"task": "retrieval", "format": "hybridembed"}, "b.jsonl:2: positive: row has no positive"),
+        (
+            "a.jsonl",
+            '{"query": "q", "positive": "p"}\n{"query": "  ", "positive": "p"}\n',
+            {"task": "retrieval"},
+            "a.jsonl:2: query: empty or whitespace-only text",
+        ),
+        (
+            "b.jsonl",
+            '{"query": "q", "positive": "p"}\n{"query": "q2"}\n',
+            {"task": "retrieval", "format": "hybridembed"},
+            "b.jsonl:2: positive: row has no positive",
+        ),
         ("c.tsv", "sentence1\tsentence2\tscore\na\tb\thigh\n", {"task": "sts"}, "c.tsv:2: score: not a number: 'high'"),
         ("d.tsv", "sentence1\tsentence2\tscore\na\tb\t7\n", {"task": "sts", "score_range": (0, 5)}, "d.tsv:2: score: 7 outside the declared range [0, 5]"),
         ("e.tsv", "sentence1\tsentence2\tscore\na\tb\t1\nc\td\n", {"task": "sts"}, "e.tsv:3: (row): ragged row: 2 fields, header has 3"),
-        ("f.tsv", "sentence1\tsentence1\tscore\na\tb\t1\n", {"task": "sts", "format": "columns", "columns": {"text1": "sentence1", "text2": "score", "score": "score"}}, "f.tsv:1: (header): duplicate column name(s) ['sentence1']"),
+        (
+            "f.tsv",
+            "sentence1\tsentence1\tscore\na\tb\t1\n",
+            {"task": "sts", "format": "columns", "columns": {"text1": "sentence1", "text2": "score", "score": "score"}},
+            "f.tsv:1: (header): duplicate column name(s) ['sentence1']",
+        ),
         ("g.csv", "text,label\nhi,greet\nyo,greet\n", {"task": "classification"}, "g.csv: label: a classification dataset has a single label ('greet')"),
         ("h.jsonl", "", {"task": "sts"}, "h.jsonl: empty file"),
         ("i.jsonl", '{"query": "q", "positive": "p"}\n{"query": "q", "positive": "p"\n', {"task": "retrieval"}, "i.jsonl:2: (line): invalid JSON"),
@@ -101,7 +116,9 @@ def test_invalid_utf8_names_the_line(tmp_path):
 def test_unknown_piccolo_type_is_reported(tmp_path):
     from datasets import Dataset
 
-    Dataset.from_dict({"text": ["a", "b"], "text_pos": ["p", "p"], "text_neg": [["n"], ["n"]], "type": ["retri_contrast", "mystery"]}).save_to_disk(str(tmp_path / "p"))
+    Dataset.from_dict({"text": ["a", "b"], "text_pos": ["p", "p"], "text_neg": [["n"], ["n"]], "type": ["retri_contrast", "mystery"]}).save_to_disk(
+        str(tmp_path / "p")
+    )
     assert "row 2: type: unknown task type 'mystery'" in _problems(_cfg(tmp_path / "p"))
 
 
@@ -122,9 +139,7 @@ def test_documented_skip_rules_are_counted(tmp_path):
 
 def test_data_check_cli_exits_nonzero_and_names_file_line(tmp_path):
     path = _write(tmp_path, "bad.tsv", "sentence1\tsentence2\tscore\na\tb\t1\n\tb\t2\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "hybridembed.cli", "data", "check", str(path), "--task", "sts"], capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "hybridembed.cli", "data", "check", str(path), "--task", "sts"], capture_output=True, text=True)
     assert result.returncode != 0
     assert f"{path}:3: text1: empty or whitespace-only text" in result.stderr
     good = subprocess.run(

@@ -72,9 +72,7 @@ def test_bad_results_file_is_a_one_line_error_without_traceback(tmp_path, conten
     if content is not None:
         bad.write_text(content)
     for argv in ([str(bad), str(good)], [str(good), str(bad)]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "hybridembed.cli", "eval", "compare", *argv], capture_output=True, text=True, timeout=120
-        )
+        proc = subprocess.run([sys.executable, "-m", "hybridembed.cli", "eval", "compare", *argv], capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0 and proc.stdout == ""
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr

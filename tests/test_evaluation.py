@@ -95,8 +95,13 @@ def test_pair_classification_label_map_drops_other_labels(tiny, sts_rows, tmp_pa
     rows = [[r["sentence1"], r["sentence2"], names[i % 3]] for i, r in enumerate(sts_rows[:60])]
     path = _tsv(tmp_path / "nli.tsv", rows)
     task = {
-        "name": "nli", "type": "pair_classification", "path": str(path), "header": False, "main_score": "max_accuracy",
-        "columns": {"text1": 0, "text2": 1, "label": 2}, "label_map": {"entailment": 1, "contradiction": 0},
+        "name": "nli",
+        "type": "pair_classification",
+        "path": str(path),
+        "header": False,
+        "main_score": "max_accuracy",
+        "columns": {"text1": 0, "text2": 1, "label": 2},
+        "label_map": {"entailment": 1, "contradiction": 0},
     }
     entry = _run(tiny, [task])["tasks"]["nli"]
     assert entry["main_metric"] == "max_accuracy"
@@ -117,8 +122,11 @@ def test_classification_follows_mteb_protocol(tiny, tmp_path):
             writer.writeheader()
             writer.writerows(part)
     task = {
-        "name": "cls", "type": "classification", "path": str(tmp_path / "test.csv"),
-        "train_path": str(tmp_path / "train.csv"), "columns": {"text": "text", "label": "category"},
+        "name": "cls",
+        "type": "classification",
+        "path": str(tmp_path / "test.csv"),
+        "train_path": str(tmp_path / "train.csv"),
+        "columns": {"text": "text", "label": "category"},
     }
     metrics = _run(tiny, [task])["tasks"]["cls"]["dims"]["64"]["metrics"]
     # mteb's protocol by hand: 10 experiments, each re-shuffling the index list with RandomState(42) and taking
@@ -200,8 +208,7 @@ def test_reranking_rows_map_and_mrr_equal_hand_computation(tiny, sts_rows, tmp_p
         cands[query] = group
         rows += [[f"Q{q}", query, text, label] for text, label in group]
     path = _tsv(tmp_path / "rr.tsv", rows, ["qid", "question", "sentence", "label"])
-    task = {"name": "rr", "type": "reranking", "path": str(path),
-            "columns": {"query_id": "qid", "query": "question", "document": "sentence", "label": "label"}}
+    task = {"name": "rr", "type": "reranking", "path": str(path), "columns": {"query_id": "qid", "query": "question", "document": "sentence", "label": "label"}}
     entry = _run(tiny, [task])["tasks"]["rr"]
     metrics = entry["dims"]["64"]["metrics"]
     aps, rrs = [], []
@@ -222,8 +229,11 @@ def test_named_task_uses_mteb_metadata_when_data_is_served(tiny, sts_rows, monke
 
     def fake_load_dataset(path, revision=None, **kwargs):
         assert path == "mteb/stsbenchmark-sts"
-        data = {"sentence1": [r["sentence1"] for r in sts_rows], "sentence2": [r["sentence2"] for r in sts_rows],
-                "score": [float(r["score"]) for r in sts_rows]}
+        data = {
+            "sentence1": [r["sentence1"] for r in sts_rows],
+            "sentence2": [r["sentence2"] for r in sts_rows],
+            "score": [float(r["score"]) for r in sts_rows],
+        }
         return DatasetDict({"test": Dataset.from_dict(data)})
 
     monkeypatch.setattr("mteb.abstasks.abstask.load_dataset", fake_load_dataset)

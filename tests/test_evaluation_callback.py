@@ -55,7 +55,9 @@ def test_keep_best_needs_save_steps_that_are_multiples_of_every_steps(tmp_path, 
     assert args["load_best_model_at_end"] and args["save_steps"] == 4 and args["eval_steps"] == 2 and args["metric_for_best_model"] == "overall"
 
 
-def test_a_tiny_stock_trainer_evaluates_every_n_steps_and_at_the_end_logs_to_tensorboard_and_writes_the_report(tiny_model_dir, suite_file, tmp_path, monkeypatch):
+def test_a_tiny_stock_trainer_evaluates_every_n_steps_and_at_the_end_logs_to_tensorboard_and_writes_the_report(
+    tiny_model_dir, suite_file, tmp_path, monkeypatch
+):
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -118,7 +120,11 @@ def test_keep_best_saves_the_best_evaluated_steps_weights_and_says_so(tmp_path, 
     best = max(history, key=lambda h: h["stsb"])
     report = json.loads((out / "eval" / "results.json").read_text())
     assert report["selected"]["step"] == best["step"] and report["selected"]["why"] == "best"
-    assert json.loads((out / "hybridembed.json").read_text())["best_checkpoint"] == {"step": best["step"], "metric": "stsb", "value": pytest.approx(best["stsb"])}
+    assert json.loads((out / "hybridembed.json").read_text())["best_checkpoint"] == {
+        "step": best["step"],
+        "metric": "stsb",
+        "value": pytest.approx(best["stsb"]),
+    }
     assert "best" in (out / "README.md").read_text().lower() and f"step {best['step']}" in (out / "README.md").read_text()
     # The saved weights are the best checkpoint's: re-scoring the folder gives the best step's score.
     from hybridembed.evaluation.runner import run_suite

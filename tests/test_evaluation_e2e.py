@@ -22,8 +22,17 @@ def minilm():
 
 def test_minilm_stsb_dev_equals_sentence_transformers_plus_scipy(minilm, shared_data):
     path = shared_data / "en/stsb/dev.tsv"
-    suite = parse_suite([{"name": "stsb-dev", "type": "sts", "path": str(path), "score_range": [0, 5],
-                          "columns": {"text1": "sentence1", "text2": "sentence2", "score": "score"}}])
+    suite = parse_suite(
+        [
+            {
+                "name": "stsb-dev",
+                "type": "sts",
+                "path": str(path),
+                "score_range": [0, 5],
+                "columns": {"text1": "sentence1", "text2": "sentence2", "score": "score"},
+            }
+        ]
+    )
     score = run_suite(minilm, suite, show_progress=False)["tasks"]["stsb-dev"]["dims"]["384"]["main_score"]
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -37,7 +46,16 @@ def test_minilm_stsb_dev_equals_sentence_transformers_plus_scipy(minilm, shared_
 
 def test_minilm_banking77_reproduces_mteb_published_accuracy(minilm, shared_data):
     folder = shared_data / "en/banking77"
-    suite = parse_suite([{"name": "banking77", "type": "classification", "path": str(folder / "test.csv"),
-                          "train_path": str(folder / "train.csv"), "columns": {"text": "text", "label": "category"}}])
+    suite = parse_suite(
+        [
+            {
+                "name": "banking77",
+                "type": "classification",
+                "path": str(folder / "test.csv"),
+                "train_path": str(folder / "train.csv"),
+                "columns": {"text": "text", "label": "category"},
+            }
+        ]
+    )
     accuracy = run_suite(minilm, suite, show_progress=False)["tasks"]["banking77"]["dims"]["384"]["main_score"]
     assert accuracy == pytest.approx(0.7975, abs=0.005)  # MTEB leaderboard: 79.75

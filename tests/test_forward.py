@@ -29,11 +29,15 @@ def test_sorted_chunked_forward_matches_per_column_forward(request, backbone, ch
     texts[1][0] = "a label"
     columns = [model.preprocess(t) for t in texts]
     reference = [model(dict(c))["sentence_embedding"] for c in columns]
-    grads_reference = torch.autograd.grad(sum(e.pow(2).sum() * (i + 1) for i, e in enumerate(reference)), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    grads_reference = torch.autograd.grad(
+        sum(e.pow(2).sum() * (i + 1) for i, e in enumerate(reference)), [p for p in model.parameters() if p.requires_grad], allow_unused=True
+    )
     chunked = embed_columns(model, [dict(c) for c in columns], chunk_rows=chunk_rows)
     for got, want in zip(chunked, reference):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    grads = torch.autograd.grad(sum(e.pow(2).sum() * (i + 1) for i, e in enumerate(chunked)), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    grads = torch.autograd.grad(
+        sum(e.pow(2).sum() * (i + 1) for i, e in enumerate(chunked)), [p for p in model.parameters() if p.requires_grad], allow_unused=True
+    )
     for got, want in zip(grads, grads_reference):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)

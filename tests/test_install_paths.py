@@ -13,20 +13,20 @@ import yaml
 
 from helpers import QUICKSTART
 
-CONFIGURATION = '''from transformers import BertConfig
+CONFIGURATION = """from transformers import BertConfig
 
 
 class XBertConfig(BertConfig):
     model_type = "xbert"
-'''
-MODELING = '''from transformers import BertModel
+"""
+MODELING = """from transformers import BertModel
 
 from .configuration_xbert import XBertConfig
 
 
 class XBertModel(BertModel):
     config_class = XBertConfig
-'''
+"""
 
 
 @pytest.fixture(scope="module")

@@ -62,18 +62,35 @@ def test_sharegpt_and_openai_chat_turns_and_language_filter(tmp_path, capsys):
         "\n".join(
             json.dumps(r, ensure_ascii=False)
             for r in [
-                {"conversations": [{"from": "system", "value": "You are helpful."}, {"from": "human", "value": "什么是光合作用？"},
-                                   {"from": "gpt", "value": "光合作用是植物利用光能把二氧化碳和水转化为糖和氧气的过程。"},
-                                   {"from": "human", "value": "它发生在哪里？"}, {"from": "gpt", "value": "它主要发生在植物细胞的叶绿体中。"}]},
-                {"conversations": [{"from": "human", "value": "What is the capital of France?"},
-                                   {"from": "gpt", "value": "The capital of France is Paris, on the Seine."}]},
+                {
+                    "conversations": [
+                        {"from": "system", "value": "You are helpful."},
+                        {"from": "human", "value": "什么是光合作用？"},
+                        {"from": "gpt", "value": "光合作用是植物利用光能把二氧化碳和水转化为糖和氧气的过程。"},
+                        {"from": "human", "value": "它发生在哪里？"},
+                        {"from": "gpt", "value": "它主要发生在植物细胞的叶绿体中。"},
+                    ]
+                },
+                {
+                    "conversations": [
+                        {"from": "human", "value": "What is the capital of France?"},
+                        {"from": "gpt", "value": "The capital of France is Paris, on the Seine."},
+                    ]
+                },
             ]  # fmt: skip
         )
     )
     chat = tmp_path / "chat.jsonl"
     chat.write_text(
-        json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "为什么天空是蓝色的？"}]},
-                                 {"role": "assistant", "content": "因为大气中的分子对短波长的蓝光散射得更强烈。"}]}, ensure_ascii=False)  # fmt: skip
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "为什么天空是蓝色的？"}]},
+                    {"role": "assistant", "content": "因为大气中的分子对短波长的蓝光散射得更强烈。"},
+                ]
+            },
+            ensure_ascii=False,
+        )  # fmt: skip
     )
     out_path = tmp_path / "zh.jsonl"
     code, out, err = _cli(capsys, str(share), str(chat), "--out", str(out_path), "--language", "zh")

@@ -160,7 +160,13 @@ def test_mining_200k_texts_keeps_them_out_of_the_heap(tmp_path):
             j = i % 190_000  # 10k repeats
             f.write(f"passage {j} on topic {j % 977}: a short line of corpus text\n")
     as_strings = sum(sys.getsizeof(f"passage {i} on topic {i % 977}: a short line of corpus text") + 8 for i in range(190_000))
-    rows = [{"query": f"passage {i} on topic {i % 977}: a short line of corpus text", "positives": [f"passage {i + 1} on topic {(i + 1) % 977}: a short line of corpus text"]} for i in range(50)]
+    rows = [
+        {
+            "query": f"passage {i} on topic {i % 977}: a short line of corpus text",
+            "positives": [f"passage {i + 1} on topic {(i + 1) % 977}: a short line of corpus text"],
+        }
+        for i in range(50)
+    ]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dataset = load_queries(data)
@@ -177,7 +183,9 @@ def test_mining_200k_texts_keeps_them_out_of_the_heap(tmp_path):
     assert in_a_list > as_strings
     options = MiningOptions(rank_range=(1, 30), num_negatives=5)
     reports = []
-    mined = peak(lambda: reports.append(mine_hard_negatives(HashEncoder(), dataset, tmp_path / "out.jsonl", corpus, options, tmp_path / "cache", False, "hash")))
+    mined = peak(
+        lambda: reports.append(mine_hard_negatives(HashEncoder(), dataset, tmp_path / "out.jsonl", corpus, options, tmp_path / "cache", False, "hash"))
+    )
     assert reports[0].corpus_size == 190_000 and reports[0].negatives_written == 5 * len(rows)
     # Measured: 3.5 MB (~17 bytes per line, the dedup sort) against 21 MB of strings and a 30 MB peak for the list.
     assert mined < as_strings / 4, f"peak {mined} B while mining; the texts as strings: {as_strings} B; read into a list: {in_a_list} B"

@@ -88,9 +88,7 @@ def test_int8_is_close_to_fp32(exported):
     assert np.isfinite(int8).all() and cosines(int8, fp32).mean() > 0.98
 
 
-@pytest.mark.parametrize(
-    "kind,exporter", [("mean-bert", "torchscript"), ("last-token-decoder", "auto"), ("last-token-decoder", "torchscript")]
-)
+@pytest.mark.parametrize("kind,exporter", [("mean-bert", "torchscript"), ("last-token-decoder", "auto"), ("last-token-decoder", "torchscript")])
 def test_mean_and_last_token_pooling_export(kind, exporter, tiny_model_dir, tiny_decoder_dir, tmp_path):
     if kind == "mean-bert":
         source = tiny_model_dir
@@ -174,9 +172,7 @@ def test_serve_onnx_backend_with_the_openai_client(exported, onnx_file):
             assert got24.shape == (len(TEXTS), 24)
             np.testing.assert_allclose(got24, truncate_embeddings(reference.encode(TEXTS), 24), atol=1e-5)
             query = client.embeddings.create(model="tiny-onnx", input=TEXTS[:2], extra_body={"input_type": "query"})
-            np.testing.assert_allclose(
-                np.array([d.embedding for d in query.data]), reference.encode(TEXTS[:2], prompt_name="query"), atol=1e-5
-            )
+            np.testing.assert_allclose(np.array([d.embedding for d in query.data]), reference.encode(TEXTS[:2], prompt_name="query"), atol=1e-5)
 
 
 def test_serve_torch_bfloat16_is_finite_and_close_to_fp32(tiny_model_dir, tmp_path):

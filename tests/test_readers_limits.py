@@ -57,9 +57,7 @@ def test_malformed_csv_is_a_file_line_error(tmp_path, content, line, problem):
 def test_data_check_cli_prints_malformed_csv_without_traceback(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text('text,label\nfine,x\nunterminated,"y\nmore,z\n', encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, "-m", "hybridembed.cli", "data", "check", str(path), "--task", "classification"], capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "hybridembed.cli", "data", "check", str(path), "--task", "classification"], capture_output=True, text=True)
     assert result.returncode == 2
     assert f"{path}:3: (row): unterminated quoted field" in result.stderr
     assert "Traceback" not in result.stderr

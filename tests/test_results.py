@@ -10,9 +10,17 @@ from hybridembed.evaluation.results import SuiteResults
 from hybridembed.evaluation.runner import compute_averages
 
 TASKS = {
-    "stsb": {"type": "sts", "main_metric": "cosine_spearman", "dims": {"768": {"main_score": 0.8, "metrics": {"cosine_pearson": 0.7}}, "64": {"main_score": 0.6, "metrics": {}}}},
+    "stsb": {
+        "type": "sts",
+        "main_metric": "cosine_spearman",
+        "dims": {"768": {"main_score": 0.8, "metrics": {"cosine_pearson": 0.7}}, "64": {"main_score": 0.6, "metrics": {}}},
+    },
     "sick": {"type": "sts", "main_metric": "cosine_spearman", "dims": {"768": {"main_score": 0.7, "metrics": {}}}},  # not evaluated at 64
-    "wiki": {"type": "retrieval", "main_metric": "ndcg_at_10", "dims": {"768": {"main_score": 0.5, "metrics": {"recall_at_100": 0.9}}, "64": {"main_score": float("nan"), "metrics": {}}}},
+    "wiki": {
+        "type": "retrieval",
+        "main_metric": "ndcg_at_10",
+        "dims": {"768": {"main_score": 0.5, "metrics": {"recall_at_100": 0.9}}, "64": {"main_score": float("nan"), "metrics": {}}},
+    },
 }
 
 

@@ -262,8 +262,7 @@ def test_server_still_healthy_after_bad_requests(base_url):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"authorization": "Bearer sk-wrong"}, {"authorization": f"Basic {API_KEY}"}, {"authorization": "Bearer"},
-     {"authorization": f"Bearer {API_KEY}x"}],
+    [{}, {"authorization": "Bearer sk-wrong"}, {"authorization": f"Basic {API_KEY}"}, {"authorization": "Bearer"}, {"authorization": f"Bearer {API_KEY}x"}],
     ids=["missing", "wrong", "not bearer", "empty", "longer"],
 )
 @pytest.mark.parametrize("method, path", [("POST", "/v1/embeddings"), ("GET", "/v1/models")])
@@ -274,9 +273,7 @@ def test_missing_or_wrong_key_is_401(auth_url, headers, method, path):
 
 
 def test_right_key_is_accepted_and_health_is_open(auth_url):
-    ok = httpx.post(
-        f"{auth_url}/v1/embeddings", json={"model": MODEL, "input": "a"}, headers={"authorization": f"Bearer {API_KEY}"}
-    )
+    ok = httpx.post(f"{auth_url}/v1/embeddings", json={"model": MODEL, "input": "a"}, headers={"authorization": f"Bearer {API_KEY}"})
     assert ok.status_code == 200
     assert httpx.get(f"{auth_url}/health").status_code == 200
 
@@ -304,7 +301,9 @@ def test_input_type_applies_the_models_prompts(model_dir, reference):
             async with AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as c:
                 calls = [
                     c.embeddings.create(
-                        model=MODEL, input=texts, encoding_format="float",
+                        model=MODEL,
+                        input=texts,
+                        encoding_format="float",
                         extra_body={"input_type": kind} if kind else None,
                     )
                     for kind in kinds * 2  # sent concurrently: batches must not mix prompts
@@ -336,9 +335,7 @@ def test_health_answers_while_a_slow_batch_encodes(model_dir):
     slow.encode = slow_encode
     with running_server(create_app(slow, ServeSettings(warmup=False))) as url:
         result: dict = {}
-        worker = threading.Thread(
-            target=lambda: result.update(r=httpx.post(f"{url}/v1/embeddings", json={"model": MODEL, "input": "x"}, timeout=30))
-        )
+        worker = threading.Thread(target=lambda: result.update(r=httpx.post(f"{url}/v1/embeddings", json={"model": MODEL, "input": "x"}, timeout=30)))
         worker.start()
         time.sleep(0.2)
         started = time.perf_counter()
@@ -361,8 +358,22 @@ def _free_port() -> int:
 def test_cli_serves_with_api_key(model_dir):
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TEST_SERVE_KEY=API_KEY)
-    cmd = [sys.executable, "-m", "hybridembed.cli", "serve", str(model_dir), "--port", str(port),
-           "--api-key-env", "TEST_SERVE_KEY", "--model-name", MODEL, "--no-access-log", "--max-inputs", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hybridembed.cli",
+        "serve",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--api-key-env",
+        "TEST_SERVE_KEY",
+        "--model-name",
+        MODEL,
+        "--no-access-log",
+        "--max-inputs",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

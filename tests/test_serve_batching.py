@@ -102,9 +102,7 @@ def test_batches_never_mix_keys():
     async def main():
         batcher = MicroBatcher(enc, max_batch_size=32, max_wait_ms=20)
         await batcher.start()
-        results = await asyncio.gather(
-            *(batcher.submit([f"text {i}"], key="query" if i % 2 else None) for i in range(10))
-        )
+        results = await asyncio.gather(*(batcher.submit([f"text {i}"], key="query" if i % 2 else None) for i in range(10)))
         await batcher.stop()
         return results
 

@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
+from helpers import running_server
 from hybridembed.modeling.model import load_model
 from hybridembed.serve import ServeSettings, create_app, load_served_model, schemas
 from hybridembed.serve.batching import InvalidInput, MicroBatcher
-from helpers import running_server
 
 MODEL = "tiny"
 POISON = "poison"
@@ -158,9 +158,7 @@ async def _hammer(url: str, plan: dict) -> dict:
                 else:
                     content = json.dumps({"model": MODEL, "input": job, "encoding_format": "float"}).encode()
                 try:
-                    results[c, r] = await http.post(
-                        "/v1/embeddings", content=content, headers={"content-type": "application/json"}
-                    )
+                    results[c, r] = await http.post("/v1/embeddings", content=content, headers={"content-type": "application/json"})
                 except httpx.HTTPError as err:  # a dropped connection or a timeout
                     results[c, r] = err
 
@@ -245,9 +243,7 @@ def test_a_model_failure_on_one_request_is_a_500_for_it_alone(tiny_model_dir, re
 
     async def main(url):
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-            return await asyncio.gather(
-                *(http.post("/v1/embeddings", json={"model": MODEL, "input": t, "encoding_format": "float"}) for t in texts)
-            )
+            return await asyncio.gather(*(http.post("/v1/embeddings", json={"model": MODEL, "input": t, "encoding_format": "float"}) for t in texts))
 
     with running_server(create_app(served, ServeSettings(warmup=False, max_wait_ms=50))) as url:
         responses = asyncio.run(main(url))

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import kill_after_first_checkpoint, launch_traced_training, read_trace
 from hybridembed.data.streaming import Cursor, StreamedRows, open_stream
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.recipe import DatasetConfig
-from helpers import kill_after_first_checkpoint, launch_traced_training, read_trace
 
 MAX_STEPS, SAVE_STEPS, BATCH = 120, 6, 4  # long enough that the kill lands before the end on an idle machine
 

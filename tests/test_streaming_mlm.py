@@ -14,12 +14,12 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from helpers import kill_after_first_checkpoint, launch_traced_training, read_trace
 from hybridembed.data.streaming import TRACE_ENV
 from hybridembed.data.text_stream import StreamedTexts, count_streamed_texts, open_text_sources
 from hybridembed.errors import DataError
 from hybridembed.recipe import StageConfig, TextsConfig
 from hybridembed.training.stream_training import pass_through
-from helpers import kill_after_first_checkpoint, launch_traced_training, read_trace
 
 MAX_STEPS, SAVE_STEPS, BATCH = 100, 5, 4
 
@@ -35,7 +35,11 @@ def _corpus(folder: Path, lines: int = 90, records: int = 60) -> Path:
             f.write(f"line {i} of the text shard\n" + ("\n" if i % 13 == 0 else ""))
     with open(folder / "b.jsonl", "w", encoding="utf-8") as f:
         for i in range(records):
-            row = {"query": f"query {i}", "positive": f"passage {i}"} if i % 3 else {"query": f"query {i}", "positive": f"passage {i}", "negative": f"negative {i}"}
+            row = (
+                {"query": f"query {i}", "positive": f"passage {i}"}
+                if i % 3
+                else {"query": f"query {i}", "positive": f"passage {i}", "negative": f"negative {i}"}
+            )
             f.write(json.dumps(row if i % 5 else {"text": f"text {i}"}) + "\n")
     pq.write_table(pa.Table.from_pylist([{"text": f"parquet text {i}"} for i in range(40)]), folder / "c.parquet", row_group_size=7)
     return folder

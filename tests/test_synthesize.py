@@ -305,7 +305,9 @@ def test_cli_bad_corpus_line(tmp_path, capsys):
 )
 def test_cli_out_of_range_option_is_one_line_naming_it(tmp_path, capsys, option, value, named):
     out = tmp_path / "o.jsonl"
-    code = main(["data", "synthesize", "--corpus", str(tmp_path / "c.jsonl"), "--out", str(out), "--endpoint", "http://127.0.0.1:9", "--model", "m", option, value])
+    code = main(
+        ["data", "synthesize", "--corpus", str(tmp_path / "c.jsonl"), "--out", str(out), "--endpoint", "http://127.0.0.1:9", "--model", "m", option, value]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.startswith("error: invalid synthesize option: ") and f"{named}: Input should be" in err and err.count("\n") == 1

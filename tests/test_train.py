@@ -159,8 +159,19 @@ def test_encode_cli_truncates_and_renormalizes(tmp_path, tiny_model_dir, capsys)
 def test_recipe_eval_section_runs_the_suite_during_training_and_writes_the_report(tmp_path, tiny_bert_dir):
     suite = tmp_path / "suite.yaml"
     suite.write_text(
-        yaml.safe_dump({"tasks": [{"name": "stsb-dev", "type": "sts", "path": str(QUICKSTART / "stsb_dev.tsv"), "max_samples": 200,
-                                    "columns": {"text1": "sentence1", "text2": "sentence2", "score": "score"}}]})  # fmt: skip
+        yaml.safe_dump(
+            {
+                "tasks": [
+                    {
+                        "name": "stsb-dev",
+                        "type": "sts",
+                        "path": str(QUICKSTART / "stsb_dev.tsv"),
+                        "max_samples": 200,
+                        "columns": {"text1": "sentence1", "text2": "sentence2", "score": "score"},
+                    }
+                ]
+            }
+        )  # fmt: skip
     )
     recipe = yaml.safe_load(_recipe(tmp_path, tiny_bert_dir, max_steps=4).read_text())
     recipe["eval"] = {"suite": "suite.yaml", "every_steps": 2, "dims": [96, 32]}  # relative to the recipe's folder

@@ -80,7 +80,9 @@ def test_classification_rows_without_negatives_train_against_the_dataset_labels(
     collator = HybridCollator(model.preprocess, {"intents": DatasetView(TaskType.CLASSIFICATION, 10, label_pool=dataset.label_pool)})
     batch = collator([{**row, "dataset_name": "intents", "row_id": i} for i, row in enumerate(dataset.rows)])
     assert batch["label"]["negative_counts"].tolist() == [3] * 8  # every other label, none invented
-    features = [{k[len(c) + 1 :]: v for k, v in batch.items() if k.startswith(c + "_")} for c in ("query", "positive", "negative_1", "negative_2", "negative_3")]
+    features = [
+        {k[len(c) + 1 :]: v for k, v in batch.items() if k.startswith(c + "_")} for c in ("query", "positive", "negative_1", "negative_2", "negative_3")
+    ]
     loss = LabelContrastiveLoss(model)(features, batch["label"])
     loss.backward()
     assert loss.item() > 0
@@ -211,7 +213,6 @@ def test_dynamic_mining_with_dataloader_workers_is_a_recipe_error(tmp_path, tiny
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(RecipeError, match="dataloader_num_workers"):
         prepare_training(load_recipe(path))
-
 
 
 def test_two_ranks_mask_a_positive_shared_across_ranks_and_gather_ragged_negatives(tmp_path):

@@ -37,9 +37,7 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hybridembed", description="Train, evaluate and serve text-embedding models with task-routed hybrid losses."
-    )
+    parser = argparse.ArgumentParser(prog="hybridembed", description="Train, evaluate and serve text-embedding models with task-routed hybrid losses.")
     parser.add_argument("--version", action="version", version=f"hybridembed {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)

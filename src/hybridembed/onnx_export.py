@@ -75,9 +75,7 @@ class ExportReport:
     int8_min_cosine: float | None = None
 
     def summary(self) -> str:
-        lines = [
-            f"fp32 {self.files[0].name} ({self.exporter} exporter): max |onnx - torch| = {self.fp32_max_abs_diff:.2e} (limit {FP32_TOLERANCE:g})"
-        ]
+        lines = [f"fp32 {self.files[0].name} ({self.exporter} exporter): max |onnx - torch| = {self.fp32_max_abs_diff:.2e} (limit {FP32_TOLERANCE:g})"]
         if self.int8_max_abs_diff is not None:
             lines.append(
                 f"int8 {self.files[1].name}: max |int8 - fp32| = {self.int8_max_abs_diff:.3f}, "
@@ -121,9 +119,7 @@ def check_exportable(model: Any) -> None:
         raise HybridembedError("ONNX export needs a model whose first module is a sentence-transformers Transformer")
     for module in modules[1:]:
         if not isinstance(module, (Pooling, Dense, Normalize)):
-            raise HybridembedError(
-                f"ONNX export supports Transformer → Pooling → Dense → Normalize; this model has {type(module).__name__}"
-            )
+            raise HybridembedError(f"ONNX export supports Transformer → Pooling → Dense → Normalize; this model has {type(module).__name__}")
         if isinstance(module, Pooling) and not module.include_prompt and any((model.prompts or {}).values()):
             # The prompt length would be a graph input of its own; sentence-transformers' ONNX backend has none either.
             raise HybridembedError("ONNX export: this model's pooling excludes prompt tokens (include_prompt: false), which the graph cannot do")
@@ -265,9 +261,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_loggers(("",)):  # onnxruntime logs one root-logger line per tensor it leaves in float
-        quantize_dynamic(
-            str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"]
-        )
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
 
 
 @contextlib.contextmanager

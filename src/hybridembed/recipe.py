@@ -71,9 +71,7 @@ class ModelConfig(Strict):
         "Instruct: {task}\nQuery: {text}", description="how a dataset's `instruction` becomes its query prefix; must end with {text}"
     )
     prompts: dict[str, str] = Field(default_factory=dict, description="named prompts saved with the model (encode(prompt_name=…))")
-    extend_positions: Literal["tile", "hierarchical"] | None = Field(
-        None, description="grow a learned position table to max_seq_length (docs/backbones.md)"
-    )
+    extend_positions: Literal["tile", "hierarchical"] | None = Field(None, description="grow a learned position table to max_seq_length (docs/backbones.md)")
     hierarchical_alpha: float = Field(0.4, gt=0, lt=1, description="α of the hierarchical position decomposition")
     lora: LoraSettings | None = Field(None, description="train a LoRA adapter through peft instead of all backbone weights")
 
@@ -373,7 +371,13 @@ class Recipe(Strict):
             names.add(stage.name)
             name_datasets(stage.datasets or [], self.model)
         evaluation = self.eval
-        if evaluation is not None and evaluation.keep_best and self.training.save_steps and evaluation.every_steps and self.training.save_steps % evaluation.every_steps:
+        if (
+            evaluation is not None
+            and evaluation.keep_best
+            and self.training.save_steps
+            and evaluation.every_steps
+            and self.training.save_steps % evaluation.every_steps
+        ):
             raise ValueError(
                 f"training.save_steps {self.training.save_steps} must be a multiple of eval.every_steps {evaluation.every_steps} "
                 "with eval.keep_best (the best checkpoint is chosen among saved, evaluated steps)"
@@ -393,9 +397,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe_from_mapping(raw, path.parent, str(path), overrides)
 
 
-def recipe_from_mapping(
-    raw: Any, base: Path, source: str = "recipe", overrides: dict[str, Any] | None = None
-) -> Recipe:
+def recipe_from_mapping(raw: Any, base: Path, source: str = "recipe", overrides: dict[str, Any] | None = None) -> Recipe:
     """Validate a recipe given as a mapping (what the YAML holds); relative paths resolve against `base`.
 
     `overrides` maps dotted keys (``training.learning_rate``) to values; a ``training.*`` override also

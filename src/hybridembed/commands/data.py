@@ -20,9 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--task", help="task type of a single data file (unless its format carries it)")
     check.add_argument("--format", default="auto", help="data format of a single file (default: auto-detect)")
     check.add_argument("--no-header", action="store_true", help="csv/tsv file without a header row")
-    check.add_argument(
-        "--allow-missing", action="store_true", help="list data files that are not here (yet) instead of failing on them; check the rest"
-    )
+    check.add_argument("--allow-missing", action="store_true", help="list data files that are not here (yet) instead of failing on them; check the rest")
     check.set_defaults(func=run_check)
     _register_from_instructions(children)
     _register_synthesize(children)
@@ -47,9 +45,7 @@ def _register_from_instructions(children: argparse._SubParsersAction) -> None:
     conv.add_argument("--min-response-chars", type=int, default=d.min_response_chars)
     conv.add_argument("--max-response-chars", type=int, default=d.max_response_chars)
     conv.add_argument("--keep-refusals", action="store_true", help="do not drop refusals / AI disclaimers")
-    conv.add_argument(
-        "--template-min-count", type=int, default=d.template_min_count, help="a reply shared by this many queries is templated (0: off)"
-    )
+    conv.add_argument("--template-min-count", type=int, default=d.template_min_count, help="a reply shared by this many queries is templated (0: off)")
     conv.add_argument(
         "--language", choices=sorted(LANGUAGE_SCRIPTS), help="keep pairs written in this language's script (a Latin-script code keeps any Latin script)"
     )
@@ -129,8 +125,15 @@ def _register_synthesize(children: argparse._SubParsersAction) -> None:
     syn.add_argument("--temperature", type=float, default=g.temperature, help=f"0 = greedy (default: {g.temperature:g})")
     syn.add_argument("--top-p", type=float, default=g.top_p, help=f"(default: {g.top_p:g})")
     syn.add_argument("--seed", type=int, default=g.seed)
-    syn.add_argument("--max-overlap", type=float, default=q.max_overlap, help=f"drop queries with this share of their tokens in the passage; 1 = off (default: {q.max_overlap:g})")
-    syn.add_argument("--near-threshold", type=float, default=q.near_threshold, help=f"MinHash Jaccard for near-duplicate queries (default: {q.near_threshold:g})")
+    syn.add_argument(
+        "--max-overlap",
+        type=float,
+        default=q.max_overlap,
+        help=f"drop queries with this share of their tokens in the passage; 1 = off (default: {q.max_overlap:g})",
+    )
+    syn.add_argument(
+        "--near-threshold", type=float, default=q.near_threshold, help=f"MinHash Jaccard for near-duplicate queries (default: {q.near_threshold:g})"
+    )
     syn.add_argument("--no-near-dedup", action="store_true", help="drop exact duplicate queries only")
     syn.add_argument("--filter-model", default=q.filter_model, help=f"embedding model of the consistency filter and mining (default: {q.filter_model})")
     syn.add_argument("--consistency-k", type=int, default=q.consistency_k, help=f"keep a query if its passage ranks in its top K (default: {q.consistency_k})")

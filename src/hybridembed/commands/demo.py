@@ -44,4 +44,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"not evaluated: {note}")
     print(f"\ntrained model: {out}")
     return 0
-

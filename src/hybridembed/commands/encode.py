@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     quantized, ranges = quantize(embeddings, args.precision, args.ranges)
     npy, ids_path = output_paths(args.output)
     np.save(npy, quantized)
-    empty = f" ({len(data.empty_lines)} empty line(s) embedded as \"\")" if data.empty_lines else ""
+    empty = f' ({len(data.empty_lines)} empty line(s) embedded as "")' if data.empty_lines else ""
     print(f"wrote {quantized.shape[0]} x {quantized.shape[1]} {args.precision} embeddings ({quantized.dtype}) to {npy}{empty}")
     if ranges is not None and not args.ranges:
         np.save(npy.with_suffix(".ranges.npy"), ranges)

@@ -35,7 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="model folder, hub id, or bundled:all-MiniLM-L6-v2")
     parser.add_argument("--suite", required=True, help="suite YAML (see suites/ and docs/evaluation.md)")
     parser.add_argument("--dims", type=_parse_dims, help="Matryoshka dims to score, e.g. 384,256,64 (encodes once)")
-    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=f"encoding batch size (default {EVAL_BATCH_SIZE}: less padding than 64 on CPU, benchmarks/encode_speed.py)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help=f"encoding batch size (default {EVAL_BATCH_SIZE}: less padding than 64 on CPU, benchmarks/encode_speed.py)",
+    )
     parser.add_argument("--out", required=True, help="output folder for results.json, results.md, results_dims.png")
     parser.add_argument("--device", help="torch device (default: sentence-transformers' choice)")
     add_trust_remote_code(parser)
@@ -45,10 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     compare = parser.add_word_command(
         "compare",
-        description=(
-            "Print A, B and B - A (main score x100) per task and dim of two `hybridembed eval` runs, "
-            "and for the overall average."
-        ),
+        description=("Print A, B and B - A (main score x100) per task and dim of two `hybridembed eval` runs, and for the overall average."),
     )
     compare.add_argument("a", metavar="A", help="the baseline: a results.json, or the --out folder holding it")
     compare.add_argument("b", metavar="B", help="the run compared with it: a results.json, or its folder")

@@ -47,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
         import onnxruntime  # noqa: F401
     except ModuleNotFoundError:
         raise HybridembedError("hybridembed export needs onnx and onnxruntime: pip install 'hybridembed[onnx]'") from None
-    report = export_onnx(
-        args.model, args.out, quantize=args.quantize, trust_remote_code=args.trust_remote_code, exporter=args.exporter
-    )
+    report = export_onnx(args.model, args.out, quantize=args.quantize, trust_remote_code=args.trust_remote_code, exporter=args.exporter)
     print(report.summary())
     print(f"wrote {', '.join(str(p) for p in report.files)}")
     return 0

@@ -98,10 +98,7 @@ def run(args: argparse.Namespace) -> int:
     fingerprint = model_fingerprint(model, args.model)  # from the folder's files, not its weights
     report = mine_hard_negatives(model, dataset, args.out, corpus, options, args.cache_dir, progress=not args.no_progress, fingerprint=fingerprint)
     cache = "reused" if report.cache_hit else "built"
-    print(
-        f"wrote {report.rows} rows with {report.negatives_written} negatives (ranks {args.range[0]}-{args.range[1]}, "
-        f"{args.index} index) to {report.out}"
-    )
+    print(f"wrote {report.rows} rows with {report.negatives_written} negatives (ranks {args.range[0]}-{args.range[1]}, {args.index} index) to {report.out}")
     texts = "from an earlier run" if report.text_store_reused else "new"
     print(
         f"corpus {report.corpus_size} texts (text store {texts}: {report.text_store}), embeddings cache {cache}: {report.cache_path}; "

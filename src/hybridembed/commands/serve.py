@@ -58,7 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CPU threads for encoding (torch's, or onnxruntime's with --backend onnx; default: one per core minus one, leaving a core for HTTP work)",
     )
     group = parser.add_argument_group("batching")
-    group.add_argument("--max-batch-size", type=int, default=DEFAULTS["max_batch_size"], help="most texts in one batch; a batch is split into forward passes planned from its token counts (default: %(default)s)")
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULTS["max_batch_size"],
+        help="most texts in one batch; a batch is split into forward passes planned from its token counts (default: %(default)s)",
+    )
     group.add_argument(
         "--max-batch-tokens",
         type=int,
@@ -83,7 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-body-bytes", type=int, default=DEFAULTS["max_body_bytes"], help="largest request body in bytes (default: %(default)s)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass before accepting requests")
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="server log level (default: %(default)s)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="server log level (default: %(default)s)"
+    )
     parser.set_defaults(func=run)
 
 

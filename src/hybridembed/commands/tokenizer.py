@@ -36,9 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extend.add_argument("--vocab-size", type=int, default=8000, help="size of the vocabulary trained on the corpus (default 8000)")
     extend.add_argument("--held-out", type=float, default=0.1, help="share of the corpus held apart to measure fertility (default 0.1)")
     extend.add_argument("--seed", type=int, default=0, help="seed of the held-apart split (default 0)")
-    extend.add_argument(
-        "--allow-ascii", action="store_true", help="also add tokens made only of ASCII characters (changes English tokenization)"
-    )
+    extend.add_argument("--allow-ascii", action="store_true", help="also add tokens made only of ASCII characters (changes English tokenization)")
     extend.set_defaults(func=run_extend)
 
 

@@ -24,9 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override any recipe key, dotted, value read as YAML (repeatable): --set training.learning_rate=2e-5 "
         "--set model.max_seq_length=256; a training.* key applies to every stage",
     )
-    parser.add_argument(
-        "--resume", nargs="?", const=True, default=None, help="resume from the last checkpoint in output_dir (or from the given checkpoint)"
-    )
+    parser.add_argument("--resume", nargs="?", const=True, default=None, help="resume from the last checkpoint in output_dir (or from the given checkpoint)")
     parser.add_argument(
         "--dry-run",
         action="store_true",

@@ -382,6 +382,8 @@ class TextStream:
                 yield TextRecord(record.line, value, record.fields)
 
 
-def iter_texts(path: str | Path, text_field: str | int = "text", on_empty: OnEmpty = "skip", header: bool = True, kind: FileKind | str | None = None) -> TextStream:
+def iter_texts(
+    path: str | Path, text_field: str | int = "text", on_empty: OnEmpty = "skip", header: bool = True, kind: FileKind | str | None = None
+) -> TextStream:
     """The texts of `path` as TextRecord(line, text, fields) items; see `TextStream` for the rules."""
     return TextStream(Path(path), text_field, on_empty, header, kind)

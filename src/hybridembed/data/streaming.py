@@ -97,7 +97,9 @@ def open_stream(cfg: DatasetConfig, batch_size: int) -> StreamSpec:
     first = next(read_records(files[0], header=cfg.header))
     fmt = cfg.format if cfg.format is not DataFormat.AUTO else detect_format(first.fields, has_columns=cfg.columns is not None)
     if fmt is None:
-        raise DataError([f"{files[0]}:{first.line}: (columns): cannot tell the format from columns {sorted(map(str, first.fields))}; set `format:` or `columns:`"])
+        raise DataError(
+            [f"{files[0]}:{first.line}: (columns): cannot tell the format from columns {sorted(map(str, first.fields))}; set `format:` or `columns:`"]
+        )
     task = cfg.task or record_task(first.fields, fmt)[0]
     if task is None:
         raise DataError([f"{cfg.path}: no task type: set `task:` for this dataset"])

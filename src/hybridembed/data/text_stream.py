@@ -135,7 +135,9 @@ def count_streamed_texts(config: TextsConfig) -> int:
 class StreamedTexts(IterableDataset):
     """Masked-LM batches of a streamed corpus for one rank; each dataloader worker reads its own stripe and tokenizes and masks its own batches."""
 
-    def __init__(self, sources: TextSources, tokenizer: Any, collator: Any, max_length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, sources: TextSources, tokenizer: Any, collator: Any, max_length: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.sources = sources
         self.tokenizer = tokenizer
         self.collator = collator  # transformers' DataCollatorForLanguageModeling: pads, masks, sets labels

@@ -255,8 +255,7 @@ def load_named_task_data(task: Any, spec: TaskSpec) -> None:
     except Exception as err:  # datasets / huggingface_hub raise many types when offline
         text = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         raise HybridembedError(
-            f"task {spec.name!r}: cannot load the data of mteb task {spec.mteb_name!r} "
-            f"(no hub access and not in the local Hugging Face cache?): {text}"
+            f"task {spec.name!r}: cannot load the data of mteb task {spec.mteb_name!r} (no hub access and not in the local Hugging Face cache?): {text}"
         ) from None
 
 

@@ -33,8 +33,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Suite `{results.get('suite')}` · mteb {results.get('mteb_version')} metric definitions · "
         f"embedding dim {results.get('embedding_dim')} · {results.get('seconds', 0):.0f} s",
         "",
-        "Main scores ×100 (each task's main metric in the `metric` column; dims below the model's own are "
-        "prefix-truncated and re-normalised).",
+        "Main scores ×100 (each task's main metric in the `metric` column; dims below the model's own are prefix-truncated and re-normalised).",
         "",
         "| task | type | metric | " + " | ".join(f"dim {d}" for d in dims) + " |",
         "|---|---|---|" + "---:|" * len(dims),

@@ -112,10 +112,7 @@ class TaskSpec(Strict):
             has_long = {"document", "label"} <= set(self.columns)
             has_lists = "positive" in self.columns
             if not (has_long or has_lists):
-                raise ValueError(
-                    f"task {self.name!r}: map either `document` + `label` (one candidate per row) "
-                    "or `positive` [+ `negative`] (lists per query)"
-                )
+                raise ValueError(f"task {self.name!r}: map either `document` + `label` (one candidate per row) or `positive` [+ `negative`] (lists per query)")
         if self.type == TaskType.CLASSIFICATION and self.train_path is None:
             raise ValueError(f"task {self.name!r}: classification needs `train_path` (mteb fits logistic regression on it)")
         if not self.header and any(isinstance(v, str) for v in self.columns.values()):

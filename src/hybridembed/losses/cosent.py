@@ -33,9 +33,7 @@ class CoSENTLoss(_STCoSENTLoss):
 
     accepts = RowShape.SCORED_PAIR
 
-    def __init__(
-        self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
-    ) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__(model, scale=1.0 / temperature)
         self.temperature = temperature
         self.weight = weight

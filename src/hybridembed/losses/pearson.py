@@ -33,9 +33,7 @@ class PearsonLoss(nn.Module):
 
     accepts = RowShape.SCORED_PAIR
 
-    def __init__(
-        self, model: nn.Module, weight: float = 1.0, temperature: float | None = None, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
-    ) -> None:
+    def __init__(self, model: nn.Module, weight: float = 1.0, temperature: float | None = None, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__()
         if temperature is not None:
             raise ValueError("the Pearson loss has no temperature (it is invariant to score scale)")

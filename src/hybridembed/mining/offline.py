@@ -217,9 +217,7 @@ def mine_hard_negatives(
     cached = embed_corpus(model, store, passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress, fingerprint)
     report.cache_path, report.cache_hit = str(cached.path), cached.hit
     vectors = cached.vectors
-    searcher = Searcher(
-        vectors, options.index, chunk_size=max(options.chunk_size, 4096), nprobe=options.nprobe, seed=options.seed, pq_m=options.pq_m
-    )
+    searcher = Searcher(vectors, options.index, chunk_size=max(options.chunk_size, 4096), nprobe=options.nprobe, seed=options.seed, pq_m=options.pq_m)
     report.embed_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -267,9 +265,7 @@ def _block_positives(
     extra = dict(zip(missing, _encode(model, missing, prefix, batch_size)))
     bounds = np.cumsum([0] + [len(row["positives"]) for row in block])
     positive_ids = [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    positive_vectors = [
-        np.stack([vectors[i] if i >= 0 else extra[p] for p, i in zip(row["positives"], row_ids)]) for row, row_ids in zip(block, positive_ids)
-    ]
+    positive_vectors = [np.stack([vectors[i] if i >= 0 else extra[p] for p, i in zip(row["positives"], row_ids)]) for row, row_ids in zip(block, positive_ids)]
     return positive_ids, store.lookup([row["query"] for row in block]), positive_vectors
 
 

@@ -90,9 +90,7 @@ def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransfor
             settings["similarity_fn_name"] = getattr(source, "_similarity_fn_name", None)
         else:
             # ST's Transformer passes trust_remote_code to transformers through each of its kwargs dicts.
-            transformer = Transformer(
-                backbone, model_kwargs={**model_kwargs, **remote} or None, processor_kwargs=remote or None, config_kwargs=remote or None
-            )
+            transformer = Transformer(backbone, model_kwargs={**model_kwargs, **remote} or None, processor_kwargs=remote or None, config_kwargs=remote or None)
             rest = []
     if cfg.max_seq_length:
         fit_max_seq_length(transformer, cfg.max_seq_length, cfg.extend_positions, cfg.hierarchical_alpha)
@@ -174,9 +172,7 @@ def _explain_remote_code(name: str) -> Iterator[None]:
     except ValueError as err:
         if "trust_remote_code" not in str(err):
             raise
-        raise HybridembedError(
-            f"{name} ships its own modelling code; set model.trust_remote_code: true (or --trust-remote-code) if you trust it"
-        ) from None
+        raise HybridembedError(f"{name} ships its own modelling code; set model.trust_remote_code: true (or --trust-remote-code) if you trust it") from None
 
 
 def load_model(name_or_path: str, device: str | None = None, trust_remote_code: bool = False) -> SentenceTransformer:

@@ -20,8 +20,8 @@ from hybridembed.modeling.model import truncate_embeddings
 from hybridembed.serve.batching import BatcherClosed, InvalidInput, MicroBatcher, QueueFull, estimate_tokens
 from hybridembed.serve.engine import ServedModel
 from hybridembed.serve.metrics import ServerMetrics
-from hybridembed.serve.settings import ServeSettings
 from hybridembed.serve.schemas import ApiError, EmbeddingRequest, embeddings_response, error_body, parse_embedding_request
+from hybridembed.serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,10 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
             await batcher.run_in_worker(encode, ["warm-up", "a second, somewhat longer warm-up input"], None)
         logger.info(
             "serving %r (%d dims, at most %d texts per forward pass) with %s",
-            served.name, served.dim, forward_batch, settings.public(),
+            served.name,
+            served.dim,
+            forward_batch,
+            settings.public(),
         )
         try:
             yield
@@ -115,9 +118,7 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     async def create_embeddings(request: Request) -> Response:
         raw = await _read_body(request, settings.max_body_bytes)
         payload = _decode_json(request.headers.get("content-type"), raw)
-        req = parse_embedding_request(
-            payload, max_inputs=settings.max_inputs, max_chars=settings.max_chars, max_dim=served.dim
-        )
+        req = parse_embedding_request(payload, max_inputs=settings.max_inputs, max_chars=settings.max_chars, max_dim=served.dim)
         if req.model != served.name:
             raise _unknown_model(req.model, served.name, param="model")
         try:
@@ -128,13 +129,9 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
             raise ApiError(503, str(err), type="server_error", code="shutting_down") from None
         except InvalidInput as err:  # the tokenizer refused this text; other requests of its batch were served
             where = "'input'" if isinstance(payload["input"], str) else f"'input[{err.index}]'"
-            raise ApiError(
-                400, f"{where} could not be encoded by this model's tokenizer ({err.reason})", param="input"
-            ) from None
+            raise ApiError(400, f"{where} could not be encoded by this model's tokenizer ({err.reason})", param="input") from None
         except Exception:  # the model failed on this request even when encoded alone (logged by the batcher)
-            raise ApiError(
-                500, "The server had an error while encoding this request's inputs", type="server_error"
-            ) from None
+            raise ApiError(500, "The server had an error while encoding this request's inputs", type="server_error") from None
         if req.dimensions is not None:
             embeddings = truncate_embeddings(embeddings, req.dimensions)
         body = embeddings_response(
@@ -155,9 +152,7 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it (declared or streamed) passes `limit` bytes."""
-    too_large = ApiError(
-        413, f"The request body is larger than this server's limit of {limit} bytes", code="request_too_large"
-    )
+    too_large = ApiError(413, f"The request body is larger than this server's limit of {limit} bytes", code="request_too_large")
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise too_large
@@ -234,9 +229,7 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
             message = f"Unknown path {request.url.path!r}; this server has POST /v1/embeddings, GET /v1/models, GET /health"
         elif exc.status_code == 405:
             message = f"Method {request.method} is not allowed on {request.url.path}"
-        return JSONResponse(
-            error_body(message, type=kind, code=code), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        return JSONResponse(error_body(message, type=kind, code=code), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -250,6 +243,4 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         metrics.record_error(500, "server_error")
-        return JSONResponse(
-            error_body("The server had an error while processing your request", type="server_error"), status_code=500
-        )
+        return JSONResponse(error_body("The server had an error while processing your request", type="server_error"), status_code=500)

@@ -231,7 +231,7 @@ class MicroBatcher:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch = self._take_batch()
             if batch:
@@ -289,7 +289,10 @@ class MicroBatcher:
         self.stats.isolated_batches += 1
         logger.warning(
             "encoding a batch of %d texts from %d requests failed (%s: %s); encoding each request on its own",
-            sum(len(item.texts) for item in batch), len(batch), type(err).__name__, err,
+            sum(len(item.texts) for item in batch),
+            len(batch),
+            type(err).__name__,
+            err,
         )
         for item in batch:
             if item.future.done():

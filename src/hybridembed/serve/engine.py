@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class ServedModel:
     """A loaded model plus what the API reports about it (id, dims, Matryoshka dims, token limit)."""
@@ -53,9 +54,7 @@ class ServedModel:
         candidates = {"query": ("query",), "document": ("document", "passage", "corpus")}.get(input_type or "", ())
         return next((name for name in candidates if prompts.get(name)), None)
 
-    def encode(
-        self, texts: list[str], prompt_name: str | None = None, batch_size: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def encode(self, texts: list[str], prompt_name: str | None = None, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Embed `texts`; also return token counts (as the model saw them) and truncation flags.
 
         The texts are tokenized once, with the model's own preprocessing (prompt, max_seq_length);
@@ -131,9 +130,7 @@ class ServedModel:
             flags[at_limit] = [bool(encodings[i].overflowing) for i in at_limit]
             return flags
         # a slow tokenizer: tokenize those texts again, to one token past the limit
-        ids = self.model.tokenizer(
-            [(prompt or "") + texts[i] for i in at_limit], add_special_tokens=True, truncation=True, max_length=limit + 1
-        )["input_ids"]
+        ids = self.model.tokenizer([(prompt or "") + texts[i] for i in at_limit], add_special_tokens=True, truncation=True, max_length=limit + 1)["input_ids"]
         flags[at_limit] = [len(x) > limit for x in ids]
         return flags
 

@@ -35,7 +35,9 @@ class ServerMetrics:
         self.truncated = Counter("hybridembed_truncated_inputs_total", "Inputs cut at the model's max_seq_length", registry=self.registry)
         self.batch_size = Histogram("hybridembed_batch_size", "Texts per encoded batch", buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
         self.batch_tokens = Histogram("hybridembed_batch_tokens", "Tokens per encoded batch", buckets=BATCH_TOKEN_BUCKETS, registry=self.registry)
-        self.encode_seconds = Histogram("hybridembed_batch_encode_seconds", "Seconds to encode one batch", buckets=ENCODE_SECONDS_BUCKETS, registry=self.registry)
+        self.encode_seconds = Histogram(
+            "hybridembed_batch_encode_seconds", "Seconds to encode one batch", buckets=ENCODE_SECONDS_BUCKETS, registry=self.registry
+        )
         self.queue_depth = Gauge("hybridembed_queue_texts", "Texts waiting in the batcher's queue", registry=self.registry)
         self.errors = Counter("hybridembed_errors_total", "Error answers by HTTP status and OpenAI error code", ["status", "code"], registry=self.registry)
 

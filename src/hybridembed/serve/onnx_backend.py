@@ -56,9 +56,7 @@ class OnnxEncoder:
         self.default_prompt_name: str | None = config.get("default_prompt_name")
         self.max_seq_length = self._max_seq_length()
         self._dim: int | None = None
-        logger.info(
-            "onnxruntime %s on %s with %s intra-op thread(s)", ort.__version__, path, intra_op_num_threads or "onnxruntime's default"
-        )
+        logger.info("onnxruntime %s on %s with %s intra-op thread(s)", ort.__version__, path, intra_op_num_threads or "onnxruntime's default")
 
     def _max_seq_length(self) -> int | None:
         """What the torch model used: recorded by the export, else sentence_bert_config.json, else the tokenizer's limit."""

@@ -52,9 +52,7 @@ class EmbeddingRequest(BaseModel):
 
     input: Any = Field(description="A string or a list of strings to embed (token arrays are not supported).")
     model: str = Field(description="The served model id (see GET /v1/models).")
-    dimensions: int | None = Field(
-        default=None, description="Keep the first N coordinates (a Matryoshka prefix), re-normalized to unit length."
-    )
+    dimensions: int | None = Field(default=None, description="Keep the first N coordinates (a Matryoshka prefix), re-normalized to unit length.")
     encoding_format: Literal["float", "base64"] | None = Field(
         default=None, description='"float" (default) or "base64" (little-endian float32 bytes, base64-encoded).'
     )
@@ -97,9 +95,7 @@ class EmbeddingRequest(BaseModel):
                     "surrogate pair"
                 )
             if max_chars is not None and len(text) > max_chars:
-                raise ValueError(
-                    f"{where} has {len(text)} characters; this server accepts at most {max_chars} per input"
-                )
+                raise ValueError(f"{where} has {len(text)} characters; this server accepts at most {max_chars} per input")
         return texts
 
     @field_validator("dimensions")
@@ -144,9 +140,7 @@ def parse_embedding_request(payload: Any, *, max_inputs: int, max_chars: int, ma
     if not isinstance(payload, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {_json_type(payload)}")
     try:
-        return EmbeddingRequest.model_validate(
-            payload, context={"max_inputs": max_inputs, "max_chars": max_chars, "max_dim": max_dim}
-        )
+        return EmbeddingRequest.model_validate(payload, context={"max_inputs": max_inputs, "max_chars": max_chars, "max_dim": max_dim})
     except ValidationError as err:
         raise _api_error_from_validation(err) from None
 
@@ -166,9 +160,9 @@ def _api_error_from_validation(err: ValidationError) -> ApiError:
     else:
         message = f"'{param}': {message}, got {_json_type(first.get('input'))}"
         if param == "encoding_format":
-            message = f"'encoding_format' must be \"float\" or \"base64\", got {first.get('input')!r}"
+            message = f'\'encoding_format\' must be "float" or "base64", got {first.get("input")!r}'
         elif param == "input_type":
-            message = f"'input_type' must be \"query\" or \"document\", got {first.get('input')!r}"
+            message = f'\'input_type\' must be "query" or "document", got {first.get("input")!r}'
     return ApiError(400, message, param=param)
 
 
@@ -179,9 +173,7 @@ def embedding_payload(vector: np.ndarray, encoding_format: str) -> list[float] |
     return vector.astype(np.float32, copy=False).tolist()
 
 
-def embeddings_response(
-    vectors: np.ndarray, *, model: str, encoding_format: str, prompt_tokens: int
-) -> dict[str, Any]:
+def embeddings_response(vectors: np.ndarray, *, model: str, encoding_format: str, prompt_tokens: int) -> dict[str, Any]:
     # one tolist() for the whole matrix: converting row by row costs a call per input
     rows = vectors.astype(np.float32, copy=False).tolist() if encoding_format != "base64" else None
     return {

@@ -120,7 +120,9 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     if streaming:
         datasets = [open_stream(cfg, _batch_size(recipe, cfg, cfg.task)) for cfg in recipe.datasets]
         for spec in datasets:
-            logger.info("data %s: streamed from %d shard(s), task %s, format %s (rows are validated as they arrive)", spec.name, len(spec.files), spec.task, spec.format)
+            logger.info(
+                "data %s: streamed from %d shard(s), task %s, format %s (rows are validated as they arrive)", spec.name, len(spec.files), spec.task, spec.format
+            )
     else:
         datasets = datasets if datasets is not None else load_datasets(recipe.datasets)
     for ds in [] if streaming else datasets:
@@ -175,7 +177,11 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     if streaming:
         gather_groups = GatherGroups()  # every rank trains the step's dataset: the world group
     elif is_distributed():
-        epochs = math.ceil(recipe.training.max_steps / math.ceil(len(sampler) / recipe.training.gradient_accumulation_steps)) if recipe.training.max_steps else math.ceil(recipe.training.epochs)  # the trainer: ceil(batches / accumulation) steps per epoch
+        epochs = (
+            math.ceil(recipe.training.max_steps / math.ceil(len(sampler) / recipe.training.gradient_accumulation_steps))
+            if recipe.training.max_steps
+            else math.ceil(recipe.training.epochs)
+        )  # the trainer: ceil(batches / accumulation) steps per epoch
         gather_groups = GatherGroups(sampler.sharing_ranks(epochs))
     views = _dataset_views(recipe, datasets)
     miner = None
