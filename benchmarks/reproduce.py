@@ -11,6 +11,7 @@ same loss arms on STS-B / MRPC / Banking77 / TREC / SST-2 train, evaluated on su
   ``en-*``; ``base-zh`` / ``base-en`` evaluate the untrained model.
 * B — Matryoshka: ``zh-hybrid`` vs ``zh-nomrl``, scored at 768…64.   * C — projection: vs ``zh-noproj``.
 * E — ``zh-pearson`` (Pearson instead of CoSENT on STS).   * F — ``zh-static`` vs ``zh-dynamic`` mining.
+The arms and their recipe YAML files: benchmarks/reproduce-arms/ (arms.yaml lists them).
 
 Every training arm: the same 15,360 sliced rows of its language, 490 steps × batch 32 = 15,680 rows
 (≥ 15,000 rows drawn even where duplicate-free InfoNCE batches come out short; results.json counts them),
@@ -76,7 +77,7 @@ def sizes(quick: bool, steps: int | None = None, batch: int | None = None, eval_
     s = {
         "quick": quick, "steps": 4 if quick else 490, "batch": 8 if quick else 32, "lr": 3e-5, "warmup_ratio": 0.1,
         "max_seq_length": 64, "eval_max_seq_length": 256, "mixing": "proportional", "precision": precision,
-        "nli_negatives": 1, "bge_negatives": 3, "cls_negatives": 10,
+        **arms_mod.recipe_negatives(),  # nli_negatives, bge_negatives, cls_negatives: as the arm recipes set them
         "quotas": QUICK_QUOTAS if quick else QUOTAS,
         "mine_corpus": 200 if quick else 6000, "mine_range": [3, 20] if quick else [10, 60], "mine_pool": 5 if quick else 20, "every": 2 if quick else 20,
         "mine_max_ratio": None if quick else 0.95,  # a random tiny model scores every text alike: no guard in --quick
@@ -125,8 +126,8 @@ def estimate_seconds(job: dict[str, Any], measured: dict[str, list[float]] | Non
     seconds = rate(f"eval_{lang}", PLAN["eval_s"][lang]) + PLAN["eval_dim_s"] * (len(job["dims"]) - 1)
     if kind != "base":
         seconds += job["rows"] / rate(kind, PLAN[f"{kind}_rows_s"])
-    if job["arm"] in ("zh-static", "zh-dynamic"):
-        seconds += PLAN["dynamic_s"] if job["arm"] == "zh-dynamic" else PLAN["mining_s"]
+    if arms_mod.needs_mining(job["arm"]):
+        seconds += PLAN["dynamic_s"] if arms_mod.mines_dynamically(job["arm"]) else PLAN["mining_s"]
     return seconds
 
 
@@ -207,15 +208,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     work = out / "data"
     data = {lang: data_mod.prepare(lang, work, sz["quotas"][lang], sz["eval_max_samples"], sz["eval_max_corpus"]) for lang in ("zh", "en")}
-    keys = {arm: arms_mod.plan_key(arm, args.backbone, data[ARMS[arm]["lang"]], sz) for arm in ALL_ARMS}
+    expected = {arm: arms_mod.expected_cache(arm, args.backbone, data[ARMS[arm]["lang"]], sz) for arm in ALL_ARMS}
 
     def is_cached(arm: str, seed: int) -> bool:
         path = out / "arms" / f"{arm}-s{seed}" / "result.json"
-        return not args.force and path.exists() and json.loads(path.read_text()).get("plan") == keys[arm]
+        return not args.force and path.exists() and arms_mod.is_current(json.loads(path.read_text()), expected[arm])
 
     jobs = job_order(arms, seeds)
     planned = plan(sz, seeds, arms)
-    if any(a in ("zh-static", "zh-dynamic") and not is_cached(a, s) for a, s in jobs):
+    if any(arms_mod.needs_mining(a) and not is_cached(a, s) for a, s in jobs):
         data["zh"]["files"].update(data_mod.mine_pool(work, args.backbone, data["zh"], sz))
     todo = [f"{a}-s{s}" for a, s in jobs if not is_cached(a, s)]
     est = {j: estimate_seconds(planned[j]) for j in todo}
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             traceback.print_exc()
 
-    res = arms_mod.cached_results(out, keys)
+    res = arms_mod.cached_results(out, expected)
     wall = time.perf_counter() - wall0
     meta = {
         "sizes": {k: v for k, v in sz.items() if k != "quotas"},

@@ -1,4 +1,6 @@
-"""The reproduction driver's arms: what each arm trains (its recipe, or the stock trainer), the rows it draws, its evaluation, and its cache folder OUT/arms/<arm>-s<seed>/{model,result.json}.
+"""The reproduction driver's arms: what each arm trains (its recipe file, or the stock trainer), the rows it draws, its evaluation, and its cache folder OUT/arms/<arm>-s<seed>/{model,result.json}.
+
+The arms are listed in reproduce-arms/arms.yaml and each training arm's recipe is a YAML file beside it.
 
 Every training arm of a language reads the same sliced rows (reproduce_data) with the same steps,
 batch size, learning rate and proportional mixing; an arm changes one thing against the arm it is
@@ -15,37 +17,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-MRL_DIMS = [768, 384, 256, 128, 64]
+ARMS_DIR = Path(__file__).resolve().parent / "reproduce-arms"  # arms.yaml (the table) and one recipe YAML per training arm
 PLAN_FILE = "started_plan.json"  # in an arm's model folder while it trains: what a resume must match
 CHECKPOINT_EVERY = 50  # steps between the checkpoints an interrupted arm resumes from
-NOPROJ_DIMS = [384, 256, 128, 64]
 CLUSTER_SAMPLE = 2048
+ARM_KEYS = {"lang", "kind", "recipe", "vs", "seeds", "dims"}
 
-# name → lang, kind (base / ours / stock), the data view, the arm it is compared with, seeds (all / first), eval dims.
-ARMS: dict[str, dict[str, Any]] = {
-    "base-zh": {"lang": "zh", "kind": "base", "dims": NOPROJ_DIMS},
-    "zh-infonce": {"lang": "zh", "kind": "ours", "view": "infonce", "vs": "zh-hybrid", "seeds": "all", "dims": [768]},
-    "zh-cosent": {"lang": "zh", "kind": "ours", "view": "cosent", "vs": "zh-hybrid", "seeds": "all", "dims": [768]},
-    "zh-hybrid": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "seeds": "all", "dims": MRL_DIMS},
-    "zh-stock": {"lang": "zh", "kind": "stock", "view": "cosent", "vs": "zh-hybrid", "dims": [768]},
-    "zh-nomrl": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "dims": MRL_DIMS, "model": {"matryoshka_dims": None}},
-    "zh-noproj": {
-        "lang": "zh",
-        "kind": "ours",
-        "view": "hybrid",
-        "vs": "zh-hybrid",
-        "dims": [384],
-        "model": {"projection_dim": None, "matryoshka_dims": NOPROJ_DIMS},
-    },
-    "zh-pearson": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "dims": [768], "sts_loss": "pearson"},
-    "zh-static": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-hybrid", "dims": [768], "bge": "bge_static"},
-    "zh-dynamic": {"lang": "zh", "kind": "ours", "view": "hybrid", "vs": "zh-static", "dims": [768], "bge": "bge_pool", "dynamic": True},
-    "base-en": {"lang": "en", "kind": "base", "dims": [384]},
-    "en-infonce": {"lang": "en", "kind": "ours", "view": "infonce", "vs": "en-hybrid", "dims": [768]},
-    "en-cosent": {"lang": "en", "kind": "ours", "view": "cosent", "vs": "en-hybrid", "dims": [768]},
-    "en-hybrid": {"lang": "en", "kind": "ours", "view": "hybrid", "vs": "en-hybrid", "dims": [768]},
-    "en-stock": {"lang": "en", "kind": "stock", "view": "cosent", "vs": "en-hybrid", "dims": [768]},
-}
+
+def load_arms(path: Path = ARMS_DIR / "arms.yaml") -> dict[str, dict[str, Any]]:
+    """arms.yaml: name → lang, kind (base / ours / stock), recipe file, the arm it is compared with, seeds (all / first), eval dims."""
+    import yaml
+
+    arms = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for name, spec in arms.items():
+        unknown = set(spec) - ARM_KEYS
+        if unknown or spec.get("kind") not in ("base", "ours", "stock") or (spec["kind"] != "base") != bool(spec.get("recipe")):
+            raise ValueError(f"{path}: {name}: needs kind base/ours/stock and a recipe unless base; unknown keys {sorted(unknown)}")
+    return arms
+
+
+ARMS = load_arms()
 
 
 def backbone_dim(backbone: str) -> int:
@@ -62,57 +53,76 @@ def backbone_dim(backbone: str) -> int:
 # ---------------------------------------------------------------- recipes
 
 
-def _ds(path: Path, task: str, **extra: Any) -> dict[str, Any]:
-    return {"path": str(path), "task": task, **extra}
+def data_dir(data: dict[str, Any]) -> Path:
+    """The language's sliced training files (OUT/data/train-<lang>): where an arm recipe's relative paths point."""
+    return Path(data["files"]["sts"]).parent
 
 
-def datasets_for(arm: str, data: dict[str, Any], sz: dict[str, Any]) -> list[dict[str, Any]]:
-    """The recipe's datasets: Piccolo2's routing (hybrid), with CoSENT only (cosent) or InfoNCE only (infonce)."""
-    spec, f = ARMS[arm], data["files"]
-    view = spec["view"]
-    if view == "infonce":
-        out = [_ds(f["sts_pairs"], "retrieval", num_negatives=0), _ds(f["pcls_pairs"], "retrieval", num_negatives=0)]
-    else:
-        sts_loss = {"loss": {"name": spec["sts_loss"]}} if spec.get("sts_loss") else {}
-        out = [_ds(f["sts"], "sts", score_range=[0, 5], **sts_loss), _ds(f["pcls"], "pair_classification", score_range=[0, 1])]
-    if "nli" in f:
-        out.append(_ds(f["nli"], "retrieval", num_negatives=sz["nli_negatives"]))
-    if "bge" in f:
-        out.append(_ds(f[spec.get("bge", "bge")], "retrieval", num_negatives=sz["bge_negatives"]))
-    if view == "hybrid":
-        out += [_ds(f[n], "classification", num_negatives=sz["cls_negatives"]) for n in sorted(f) if n.startswith("cls_") and n != "cls_pairs"]
-    else:
-        out.append(_ds(f["cls_pairs"], "retrieval", num_negatives=0))
+def arm_recipe(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[str, Any], model_dir: Path) -> Any:
+    """The arm's recipe file (reproduce-arms/<recipe>) with the sizes every arm shares as overrides; the stock arm reads its data and model from it too."""
+    from hybridembed.recipe import load_recipe
+
+    path, raw = ARMS_DIR / ARMS[arm]["recipe"], recipe_yaml(arm)
+    overrides: dict[str, Any] = {
+        "model.backbone": backbone, "model.max_seq_length": sz["max_seq_length"], "sampling.mixing": sz["mixing"],
+        "training.output_dir": str(model_dir), "training.batch_size": sz["batch"], "training.max_steps": sz["steps"],
+        "training.learning_rate": sz["lr"], "training.warmup_ratio": sz["warmup_ratio"], "training.seed": seed,
+        "training.logging_steps": max(1, sz["steps"] // 12), "training.precision": sz.get("precision", "fp32"),
+    }  # fmt: skip
+    if raw["model"].get("projection_dim", 768) is None and raw["model"].get("matryoshka_dims"):
+        hidden = backbone_dim(backbone)  # without a projection the dims cannot exceed the backbone's width (64 for a tiny test BERT)
+        overrides["model.matryoshka_dims"] = [d for d in raw["model"]["matryoshka_dims"] if d <= hidden] or [hidden]
+    if mines_dynamically(arm):
+        overrides |= {"mining.dynamic.every_steps": sz["every"], "mining.dynamic.pool_size": sz["mine_pool"]}
+    return load_recipe(path, overrides, data_root=data_dir(data))
+
+
+def recipe_yaml(arm: str) -> dict[str, Any]:
+    """The arm's recipe file as written (no overrides); empty for a base arm."""
+    import yaml
+
+    return yaml.safe_load((ARMS_DIR / ARMS[arm]["recipe"]).read_text(encoding="utf-8")) if ARMS[arm].get("recipe") else {}
+
+
+def needs_mining(arm: str) -> bool:
+    """Whether the arm's recipe reads the negatives mined offline (reproduce_data.mine_pool's bge_mined_* files)."""
+    return any(str(d["path"]).startswith("bge_mined_") for d in recipe_yaml(arm).get("datasets", []))
+
+
+def mines_dynamically(arm: str) -> bool:
+    return bool((recipe_yaml(arm).get("mining") or {}).get("dynamic"))
+
+
+def recipe_negatives() -> dict[str, int]:
+    """The negatives per row of the nli, bge and classification sources, as the recipes set them (the same in every arm: tests check).
+
+    The sizes (``reproduce.sizes``) take them from here: the offline miner keeps that many for the static
+    arm, the captions quote them, and the cache key holds them.
+    """
+    out: dict[str, int] = {}
+    for arm in ARMS:
+        for d in recipe_yaml(arm).get("datasets", []):
+            stem = Path(d["path"]).stem
+            source = "bge" if stem.startswith("bge") else stem.split("_")[0]  # bge_mined_pool → bge, cls_tnews → cls
+            if d.get("num_negatives") and source in ("nli", "bge", "cls"):
+                out.setdefault(f"{source}_negatives", d["num_negatives"])
     return out
 
 
-def arm_recipe(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[str, Any], model_dir: Path) -> dict[str, Any]:
-    """The recipe (a dict for ``Recipe.model_validate``) of a training arm; the stock arm reads its data and model from it too."""
-    spec = ARMS[arm]
-    hidden = backbone_dim(backbone)
-    model: dict[str, Any] = {"backbone": backbone, "max_seq_length": sz["max_seq_length"], "projection_dim": 768, "matryoshka_dims": list(MRL_DIMS)}
-    model.update(spec.get("model", {}))
-    if model["projection_dim"] is None and model["matryoshka_dims"]:
-        model["matryoshka_dims"] = [d for d in model["matryoshka_dims"] if d <= hidden] or [hidden]
-    recipe: dict[str, Any] = {
-        "model": model,
-        "datasets": datasets_for(arm, data, sz),
-        "sampling": {"mixing": sz["mixing"]},
-        "training": {
-            "output_dir": str(model_dir),
-            "batch_size": sz["batch"],
-            "max_steps": sz["steps"],
-            "learning_rate": sz["lr"],
-            "warmup_ratio": sz["warmup_ratio"],
-            "seed": seed,
-            "logging_steps": max(1, sz["steps"] // 12),
-            "report_to": [],
-            "precision": sz.get("precision", "fp32"),
-        },
-    }  # loss_preset: the default (equal task weights, docs/losses.md "Task weights")
-    if spec.get("dynamic"):
-        recipe["mining"] = {"dynamic": {"every_steps": sz["every"], "ratio": 1.15, "max_score": 0.8, "pool_size": sz["mine_pool"], "init": "start"}}
-    return recipe
+def recipe_fingerprint(recipe: Any) -> dict[str, Any]:
+    """A recipe as a cached result must match it: every setting except the seed and the output folder, dataset files by name.
+
+    Cached results record the recipe they trained (results made before the arms were YAML files
+    recorded the same settings as a dict), so editing an arm's YAML re-runs that arm.
+    """
+    from hybridembed.recipe import Recipe
+
+    dump = Recipe.model_validate(recipe).model_dump(mode="json") if isinstance(recipe, dict) else recipe.model_dump(mode="json")
+    for key in ("output_dir", "seed"):
+        dump["training"].pop(key, None)
+    for ds in dump["datasets"]:
+        ds["path"] = Path(ds["path"]).name
+    return dump
 
 
 def rows_drawn(recipe: Any) -> dict[str, Any]:
@@ -266,11 +276,24 @@ def plan_key(arm: str, backbone: str, data: dict[str, Any], sz: dict[str, Any]) 
         | ({"precision": sz["precision"]} if sz.get("precision", "fp32") != "fp32" else {})
         | {"backbone": backbone, "rows": data["rows"], "suite": str(data["suite"]), "quick": sz["quick"]}
     )
-    if ARMS[arm].get("bge"):
+    if needs_mining(arm):
         key |= {k: sz[k] for k in ("mine_corpus", "mine_range", "mine_pool", "mine_max_ratio", "every")}
     if ARMS[arm]["kind"] == "base":
         key = {k: key[k] for k in ("backbone", "suite", "eval_max_seq_length", "quick")}
     return json.loads(json.dumps(key))
+
+
+def expected_cache(arm: str, backbone: str, data: dict[str, Any], sz: dict[str, Any]) -> dict[str, Any]:
+    """What a cached result of the arm must match: its plan key and (training arms) its recipe's fingerprint."""
+    recipe = arm_recipe(arm, 0, backbone, data, sz, Path("model")) if ARMS[arm]["kind"] != "base" else None
+    return {"plan": plan_key(arm, backbone, data, sz), "recipe": recipe_fingerprint(recipe) if recipe is not None else None}
+
+
+def is_current(entry: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """Whether a cached result.json / train.json entry was made with the expected plan and recipe."""
+    if entry.get("plan") != expected["plan"]:
+        return False
+    return expected["recipe"] is None or ("recipe" in entry and recipe_fingerprint(entry["recipe"]) == expected["recipe"])
 
 
 def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[str, Any], out: Path, force: bool) -> dict[str, Any]:
@@ -278,24 +301,22 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
     spec = ARMS[arm]
     arm_dir = out / "arms" / f"{arm}-s{seed}"
     cache, model_dir, train_info = arm_dir / "result.json", arm_dir / "model", arm_dir / "train.json"
-    key = plan_key(arm, backbone, data, sz)
+    expected = expected_cache(arm, backbone, data, sz)
+    key = expected["plan"]
     if cache.exists() and not force:
         entry = json.loads(cache.read_text())
-        if entry.get("plan") == key:
+        if is_current(entry, expected):
             print(f"[{arm} seed {seed}] cached: {cache}", flush=True)
             return entry
-        print(f"[{arm} seed {seed}] cached result was made with other sizes: re-running", flush=True)
+        print(f"[{arm} seed {seed}] cached result was made with other sizes or another recipe: re-running", flush=True)
     started = time.perf_counter()
     entry: dict[str, Any] = {"arm": arm, "seed": seed, "lang": spec["lang"], "kind": spec["kind"], "plan": key}
     if spec["kind"] == "base":
         entry |= {"train_seconds": 0.0, "model": backbone}
         model_path = backbone
     else:
-        from hybridembed.recipe import Recipe
-
-        raw = arm_recipe(arm, seed, backbone, data, sz, model_dir)
-        recipe = Recipe.model_validate(raw)
-        done = train_info.exists() and json.loads(train_info.read_text()).get("plan") == key and (model_dir / "modules.json").exists() and not force
+        recipe = arm_recipe(arm, seed, backbone, data, sz, model_dir)
+        done = train_info.exists() and is_current(json.loads(train_info.read_text()), expected) and (model_dir / "modules.json").exists() and not force
         if done:
             info = json.loads(train_info.read_text())
             print(f"[{arm} seed {seed}] model folder complete, evaluating it: {model_dir}", flush=True)
@@ -323,7 +344,7 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
                 for _, checkpoint in checkpoints(model_dir):
                     shutil.rmtree(checkpoint)  # only resuming needed them
             # A resumed arm's seconds are only this invocation's: say so, so that timing plans can leave it out.
-            info = {"plan": key, "train_seconds": time.perf_counter() - t0, "resumed": resumable, "rows_drawn": drawn, "recipe": raw}
+            info = {"plan": key, "train_seconds": time.perf_counter() - t0, "resumed": resumable, "rows_drawn": drawn, "recipe": recipe.model_dump(mode="json")}
             train_info.write_text(json.dumps(info, indent=1, default=str))
         from hybridembed.model_folder import read_training_log
 
@@ -350,12 +371,12 @@ def run_arm(arm: str, seed: int, backbone: str, data: dict[str, Any], sz: dict[s
     return entry
 
 
-def cached_results(out: Path, keys: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Every cached arm result under OUT/arms whose plan matches this invocation's (arms run in earlier invocations too)."""
+def cached_results(out: Path, expected: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every cached arm result under OUT/arms that is current for this invocation (`expected_cache`; arms run in earlier invocations too)."""
     res: dict[str, list[dict[str, Any]]] = {}
     for path in sorted((out / "arms").glob("*/result.json")):
         entry = json.loads(path.read_text())
-        if entry.get("arm") in keys and entry.get("plan") == keys[entry["arm"]]:
+        if entry.get("arm") in expected and is_current(entry, expected[entry["arm"]]):
             res.setdefault(entry["arm"], []).append(entry)
     for entries in res.values():
         entries.sort(key=lambda e: e["seed"])

@@ -109,88 +109,107 @@ def _loss_table(res: Results, lang: str, meta: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def _cell(stat: tuple[float | None, float | None], seeds: int) -> str:
+    """mean ± half-range over several seeds, the bare value for one."""
+    return fmt(*stat) if seeds > 1 else fmt(stat[0])
+
+
+def _matryoshka_table(res: Results, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """B: the zh-local average at each embedding prefix, with and without the Matryoshka loss."""
+    if not (res.get("zh-hybrid") and res.get("zh-nomrl")):
+        return None
+    rows, plot = [], {}
+    for arm, label in (("base-zh", "base, no projection (prefix of 384)"), ("zh-nomrl", "projection 768, no MRL"), ("zh-hybrid", "projection 768 + MRL")):
+        if not res.get(arm):
+            continue
+        stats = [mean_spread([type_scores(e, d).get("avg") for e in res[arm]]) for d in MRL_DIMS]
+        rows.append([label, _seeds(res, arm) if arm != "base-zh" else "–"] + [_cell(s, len(res[arm])) for s in stats])
+        plot[label] = {str(d): s[0] for d, s in zip(MRL_DIMS, stats)}
+    return {
+        "id": "b_matryoshka",
+        "title": "Table B — Matryoshka: zh-local average × 100 at each embedding prefix (zh-hybrid vs zh-nomrl; mean ± half-range over seeds)",
+        "caption": meta["caption"]["zh"], "markdown": md(["model", "seed(s)", *map(str, MRL_DIMS)], rows), "plot": plot,
+    }  # fmt: skip
+
+
+def _projection_table(res: Results, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """C: dimension scaling, the 384→768 projection against the backbone's own 384 dims."""
+    if not (res.get("zh-hybrid") and res.get("zh-noproj")):
+        return None
+    keys = present(res, ["base-zh", "zh-noproj", "zh-hybrid"], TYPE_ORDER + ["avg"])
+    rows, plot = [], {}
+    for arm, label, dim in (("base-zh", "base (384)", 0), ("zh-noproj", "no projection (384, MRL 384…64)", 0),
+                            ("zh-hybrid", "projection 384→768 (+MRL)", 768), ("zh-hybrid", "projection 384→768, first 384 dims", 384)):  # fmt: skip
+        if not res.get(arm):
+            continue
+        dim = dim or top_dim(res[arm][0])
+        stats = {k: mean_spread([type_scores(e, dim).get(k) for e in res[arm]]) for k in keys}
+        rows.append([label, _seeds(res, arm) if arm != "base-zh" else "–"] + [_cell(stats[k], len(res[arm])) for k in keys])
+        plot[label] = stats
+    return {
+        "id": "c_projection",
+        "title": "Table C — dimension scaling: zh-hybrid (projection 384→768) vs zh-noproj (zh-local × 100, per task type)",
+        "caption": meta["caption"]["zh"], "markdown": md(["model", "seed(s)", *[TYPE_SHORT[k] for k in keys]], rows), "plot": plot,
+    }  # fmt: skip
+
+
+def _pearson_table(res: Results, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """E: Pearson against CoSENT as the STS dataset's loss, the rest of the hybrid recipe unchanged."""
+    if not (res.get("zh-hybrid") and res.get("zh-pearson")):
+        return None
+    rows, plot = [], {}
+    for arm, label in (("zh-hybrid", "CoSENT on STS (τ 0.05)"), ("zh-pearson", "Pearson on STS")):
+        cols = {
+            "zh-stsb-dev": mean_spread([score(e, "zh-stsb-dev", 768) for e in res[arm]]),
+            "STS avg": mean_spread([type_scores(e, 768).get("sts") for e in res[arm]]),
+            "PairCls": mean_spread([type_scores(e, 768).get("pair_classification") for e in res[arm]]),
+            "avg": mean_spread([type_scores(e, 768).get("avg") for e in res[arm]]),
+        }
+        rows.append([label, _seeds(res, arm)] + [_cell(v, len(res[arm])) for v in cols.values()])
+        plot[label] = cols
+    return {
+        "id": "e_pearson_vs_cosent",
+        "title": "Table E — Pearson vs CoSENT for the STS dataset (rest of the zh-hybrid recipe unchanged; 768 dims, × 100)",
+        "caption": meta["caption"]["zh"], "markdown": md(["STS loss", "seed(s)", "zh-stsb-dev Spearman", "STS avg", "PairCls avg", "zh-local avg"], rows), "plot": plot,
+    }  # fmt: skip
+
+
+def _mining_table(res: Results, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """F: negatives mined once by the base model against the same start with Conan's dynamic re-mining."""
+    if not (res.get("zh-static") and res.get("zh-dynamic")):
+        return None
+    rows, plot = [], {}
+    for arm, label in (
+        ("zh-hybrid", "bge's own negatives (zh-hybrid)"),
+        ("zh-static", "mined once by the base model, fixed"),
+        ("zh-dynamic", "same start + dynamic mining (Conan rule)"),
+    ):
+        if not res.get(arm):
+            continue
+        m = res[arm][0].get("mining") or {}
+        events = f"{int(m.get('mining/replaced', 0))} / {int(m.get('mining/checked', 0))}" if arm == "zh-dynamic" else "–"
+        cols = {k: mean_spread([type_scores(e, 768).get(k) for e in res[arm]]) for k in ("retrieval", "sts", "avg")}
+        rows.append([label, _seeds(res, arm)] + [_cell(v, len(res[arm])) for v in cols.values()] + [events])
+        plot[label] = cols
+    mining, sizes = meta.get("mining") or {}, meta["sizes"]
+    return {
+        "id": "f_dynamic_mining",
+        "title": "Table F — dynamic hard-negative mining on vs off (bge retrieval rows, negatives mined offline by the base model; 768 dims, × 100)",
+        "caption": f"{meta['caption']['zh']}; pool {sizes['mine_pool']} candidates per row from ranks {sizes['mine_range'][0]}–{sizes['mine_range'][1]} "
+        f"of the base model over a {mining.get('corpus', '?')}-text corpus, {sizes['bge_negatives']} active negatives per row "
+        f"(static: the pool's first ones, fixed), re-scored every {sizes['every']} steps (mining.dynamic covers every retrieval "
+        "dataset with negatives: checked also counts the NLI rows, whose pool is their own contradiction, never replaced); "
+        f"{mining.get('short_rows', '?')} of {mining.get('rows', '?')} rows got fewer than {sizes['mine_pool']} candidates ({mining.get('empty_rows', '?')} none)",
+        "markdown": md(["negatives of the bge rows", "seed(s)", "Retr (cmrc2018)", "STS avg", "zh-local avg", "replaced / checked"], rows),
+        "plot": plot,
+    }  # fmt: skip
+
+
 def build_tables(res: Results, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each table: id, title, caption, markdown, and the numbers its plot draws."""
-    common = meta["caption"]
-    tables = [t for t in (_loss_table(res, "zh", meta), _loss_table(res, "en", meta)) if t]
-    zh = common["zh"]
-    # --- B: Matryoshka
-    if res.get("zh-hybrid") and res.get("zh-nomrl"):
-        rows, plot = [], {}
-        for arm, label in (("base-zh", "base, no projection (prefix of 384)"), ("zh-nomrl", "projection 768, no MRL"), ("zh-hybrid", "projection 768 + MRL")):
-            if not res.get(arm):
-                continue
-            stats = [mean_spread([type_scores(e, d).get("avg") for e in res[arm]]) for d in MRL_DIMS]
-            rows.append([label, _seeds(res, arm) if arm != "base-zh" else "–"] + [fmt(*s) if len(res[arm]) > 1 else fmt(s[0]) for s in stats])
-            plot[label] = {str(d): s[0] for d, s in zip(MRL_DIMS, stats)}
-        tables.append({
-            "id": "b_matryoshka",
-            "title": "Table B — Matryoshka: zh-local average × 100 at each embedding prefix (zh-hybrid vs zh-nomrl; mean ± half-range over seeds)",
-            "caption": zh, "markdown": md(["model", "seed(s)", *map(str, MRL_DIMS)], rows), "plot": plot,
-        })  # fmt: skip
-    # --- C: projection
-    if res.get("zh-hybrid") and res.get("zh-noproj"):
-        keys = present(res, ["base-zh", "zh-noproj", "zh-hybrid"], TYPE_ORDER + ["avg"])
-        rows, plot = [], {}
-        for arm, label, dim in (("base-zh", "base (384)", 0), ("zh-noproj", "no projection (384, MRL 384…64)", 0),
-                                ("zh-hybrid", "projection 384→768 (+MRL)", 768), ("zh-hybrid", "projection 384→768, first 384 dims", 384)):  # fmt: skip
-            if not res.get(arm):
-                continue
-            dim = dim or top_dim(res[arm][0])
-            stats = {k: mean_spread([type_scores(e, dim).get(k) for e in res[arm]]) for k in keys}
-            rows.append([label, _seeds(res, arm) if arm != "base-zh" else "–"] + [fmt(*stats[k]) if len(res[arm]) > 1 else fmt(stats[k][0]) for k in keys])
-            plot[label] = stats
-        tables.append({
-            "id": "c_projection",
-            "title": "Table C — dimension scaling: zh-hybrid (projection 384→768) vs zh-noproj (zh-local × 100, per task type)",
-            "caption": zh, "markdown": md(["model", "seed(s)", *[TYPE_SHORT[k] for k in keys]], rows), "plot": plot,
-        })  # fmt: skip
-    # --- E: Pearson vs CoSENT
-    if res.get("zh-hybrid") and res.get("zh-pearson"):
-        rows, plot = [], {}
-        for arm, label in (("zh-hybrid", "CoSENT on STS (τ 0.05)"), ("zh-pearson", "Pearson on STS")):
-            cols = {
-                "zh-stsb-dev": mean_spread([score(e, "zh-stsb-dev", 768) for e in res[arm]]),
-                "STS avg": mean_spread([type_scores(e, 768).get("sts") for e in res[arm]]),
-                "PairCls": mean_spread([type_scores(e, 768).get("pair_classification") for e in res[arm]]),
-                "avg": mean_spread([type_scores(e, 768).get("avg") for e in res[arm]]),
-            }
-            rows.append([label, _seeds(res, arm)] + [fmt(*v) if len(res[arm]) > 1 else fmt(v[0]) for v in cols.values()])
-            plot[label] = cols
-        tables.append({
-            "id": "e_pearson_vs_cosent",
-            "title": "Table E — Pearson vs CoSENT for the STS dataset (rest of the zh-hybrid recipe unchanged; 768 dims, × 100)",
-            "caption": zh, "markdown": md(["STS loss", "seed(s)", "zh-stsb-dev Spearman", "STS avg", "PairCls avg", "zh-local avg"], rows), "plot": plot,
-        })  # fmt: skip
-    # --- F: dynamic vs static mining
-    if res.get("zh-static") and res.get("zh-dynamic"):
-        rows, plot = [], {}
-        for arm, label in (
-            ("zh-hybrid", "bge's own negatives (zh-hybrid)"),
-            ("zh-static", "mined once by the base model, fixed"),
-            ("zh-dynamic", "same start + dynamic mining (Conan rule)"),
-        ):
-            if not res.get(arm):
-                continue
-            e0 = res[arm][0]
-            m = e0.get("mining") or {}
-            events = f"{int(m.get('mining/replaced', 0))} / {int(m.get('mining/checked', 0))}" if arm == "zh-dynamic" else "–"
-            cols = {k: mean_spread([type_scores(e, 768).get(k) for e in res[arm]]) for k in ("retrieval", "sts", "avg")}
-            rows.append([label, _seeds(res, arm)] + [fmt(*v) if len(res[arm]) > 1 else fmt(v[0]) for v in cols.values()] + [events])
-            plot[label] = cols
-        mining, sizes = meta.get("mining") or {}, meta["sizes"]
-        tables.append({
-            "id": "f_dynamic_mining",
-            "title": "Table F — dynamic hard-negative mining on vs off (bge retrieval rows, negatives mined offline by the base model; 768 dims, × 100)",
-            "caption": f"{zh}; pool {sizes['mine_pool']} candidates per row from ranks {sizes['mine_range'][0]}–{sizes['mine_range'][1]} "
-            f"of the base model over a {mining.get('corpus', '?')}-text corpus, {sizes['bge_negatives']} active negatives per row "
-            f"(static: the pool's first ones, fixed), re-scored every {sizes['every']} steps (mining.dynamic covers every retrieval "
-            "dataset with negatives: checked also counts the NLI rows, whose pool is their own contradiction, never replaced); "
-            f"{mining.get('short_rows', '?')} of {mining.get('rows', '?')} rows got fewer than {sizes['mine_pool']} candidates ({mining.get('empty_rows', '?')} none)",
-            "markdown": md(["negatives of the bge rows", "seed(s)", "Retr (cmrc2018)", "STS avg", "zh-local avg", "replaced / checked"], rows),
-            "plot": plot,
-        })  # fmt: skip
-    return tables
+    """Each table whose arms ran, in order A-zh, A-en, B, C, E, F: id, title, caption, markdown, and the numbers its plot draws."""
+    tables = [_loss_table(res, "zh", meta), _loss_table(res, "en", meta)]
+    tables += [build(res, meta) for build in (_matryoshka_table, _projection_table, _pearson_table, _mining_table)]
+    return [t for t in tables if t]
 
 
 def plot_table(table: dict[str, Any], path: Path) -> None:

@@ -20,3 +20,17 @@ def test_a_dataset_named_like_a_module_attribute_takes_its_folder_name(tmp_path:
                         {"path": "x/__init__.jsonl", "task": "sts"}]}  # fmt: skip
     names = [ds.name for ds in recipe_from_mapping(raw, tmp_path).datasets]
     assert names == ["sts_train", "data", "x___init__"]
+
+
+def test_load_recipe_resolves_relative_paths_against_data_root(tmp_path: Path):
+    from hybridembed.recipe import load_recipe
+
+    recipes, data = tmp_path / "recipes", tmp_path / "data"
+    recipes.mkdir()
+    data.mkdir()
+    (data / "pairs.jsonl").write_text('{"query": "a", "positives": ["b"]}\n', encoding="utf-8")
+    path = recipes / "r.yaml"
+    path.write_text("model: {backbone: some/model}\ndatasets:\n  - {path: pairs.jsonl, task: retrieval}\n", encoding="utf-8")
+    assert Path(load_recipe(path, data_root=data).datasets[0].path) == (data / "pairs.jsonl").resolve()
+    (recipes / "pairs.jsonl").write_text('{"query": "a", "positives": ["b"]}\n', encoding="utf-8")
+    assert Path(load_recipe(path).datasets[0].path) == (recipes / "pairs.jsonl").resolve()  # default: beside the recipe

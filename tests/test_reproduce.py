@@ -48,13 +48,63 @@ def test_full_plan_has_enough_rows_and_matches_compared_arms():
     assert total > trained_rows / reproduce.PLAN["ours_rows_s"] > 0
 
 
+def _fake_data(tmp_path):
+    """A sliced-data folder with an empty file for every name the arm recipes use (validation reads none)."""
+    import yaml
+
+    folder = tmp_path / "train-zh"
+    folder.mkdir(exist_ok=True)
+    for recipe in (REPO / "benchmarks" / "reproduce-arms").glob("*-*.yaml"):
+        for d in yaml.safe_load(recipe.read_text())["datasets"]:
+            (folder / d["path"]).touch()
+    return {"files": {"sts": folder / "sts.jsonl"}}
+
+
+def test_arm_recipes_are_yaml_files_with_the_shared_sizes_as_overrides(tmp_path):
+    reproduce = _driver()
+    arms = reproduce.arms_mod
+    sz = reproduce.sizes(quick=False)
+    negatives = arms.recipe_negatives()
+    assert negatives == {"nli_negatives": 1, "bge_negatives": 3, "cls_negatives": 10} and all(sz[k] == v for k, v in negatives.items())
+    for arm, spec in reproduce.ARMS.items():
+        if spec["kind"] == "base":
+            continue
+        recipe = arms.arm_recipe(arm, 7, "bundled:all-MiniLM-L6-v2", _fake_data(tmp_path), sz, tmp_path / arm)
+        t = recipe.training
+        assert (t.max_steps, t.batch_size, t.learning_rate, t.seed, t.output_dir) == (sz["steps"], sz["batch"], sz["lr"], 7, str(tmp_path / arm)), arm
+        assert recipe.model.max_seq_length == sz["max_seq_length"] and recipe.sampling.mixing == sz["mixing"], arm
+        assert all(Path(d.path).parent == tmp_path / "train-zh" for d in recipe.datasets), arm
+        for d in recipe.datasets:  # one negatives count per source kind, as the cache key and the static miner assume
+            kind = "bge" if d.name.startswith("bge") else d.name.split("_")[0]
+            if f"{kind}_negatives" in negatives and d.num_negatives:
+                assert d.num_negatives == negatives[f"{kind}_negatives"], (arm, d.name)
+    dynamic = arms.arm_recipe("zh-dynamic", 0, "bundled:all-MiniLM-L6-v2", _fake_data(tmp_path), sz, tmp_path / "d")
+    assert (dynamic.mining.dynamic.every_steps, dynamic.mining.dynamic.pool_size) == (sz["every"], sz["mine_pool"])
+    assert [a for a in reproduce.ARMS if arms.needs_mining(a)] == ["zh-static", "zh-dynamic"]
+
+
+def test_a_cached_result_is_stale_once_its_arm_recipe_changes(tmp_path):
+    """The cache compares the recipe a result trained (seed and output folder aside) with the arm's YAML today."""
+    reproduce = _driver()
+    arms = reproduce.arms_mod
+    sz, data = reproduce.sizes(quick=True), _fake_data(tmp_path)
+    data |= {"rows": {"sts": 1}, "suite": tmp_path / "suite.yaml"}
+    expected = arms.expected_cache("zh-hybrid", "bundled:all-MiniLM-L6-v2", data, sz)
+    trained = arms.arm_recipe("zh-hybrid", 1, "bundled:all-MiniLM-L6-v2", data, sz, tmp_path / "elsewhere").model_dump(mode="json")
+    entry = {"plan": expected["plan"], "recipe": trained}
+    assert arms.is_current(entry, expected)
+    edited = json.loads(json.dumps(trained))
+    edited["datasets"][2]["num_negatives"] = 2
+    assert not arms.is_current(entry | {"recipe": edited}, expected)
+    assert not arms.is_current({"plan": expected["plan"]}, expected)  # no recorded recipe: not reusable
+    assert not arms.is_current(entry | {"plan": {**expected["plan"], "steps": 1}}, expected)
+
+
 def test_full_slices_are_decontaminated_and_draw_enough_rows(tmp_path, shared_data):
     """The real slices (no training): every quota is met after decontamination, and replaying the
     trainer's sampler draws ≥ 15,000 rows for the arms whose duplicate-free batches can come out short."""
     reproduce = _driver()
     _needs_data(reproduce)
-    from hybridembed.recipe import Recipe
-
     sz = reproduce.sizes(quick=False)
     for lang in ("zh", "en"):
         data = reproduce.data_mod.prepare(lang, tmp_path / "data", sz["quotas"][lang])
@@ -65,7 +115,8 @@ def test_full_slices_are_decontaminated_and_draw_enough_rows(tmp_path, shared_da
             for row in reproduce.data_mod.read_jsonl(path):
                 assert not eval_texts & {t.strip() for t in reproduce.data_mod.row_texts(row)}
         for arm in (f"{lang}-infonce", f"{lang}-cosent"):
-            recipe = Recipe.model_validate(reproduce.arms_mod.arm_recipe(arm, 0, "bundled:all-MiniLM-L6-v2", data, sz, tmp_path / arm))
+            recipe = reproduce.arms_mod.arm_recipe(arm, 0, "bundled:all-MiniLM-L6-v2", data, sz, tmp_path / arm)
+            assert all(Path(d.path).is_file() for d in recipe.datasets), arm  # the recipe's relative paths name the sliced files
             assert reproduce.arms_mod.rows_drawn(recipe)["total"] >= reproduce.MIN_ROWS, arm
 
 

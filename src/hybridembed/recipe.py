@@ -385,8 +385,8 @@ class Recipe(Strict):
         return self
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read a YAML recipe; relative dataset paths resolve against the recipe's folder."""
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, data_root: str | Path | None = None) -> Recipe:
+    """Read a YAML recipe; relative paths resolve against `data_root` (default: the recipe's folder)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
@@ -394,7 +394,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from err
-    return recipe_from_mapping(raw, path.parent, str(path), overrides)
+    return recipe_from_mapping(raw, Path(data_root) if data_root is not None else path.parent, str(path), overrides)
 
 
 def recipe_from_mapping(raw: Any, base: Path, source: str = "recipe", overrides: dict[str, Any] | None = None) -> Recipe:
