@@ -27,8 +27,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
+    parser.add_argument("--ops", action="store_true", help="torch.profiler instead of cProfile: torch operators (backward ones too) by self CPU time")
     args = parser.parse_args()
-    trainer = prepare_training(recipe(args.steps, args.batch_size, "/tmp/hybridembed-profile"))
+    from hybridembed.precision import resolve_precision
+
+    trainer = prepare_training(recipe(args.steps, args.batch_size, "/tmp/hybridembed-profile", resolve_precision(args.precision)))
+    if args.ops:
+        profile_ops(trainer, args)
+        return
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
@@ -43,6 +50,22 @@ def main() -> None:
     for own, calls, (filename, line, name) in rows:
         where = name if filename == "~" else f"{Path(filename).name}:{line}({name})"
         print(f"| `{where}` | {calls} | {own:.2f} | {own / wall:.0%} |")
+
+
+def profile_ops(trainer, args) -> None:
+    """torch.profiler over the whole run: every aten operator (forward and autograd's backward ones) by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train()
+    wall = time.perf_counter() - started
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
+    print(f"\n{args.steps} steps, batch {args.batch_size}, quickstart data, precision {args.precision}, wall {wall:.1f} s (profiled: slower than unprofiled)")
+    print("| operator | calls | self CPU (s) | share of wall |")
+    print("|---|---|---|---|")
+    for e in events:
+        print(f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.2f} | {e.self_cpu_time_total / 1e6 / wall:.0%} |")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def evaluate(
     from hybridembed.evaluation.runner import run_suite
 
     name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None  # a path, or the RunResult `train` returned
-    results = run_suite(str(model) if name else model, suite, dims=dims, batch_size=batch_size, model_name=name, show_progress=show_progress)
+    target = str(model) if isinstance(model, (str, os.PathLike)) else model
+    results = run_suite(target, suite, dims=dims, batch_size=batch_size, model_name=name, show_progress=show_progress)
     if out is not None:
         from hybridembed.evaluation.report import write_report
 

@@ -31,11 +31,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from hybridembed.errors import HybridembedError
+
+if TYPE_CHECKING:
+    from sentence_transformers.sentence_transformer.modules import Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +160,7 @@ def export_onnx(
     tokenizer = model.tokenizer
     input_names = [n for n in INPUT_ORDER if n in tokenizer.model_input_names]
     example = tokenizer(list(check_texts[:2]), padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="pt")
-    decoder = is_decoder(model[0].auto_model.config)
+    decoder = is_decoder(cast("Transformer", model[0]).auto_model.config)  # check_exportable made sure model[0] is one
     graph = _graph_module(model, decoder)
     args = tuple(example[n] for n in input_names)
     used = exporter

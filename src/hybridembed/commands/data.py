@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hybridembed.data.loading import TaskDataset
+    from hybridembed.data.streaming import StreamCheck
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -315,7 +320,8 @@ def run_check(args: argparse.Namespace) -> int:
         config = DatasetConfig(path=str(target), task=args.task, format=args.format, header=not args.no_header)
         config.name = target.stem
         groups = [CheckGroup(None, [config])]
-    totals, cache = CheckTotals(), {}
+    totals = CheckTotals()
+    cache: dict[str, TaskDataset | StreamCheck | DataError] = {}  # one entry per file and reader settings, across groups
     for group in groups:
         before = (totals.datasets, totals.rows, totals.text_files, totals.texts, len(totals.problems))
         lines = _check_group(group, totals, args.allow_missing, cache)

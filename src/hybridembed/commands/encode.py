@@ -13,6 +13,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import HybridembedError
@@ -58,10 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+PRECISIONS: tuple[Precision, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
 
 
-def quantize(embeddings, precision: str, ranges_path: str | None = None):
+def quantize(embeddings, precision: Precision, ranges_path: str | None = None):
     """(quantized embeddings, the (2, dim) ranges used or None) for `precision`, on sentence-transformers' quantize_embeddings."""
     import numpy as np
     from sentence_transformers.util.quantization import quantize_embeddings

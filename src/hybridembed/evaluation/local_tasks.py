@@ -65,6 +65,12 @@ def task_metadata(spec: TaskSpec) -> TaskMetadata:
     )
 
 
+def _eval_split(spec: TaskSpec) -> str:
+    """The split a local task is evaluated on (the suite defaults it to `test`; task_metadata checked it is set)."""
+    assert spec.split is not None
+    return spec.split
+
+
 class _LocalTaskMixin:
     """Shared by the local task classes: metadata from the spec; `load_data` builds `self.dataset`."""
 
@@ -121,8 +127,9 @@ def build_sts(spec: TaskSpec) -> Any:
             low, high = self.spec.score_range or (min(scores), max(scores))
             if high <= low:
                 raise DataError([f"{self.spec.path}: all gold scores are equal ({low}); STS needs a spread"])
-            self.min_score, self.max_score = low, high  # mteb normalises gold scores with these
-            return {self.spec.split: Dataset.from_dict({"sentence1": text1, "sentence2": text2, "score": scores})}
+            # mteb normalises gold scores with these; it annotates them int, but any number works.
+            self.min_score, self.max_score = low, high  # type: ignore[assignment]
+            return {_eval_split(self.spec): Dataset.from_dict({"sentence1": text1, "sentence2": text2, "score": scores})}
 
     return LocalSTSTask(spec)
 
@@ -141,7 +148,7 @@ def build_pair_classification(spec: TaskSpec) -> Any:
                     summary=f"task {self.spec.name!r}",
                 )
             data = {"sentence1": text1, "sentence2": text2, "labels": labels}
-            return {self.spec.split: Dataset.from_dict(data)}
+            return {_eval_split(self.spec): Dataset.from_dict(data)}
 
     return LocalPairClassificationTask(spec)
 
@@ -166,7 +173,7 @@ def build_classification(spec: TaskSpec) -> Any:
                 logger.warning("task %s: %d test labels never occur in train_path: %s", self.spec.name, len(unseen), unseen[:5])
             return {
                 self.train_split: Dataset.from_dict({"text": train_text, "label": train_label}),
-                self.spec.split: Dataset.from_dict({"text": text, "label": label}),
+                _eval_split(self.spec): Dataset.from_dict({"text": text, "label": label}),
             }
 
     return LocalClassificationTask(spec)
@@ -182,7 +189,7 @@ def build_clustering(spec: TaskSpec) -> Any:
 
         def _build_splits(self) -> dict[str, Any]:
             text, label = _texts_labels(self.spec, limit=self.spec.max_samples)
-            return {self.spec.split: Dataset.from_dict({"sentences": text, "labels": label})}
+            return {_eval_split(self.spec): Dataset.from_dict({"sentences": text, "labels": label})}
 
     return LocalClusteringTask(spec)
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from hybridembed.errors import RecipeError
+
+if TYPE_CHECKING:
+    from sentence_transformers.sentence_transformer.modules import Transformer
 
 logger = logging.getLogger(__name__)
 _HOOK_FLAG = "_hybridembed_mask_positions"
@@ -88,7 +91,7 @@ def use_mask_positions(model: nn.Module) -> None:
     setattr(model, _HOOK_FLAG, True)
 
 
-def prepare_decoder(transformer: nn.Module) -> None:
+def prepare_decoder(transformer: Transformer) -> None:
     """Ready a sentence-transformers Transformer module for last-token pooling.
 
     Pad token = EOS where missing; EOS appended to every input; positions numbered from the

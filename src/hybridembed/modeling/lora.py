@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
@@ -58,7 +58,9 @@ def off_embedding_path(hf_model: nn.Module) -> list[str]:
 def add_lora(model: SentenceTransformer, settings: LoraSettings) -> None:
     """Inject a fresh LoRA adapter into the backbone; only adapter weights (and later modules such as Dense) train."""
     peft = _require_peft()
-    excluded = off_embedding_path(model.transformers_model)
+    hf_model = model.transformers_model
+    assert hf_model is not None, "build_model's first module is a Hugging Face Transformer"
+    excluded = off_embedding_path(hf_model)
     config = peft.LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -90,12 +92,12 @@ def merge_adapters(hf_model: nn.Module) -> int:
                 merged += 1
     if hasattr(hf_model, "peft_config"):
         del hf_model.peft_config
-    hf_model._hf_peft_config_loaded = False
+    hf_model._hf_peft_config_loaded = False  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for tensors and modules only
     # Loading an adapter folder registers key renamings (base_model.model.*, lora_*) that saving would
     # apply in reverse; the merged model has plain keys.
     conversions = getattr(hf_model, "_weight_conversions", None)
     if conversions:
-        hf_model._weight_conversions = [c for c in conversions if not _is_adapter_renaming(c)]
+        hf_model._weight_conversions = [c for c in conversions if not _is_adapter_renaming(c)]  # type: ignore[assignment]  # as above
     return merged
 
 
@@ -115,7 +117,7 @@ def merge_saved_adapter(model_dir: str | Path) -> None:
     _require_peft()
     model_dir = Path(model_dir)
     model = SentenceTransformer(str(model_dir), device="cpu")
-    count = merge_adapters(model[0].auto_model)
+    count = merge_adapters(cast(nn.Module, model[0].auto_model))  # a PreTrainedModel; torch types the attribute Tensor | Module
     for name in ADAPTER_FILES:
         (model_dir / name).unlink(missing_ok=True)
     model.save(str(model_dir))

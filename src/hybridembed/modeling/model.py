@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 import torch
@@ -84,8 +84,10 @@ def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransfor
     with _explain_remote_code(cfg.backbone):
         if _is_sentence_transformers_folder(backbone):
             source = SentenceTransformer(backbone, device="cpu", model_kwargs=model_kwargs or None, trust_remote_code=cfg.trust_remote_code)
-            transformer, rest = source[0], list(source)[1:]
-            prompts.update(source.prompts or {})
+            # The folder's first module is the backbone's Transformer (nn.Sequential indexing only promises a Module).
+            transformer, rest = cast(Transformer, source[0]), list(source)[1:]
+            # `prompts` is typed str | None, but ST's _validate_prompts turns every None into "" at load.
+            prompts.update(cast("dict[str, str]", source.prompts or {}))
             settings["default_prompt_name"] = source.default_prompt_name
             settings["similarity_fn_name"] = getattr(source, "_similarity_fn_name", None)
         else:
@@ -98,7 +100,7 @@ def build_model(cfg: ModelConfig, device: str | None = None) -> SentenceTransfor
     hidden = transformer.get_embedding_dimension()
     old_pooling = next((m for m in rest if isinstance(m, Pooling)), None)
     if old_pooling is None:
-        pooling: nn.Module = Pooling(hidden, pooling_mode=POOLING_MODES[cfg.pooling or "mean"])
+        pooling = Pooling(hidden, pooling_mode=POOLING_MODES[cfg.pooling or "mean"])
         rest.insert(0, pooling)
     elif cfg.pooling and POOLING_MODES[cfg.pooling] != old_pooling.pooling_mode:
         pooling = Pooling(hidden, pooling_mode=POOLING_MODES[cfg.pooling], include_prompt=old_pooling.include_prompt)
@@ -194,6 +196,10 @@ def embedding_dim(model: SentenceTransformer) -> int:
     return int(dim)
 
 
+@overload
+def truncate_embeddings(embeddings: np.ndarray, dim: int | None) -> np.ndarray: ...
+@overload
+def truncate_embeddings(embeddings: torch.Tensor, dim: int | None) -> torch.Tensor: ...
 def truncate_embeddings(embeddings: np.ndarray | torch.Tensor, dim: int | None) -> np.ndarray | torch.Tensor:
     """Keep the first `dim` coordinates (a Matryoshka prefix) and re-normalise to unit length."""
     if dim is None or dim >= embeddings.shape[-1]:

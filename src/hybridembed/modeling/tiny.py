@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 SPECIAL_BERT = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -64,7 +68,9 @@ def _bpe_tokenizer(corpus: list[str], vocab_size: int, max_length: int, style: s
         case "plain":
             names = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
         case "roberta":
-            tok.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+            sep_id, cls_id = ids["</s>"], ids["<s>"]
+            assert sep_id is not None and cls_id is not None, "special tokens are always in the trained vocabulary"
+            tok.post_processor = processors.RobertaProcessing(("</s>", sep_id), ("<s>", cls_id))
             names = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
                      "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}  # fmt: skip
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **names)
@@ -73,6 +79,20 @@ def _bpe_tokenizer(corpus: list[str], vocab_size: int, max_length: int, style: s
 ENCODER_KINDS = ("bert", "roberta", "xlm-roberta", "modernbert")
 DECODER_KINDS = ("qwen2", "llama", "gpt2")
 TINY_KINDS = ENCODER_KINDS + DECODER_KINDS
+
+
+class _Sizes(TypedDict):
+    """Shape arguments shared by the BERT-style and LLaMA-style configs (GPT-2 names them differently)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+
+
+class _Ids(TypedDict):
+    pad_token_id: int | None
+    vocab_size: int
 
 
 def build_tiny_backbone(
@@ -100,34 +120,36 @@ def build_tiny_backbone(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    sizes = {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
-             "intermediate_size": hidden_size * 4}  # fmt: skip
+    sizes: _Sizes = {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
+                     "intermediate_size": hidden_size * 4}  # fmt: skip
+    config: PreTrainedConfig
     match kind:
         case "bert" | "modernbert":
             tokenizer = _bert_tokenizer(corpus, vocab_size, max_positions)
-            ids = {"pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
+            ids: _Ids = {"pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
             if kind == "bert":
                 config = transformers.BertConfig(max_position_embeddings=max_positions, **ids, **sizes)
             else:
                 special = {"cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id,
                            "bos_token_id": tokenizer.cls_token_id, "eos_token_id": tokenizer.sep_token_id}  # fmt: skip
-                config = transformers.ModernBertConfig(
+                # global_attn_every_n_layers is no dataclass field: ModernBertConfig.__post_init__ reads it from its kwargs.
+                config = transformers.ModernBertConfig(  # type: ignore[call-arg]
                     max_position_embeddings=max_positions, local_attention=16, global_attn_every_n_layers=2, **ids, **special, **sizes
                 )
         case "roberta" | "xlm-roberta":
             tokenizer = _bpe_tokenizer(corpus, vocab_size, max_positions, style="roberta")
-            config_class = transformers.RobertaConfig if kind == "roberta" else transformers.XLMRobertaConfig
+            encoder_class = transformers.RobertaConfig if kind == "roberta" else transformers.XLMRobertaConfig
             # RoBERTa numbers positions from padding_idx + 1, so its table has two extra rows.
-            config = config_class(
+            config = encoder_class(
                 vocab_size=len(tokenizer), max_position_embeddings=max_positions + 2, pad_token_id=tokenizer.pad_token_id,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **sizes,
             )  # fmt: skip
         case "qwen2" | "llama":
             tokenizer = _bpe_tokenizer(corpus, vocab_size, max_positions, style="eos" if kind == "qwen2" else "bos")
-            config_class = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
+            decoder_class = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
             if kind == "qwen2":
                 tokenizer.padding_side = "left"
-            config = config_class(
+            config = decoder_class(
                 vocab_size=len(tokenizer), num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=max_positions,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 bos_token_id=tokenizer.bos_token_id or tokenizer.eos_token_id, **sizes,

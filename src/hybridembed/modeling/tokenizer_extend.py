@@ -18,9 +18,12 @@ import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hybridembed.errors import HybridembedError
+
+if TYPE_CHECKING:
+    from sentence_transformers.sentence_transformer.modules import Transformer
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "tokenizer_extension.json"
@@ -321,11 +324,12 @@ def extend_backbone(
         from sentence_transformers import SentenceTransformer
 
         source = SentenceTransformer(path, device="cpu")
-        tokenizer, auto_model = source[0].tokenizer, source[0].auto_model
+        transformer = cast("Transformer", source[0])  # the folder's Transformer module; nn.Sequential indexing only promises a Module
+        tokenizer, auto_model = transformer.tokenizer, transformer.auto_model
     else:
         tokenizer, auto_model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
     old_backend = getattr(tokenizer, "backend_tokenizer", None)
-    if old_backend is None:
+    if tokenizer is None or old_backend is None:
         raise HybridembedError(f"{backbone}: tokenizer {type(tokenizer).__name__} has no tokenizers backend (tokenizer.json); cannot extend it")
     old_backend = bare(old_backend)  # transformers sets padding and truncation per call
     old_json = json.loads(old_backend.to_str())
@@ -335,7 +339,7 @@ def extend_backbone(
     train_texts, held_texts = split_held_out(texts, held_out_fraction, seed)
     if not train_texts:
         raise HybridembedError("the corpus has no text left to train on after holding part apart")
-    embeddings = auto_model.get_input_embeddings().weight
+    embeddings = cast(torch.Tensor, auto_model.get_input_embeddings().weight)  # an embedding table; torch types it Tensor | Module
     start = max(len(tokenizer), old_backend.get_vocab_size(with_added_tokens=True), embeddings.shape[0])
     extend = extend_wordpiece if model_type == "WordPiece" else extend_bpe
     merged = extend(old_json, train_texts, vocab_size, start, allow_ascii)
@@ -344,8 +348,9 @@ def extend_backbone(
     rows, only_unk = initial_rows(embeddings.detach(), old_backend, merged.added, model_type, prefix)
     if merged.added:
         auto_model.resize_token_embeddings(start + len(merged.added), mean_resizing=False)
+        resized = cast(torch.Tensor, auto_model.get_input_embeddings().weight)
         with torch.no_grad():
-            auto_model.get_input_embeddings().weight[start:] = rows
+            resized[start:] = rows
     specials = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
     new_tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=merged.tokenizer, model_max_length=tokenizer.model_max_length, padding_side=tokenizer.padding_side, **specials

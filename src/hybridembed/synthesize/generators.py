@@ -11,7 +11,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from hybridembed.errors import HybridembedError
 from hybridembed.synthesize.config import EndpointSettings, GenerationSettings, LocalSettings
@@ -173,7 +173,8 @@ class LocalGenerator:
             raise HybridembedError(f"--local {settings.path}: not a folder (a transformers causal-LM folder with config.json)")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(settings.path)
-            self.model = AutoModelForCausalLM.from_pretrained(settings.path).to(self.device).eval()
+            # transformers' @wraps(nn.Module.to) gives `to` the unbound signature: mypy takes the device for `self`.
+            self.model = AutoModelForCausalLM.from_pretrained(settings.path).to(self.device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as err:
             raise HybridembedError(f"--local {settings.path}: cannot load a causal LM: {err}") from None
         # Left padding: every prompt then ends at the last column, where generation continues.
@@ -186,7 +187,8 @@ class LocalGenerator:
     def _text(self, prompt: str) -> tuple[str, bool]:
         """The model input and whether the tokenizer should still add its special tokens."""
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True), False
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            return cast(str, text), False  # tokenize=False: the rendered string (the return type covers token ids too)
         return prompt, True
 
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Reply]:

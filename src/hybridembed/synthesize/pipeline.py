@@ -137,6 +137,7 @@ def synthesize(settings: SynthesisSettings, generator: Generator, filter_model=N
                 query = parse_query(reply.text)
                 rule = filters.rule(query, passage.text)
                 if rule is None:
+                    assert query is not None  # rule() calls a reply without a query MALFORMED
                     survivors.append((query, passage, template))
                 else:
                     stats[rule] += 1
