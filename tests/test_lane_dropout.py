@@ -1,0 +1,116 @@
+"""Lane dropout (hybridembed.modeling.dropout): the same Bernoulli masks and gradients as inverted dropout, seeded, on every device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hybridembed.modeling import dropout as lane
+
+
+def test_masks_drop_at_rate_p_independently_and_keep_the_expectation(device):
+    torch.manual_seed(0)
+    x = torch.ones(1_000_003, device=device)  # not a multiple of 4: the last word is cut
+    out = lane.lane_dropout(x, 0.1)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002  # 6.6 standard deviations of a binomial over 1e6
+    assert abs(out.mean().item() - 1.0) < 0.004
+    both = (kept[:-1] & kept[1:]).float().mean().item()  # neighbours share a 64-bit word: still independent
+    assert abs(both - 0.81) < 0.003
+    assert torch.allclose(out[kept], torch.full_like(out[kept], out[kept][0].item()))  # one scale for every kept element
+
+
+def test_the_keep_probability_is_exact_for_the_rounded_p():
+    keep, probability = lane.lane_keep_mask((8,), 0.1, torch.device("cpu"))
+    assert keep.dtype == torch.bool and probability == 1 - round(0.1 * 65536) / 65536
+    x = torch.ones(4096)
+    torch.manual_seed(1)
+    out = lane.lane_dropout(x, 0.1)
+    assert torch.allclose(out[out != 0], torch.tensor(1 / probability))
+
+
+def test_gradient_is_the_mask_over_the_keep_probability(device):
+    torch.manual_seed(0)
+    x = torch.randn(64, 33, device=device, requires_grad=True)
+    out = lane.lane_dropout(x, 0.25)
+    out.sum().backward()
+    kept = (out != 0).to(x.dtype)
+    scale = 1 / (1 - round(0.25 * 65536) / 65536) if device == "cpu" else 1 / 0.75
+    assert torch.allclose(x.grad, kept * scale)
+
+
+def test_seeded_draws_repeat_and_successive_draws_differ():
+    x = torch.ones(2, 1000)
+    torch.manual_seed(3)
+    first, second = lane.lane_dropout(x, 0.5), lane.lane_dropout(x, 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(lane.lane_dropout(x, 0.5), first) and not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_identity_in_eval_or_at_p_zero_and_dtype_kept(dtype):
+    x = torch.randn(5, 7).to(dtype)
+    assert lane.lane_dropout(x, 0.1, training=False) is x and lane.lane_dropout(x, 0.0) is x
+    assert lane.lane_dropout(x, 0.1).dtype == dtype
+    assert torch.equal(lane.lane_dropout(x, 1.0), torch.zeros_like(x))
+
+
+def _attention_inputs(device, mask_kind):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 6, 8, device=device) for _ in range(3))
+    lengths = torch.tensor([6, 3, 1], device=device)
+    valid = torch.arange(6, device=device)[None, :] < lengths[:, None]
+    mask = valid[:, None, None, :].expand(3, 1, 6, 6)
+    if mask_kind == "float":
+        mask = torch.zeros(mask.shape, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+def test_attention_without_the_mask_draw_is_sdpa(device, mask_kind, monkeypatch):
+    """The dropout branch's math equals transformers' SDPA when its mask keeps everything; p = 0 is SDPA itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v, mask = _attention_inputs(device, mask_kind)
+    module = nn.Module()
+    module.is_causal = False
+    reference, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
+    assert torch.equal(lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.0, scaling=0.3)[0], reference)
+    monkeypatch.setattr(lane, "lane_dropout", lambda x, p, training=True: x)
+    ours, _ = lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.1, scaling=0.3)
+    assert ours.shape == reference.shape == (3, 6, 4, 8)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_attention_dropout_drops_probabilities_with_the_lane_mask():
+    q, k, v, mask = _attention_inputs("cpu", "bool")
+    module = nn.Module()
+    module.is_causal = False
+    torch.manual_seed(5)
+    ours, _ = lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.2, scaling=0.3)
+    torch.manual_seed(5)
+    keep, probability = lane.lane_keep_mask((3, 4, 6, 6), 0.2, torch.device("cpu"))
+    scores = (q @ k.transpose(2, 3) * 0.3).masked_fill(~mask, torch.finfo(torch.float32).min)
+    expected = ((torch.softmax(scores, -1) * keep / probability) @ v).transpose(1, 2)
+    assert torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_use_lane_dropout_swaps_a_backbone_and_leaves_inference_unchanged(tiny_bert_dir):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(tiny_bert_dir), attn_implementation="sdpa").eval()
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 8, 3, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    before = model(input_ids=ids, attention_mask=attention).last_hidden_state
+    swapped = lane.use_lane_dropout(model)
+    assert swapped == sum(1 for m in model.modules() if isinstance(m, nn.Dropout)) > 0
+    assert not any(type(m) is nn.Dropout for m in model.modules())
+    assert model.config._attn_implementation == lane.ATTENTION_NAME
+    assert torch.equal(model(input_ids=ids, attention_mask=attention).last_hidden_state, before)
+    model.train()
+    torch.manual_seed(0)
+    first = model(input_ids=ids, attention_mask=attention).last_hidden_state
+    torch.manual_seed(0)
+    assert torch.equal(model(input_ids=ids, attention_mask=attention).last_hidden_state, first)  # seeded: the same masks
+    assert not torch.allclose(first, before)
