@@ -77,7 +77,7 @@ class HybridCollator:
         for row in rows:
             candidates = list(dict.fromkeys(self._negative_candidates(row, view)))  # a repeated text is one negative
             count = min(view.num_negatives, len(candidates))
-            picks = rng.choice(len(candidates), size=count, replace=False) if count else []
+            picks: np.ndarray | list[int] = rng.choice(len(candidates), size=count, replace=False) if count else []
             drawn.append([view.passage_prefix + candidates[int(i)] for i in picks])
         width = max((len(d) for d in drawn), default=0)
         self._add_column(batch, "query", queries)

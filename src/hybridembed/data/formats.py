@@ -43,7 +43,7 @@ class Converted:
     removed_false_negatives: int = 0
 
 
-def detect_format(fields: Mapping[str, Any], has_columns: bool) -> DataFormat | None:
+def detect_format(fields: Mapping[str | int, Any], has_columns: bool) -> DataFormat | None:
     keys = set(fields)
     if has_columns:
         return DataFormat.COLUMNS
@@ -134,7 +134,7 @@ def _score(value: Any, score_range: tuple[float, float] | None, problems: list[s
     return score
 
 
-def record_task(fields: Mapping[str, Any], fmt: DataFormat) -> tuple[TaskType | None, str | None]:
+def record_task(fields: Mapping[str | int, Any], fmt: DataFormat) -> tuple[TaskType | None, str | None]:
     """The task a record declares itself (Piccolo's `type`), or a problem message for an unknown one."""
     if fmt != DataFormat.PICCOLO:
         return None, None
@@ -152,7 +152,7 @@ def convert(fields: dict[str, Any], task: TaskType, score_range: tuple[float, fl
         text1 = _text(fields.get("text1"), "text1", problems)
         text2 = _text(fields.get("text2"), "text2", problems)
         score = _score(fields.get("score", fields.get("label")), score_range, problems)
-        if not problems:
+        if not problems and text1 is not None and text2 is not None and score is not None:  # each is None only with a problem
             result.row = {"text1": text1, "text2": text2, "score": score}
         return result
     if "query" not in fields and "text" in fields:
@@ -160,7 +160,7 @@ def convert(fields: dict[str, Any], task: TaskType, score_range: tuple[float, fl
         query = _text(fields.get("text"), "text", problems)
         label = fields.get("label")
         label_text = _text(None if label is None else str(label), "label", problems)
-        if not problems:
+        if not problems and query is not None and label_text is not None:
             result.row = {"query": query, "positives": [label_text], "negatives": None, "label": label_text}
         return result
     query = _text(fields.get("query"), "query", problems)
@@ -173,7 +173,7 @@ def convert(fields: dict[str, Any], task: TaskType, score_range: tuple[float, fl
         positives = _text_list(positive_value, positive_name, problems, required=True)
     negative_value = fields.get("negatives", fields.get("negative"))
     negatives = _text_list(negative_value, "negatives", problems, required=False)
-    if problems:
+    if problems or query is None:  # query is None only with a problem
         return result
     # Documented skip rule: a negative identical to one of the row's positives is a false negative.
     kept = [n for n in negatives if n not in positives]

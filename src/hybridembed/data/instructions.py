@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hybridembed.data.readers import MAX_PROBLEMS, read_records, text_problem
 from hybridembed.errors import DataError
@@ -40,7 +40,7 @@ class Pair:
     line: int
 
 
-def detect_instruction_format(record: dict[str, Any]) -> InstructionFormat | None:
+def detect_instruction_format(record: dict[str | int, Any]) -> InstructionFormat | None:
     if "conversations" in record:
         return InstructionFormat.SHAREGPT
     if "messages" in record:
@@ -50,8 +50,8 @@ def detect_instruction_format(record: dict[str, Any]) -> InstructionFormat | Non
     return None
 
 
-def _alpaca(record: dict[str, Any], problems: list[str]) -> list[tuple[str, str]]:
-    values = {}
+def _alpaca(record: dict[str | int, Any], problems: list[str]) -> list[tuple[str, str]]:
+    values: dict[str, Any] = {}  # text_problem passed: each is a str
     for key, required in (("instruction", True), ("input", False), ("output", True)):
         value = record.get(key)
         if value is None and not required:
@@ -75,7 +75,7 @@ def _content_text(content: Any, where: str, problems: list[str]) -> str | None:
         if not parts or not all(isinstance(p, str) for p in parts):
             problems.append(f"{where}: content parts without text")
             return None
-        content = "\n".join(parts)
+        content = "\n".join(cast(list[str], parts))  # all str: checked just above
     problem = text_problem(content, allow_blank=True)
     if problem is not None:
         problems.append(f"{where}: {problem}")
@@ -83,7 +83,7 @@ def _content_text(content: Any, where: str, problems: list[str]) -> str | None:
     return content
 
 
-def _turns(record: dict[str, Any], fmt: InstructionFormat, problems: list[str]) -> list[tuple[str, str]]:
+def _turns(record: dict[str | int, Any], fmt: InstructionFormat, problems: list[str]) -> list[tuple[str, str]]:
     """(role kind, text) per turn: kind is user / assistant / system."""
     key, role_key, text_key = ("conversations", "from", "value") if fmt is InstructionFormat.SHAREGPT else ("messages", "role", "content")
     turns = record.get(key)

@@ -11,12 +11,12 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hybridembed.data.arrow_store import RowWriter, entry_key, entry_lock, open_entry
 from hybridembed.data.formats import canonical_fields, convert, detect_format, record_task
 from hybridembed.data.readers import MAX_PROBLEMS
-from hybridembed.data.rows import ROW_COLUMNS
+from hybridembed.data.rows import ROW_COLUMNS, TripletRow
 from hybridembed.data.sources import RecordSource, open_source
 from hybridembed.errors import DataError
 from hybridembed.recipe import DataFormat, DatasetConfig
@@ -162,9 +162,10 @@ def _validate_into(cfg: DatasetConfig, source: RecordSource, folder) -> TaskData
                 continue
             skipped["negatives equal to a positive (removed)"] += converted.removed_false_negatives
             if task in LABEL_TASKS:
-                labels.update(converted.row["positives"], converted.row["negatives"] or [])
+                row = cast("TripletRow", converted.row)  # label tasks have triplet rows
+                labels.update(row["positives"], row["negatives"] or [])
             if not n_problems:  # after the first problem nothing is kept; the pass goes on to report the rest
-                writer.add(converted.row)
+                writer.add(cast("dict[str, Any]", converted.row))  # a canonical row is the plain dict RowWriter stores
         if n_problems:
             raise DataError(problems, summary=f"{source.label}: {n_problems} invalid record(s); nothing was trained")
         assert fmt is not None and task is not None and writer is not None
@@ -174,7 +175,9 @@ def _validate_into(cfg: DatasetConfig, source: RecordSource, folder) -> TaskData
         if writer is not None:
             writer.abort()
         raise
-    table, _ = open_entry(folder)
+    opened = open_entry(folder)
+    assert opened is not None, "the entry was just committed"
+    table, _ = opened
     dataset = TaskDataset(cfg.name or source.stem, task, source.label, table, cfg, fmt, label_pool, skipped, store=str(folder))
     for rule, count in skipped.items():
         if count:

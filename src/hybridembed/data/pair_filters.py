@@ -32,7 +32,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -140,6 +140,15 @@ def _integral(f: Callable[[np.ndarray], np.ndarray], a: float, b: float, points:
     return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
 
 
+def _shared_band(s: np.ndarray, rows: int, bands: int) -> np.ndarray:
+    """P(a pair of Jaccard similarity s shares at least one of `bands` bands of `rows` rows)."""
+    return 1 - (1 - s**rows) ** bands
+
+
+def _no_shared_band(s: np.ndarray, rows: int, bands: int) -> np.ndarray:
+    return (1 - s**rows) ** bands
+
+
 @lru_cache(maxsize=64)
 def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = LSH_WEIGHTS) -> tuple[int, int]:
     """(bands, rows) with bands·rows ≤ num_perm minimising w_fp·P(false-positive candidate) + w_fn·P(missed candidate).
@@ -154,8 +163,8 @@ def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = L
     best: tuple[float, int, int] | None = None
     for bands in range(1, num_perm + 1):
         for rows in range(1, num_perm // bands + 1):
-            fp = _integral(lambda s, r=rows, b=bands: 1 - (1 - s**r) ** b, 0.0, threshold)  # bound now (B023)
-            fn = _integral(lambda s, r=rows, b=bands: (1 - s**r) ** b, threshold, 1.0)
+            fp = _integral(partial(_shared_band, rows=rows, bands=bands), 0.0, threshold)
+            fn = _integral(partial(_no_shared_band, rows=rows, bands=bands), threshold, 1.0)
             error = w_fp * fp + w_fn * fn
             if best is None or error < best[0]:
                 best = (error, bands, rows)
@@ -165,8 +174,10 @@ def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = L
 
 def _near_duplicate_filter(settings: FilterSettings) -> Callable[[str], bool]:
     """A stateful check: True when the text is a near duplicate of one seen (and kept) before."""
+    threshold = settings.near_threshold
+    assert threshold is not None, "called only with near-duplicate removal on"
     hasher = MinHasher(settings.num_perm, settings.seed)
-    bands, rows = lsh_params(settings.near_threshold, settings.num_perm)
+    bands, rows = lsh_params(threshold, settings.num_perm)
     buckets: dict[tuple[int, bytes], list[np.ndarray]] = defaultdict(list)
 
     def seen(text: str) -> bool:
@@ -174,7 +185,7 @@ def _near_duplicate_filter(settings: FilterSettings) -> Callable[[str], bool]:
         keys = [(band, signature[band * rows : (band + 1) * rows].tobytes()) for band in range(bands)]
         for key in keys:
             for other in buckets.get(key, ()):
-                if float(np.mean(other == signature)) >= settings.near_threshold:
+                if float(np.mean(other == signature)) >= threshold:
                     return True
         for key in keys:
             buckets[key].append(signature)

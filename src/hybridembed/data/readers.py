@@ -39,7 +39,7 @@ class FileKind(StrEnum):
 @dataclass(frozen=True)
 class RawRecord:
     line: int  # 1-based line in the file (row number for binary formats)
-    fields: dict[str, Any]
+    fields: dict[str | int, Any]  # by field name; by 0-based column index for csv/tsv read without a header
 
 
 STREAM_HINT = " (a folder or glob of shards is read with `streaming: true`)"
@@ -131,7 +131,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
         raise DataError([f"{path}: empty file (no records)"])
 
 
-def parse_json_line(path: Path | str, number: int, text: str) -> dict[str, Any]:
+def parse_json_line(path: Path | str, number: int, text: str) -> dict[str | int, Any]:
     """The JSON object on one (non-blank) line, or a `file:line: (line): …` error."""
     try:
         value = json.loads(text)
@@ -195,7 +195,7 @@ def _read_json_array(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[R
         retry_at = 2 * size
 
 
-def _read_delimited(path: Path, delimiter: str, header: bool, quoting: int) -> Iterator[RawRecord]:
+def _read_delimited(path: Path, delimiter: str, header: bool, quoting: Literal[0, 1, 2, 3]) -> Iterator[RawRecord]:  # a csv.QUOTE_* constant
     # csv.reader pulls decoded lines one at a time: the file is streamed, and invalid UTF-8 is still
     # reported with its line number. csv: strict quoting, so an unterminated or stray quote is an
     # error instead of a field that silently swallows the following lines (tsv has no quoting at all).
@@ -368,7 +368,8 @@ class TextStream:
 
     def _records(self) -> Iterator[TextRecord]:
         for record in read_records(self.path, self.header, self.kind):
-            value = record.fields.get(self.text_field)
+            value: Any = record.fields.get(self.text_field)  # a str once text_problem passes it
+            problem: str | None
             if value is None:
                 names = sorted(map(str, record.fields))
                 problem = f"missing or empty text (the record's fields: {', '.join(names[:10])}{', …' if len(names) > 10 else ''})"

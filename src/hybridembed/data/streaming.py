@@ -28,7 +28,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -36,7 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from hybridembed.data.collator import DRAW_KEY
 from hybridembed.data.formats import canonical_fields, convert, detect_format, record_task
 from hybridembed.data.readers import decode_line, parse_json_line, read_records
-from hybridembed.data.rows import row_texts
+from hybridembed.data.rows import TripletRow, row_texts
 from hybridembed.errors import DataError, RecipeError
 from hybridembed.recipe import DataFormat, DatasetConfig
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, LABEL_TASKS, TaskType
@@ -136,7 +136,7 @@ def _validated(spec: StreamSpec, records, path: str) -> Iterator[tuple[int, str,
             problems = converted.problems
         if problems:
             raise DataError([f"{path}:{line}: {p}" for p in problems], summary=f"{path}: invalid record in a streamed dataset; training stopped")
-        yield line, path, converted.row
+        yield line, path, cast("dict[str, Any]", converted.row)  # set, as there is no problem; a plain dict from here on (cursors store rows as JSON)
 
 
 def shard_order(shards: int, seed: int, dataset_index: int, passes: int) -> list[int]:
@@ -164,7 +164,8 @@ def parquet_records(path: str, cursor: Cursor, slot: int, slots: int) -> Iterato
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
-    start, groups = 0, []
+    start = 0
+    groups: list[int] = []
     for g in range(file.num_row_groups):  # skip the whole row groups before the cursor
         rows = file.metadata.row_group(g).num_rows
         if not groups and start + rows <= cursor.offset:
@@ -242,7 +243,10 @@ class StreamedRows(IterableDataset):
 
     def _batch(self, d: int, cursor: Cursor, stream: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
         spec = self.specs[d]
-        batch, texts, deferred, scanned = [], set(), [], 0
+        batch: list[dict[str, Any]] = []
+        texts: set[str] = set()
+        deferred: list[dict[str, Any]] = []
+        scanned = 0
         for row in cursor.waiting:
             scanned += 1
             if self._take(spec, row, batch, texts, deferred):
@@ -256,7 +260,7 @@ class StreamedRows(IterableDataset):
 
     @staticmethod
     def _take(spec: StreamSpec, row: dict[str, Any], batch: list, texts: set, deferred: list) -> bool:
-        texts_of_row = row_texts(row) if spec.dedup else set()
+        texts_of_row = row_texts(cast("TripletRow", row)) if spec.dedup else set()  # dedup: in-batch negative tasks, whose rows are triplets
         if texts.isdisjoint(texts_of_row):
             batch.append(row)
             texts |= texts_of_row

@@ -49,7 +49,7 @@ def record_texts(fields: dict[str | int, Any], config: TextsConfig, fmt: DataFor
     if config.text_fields:
         found = [t for key in config.text_fields for t in _strings(fields.get(key))]
     else:
-        canonical = canonical_fields(fields, fmt, None)
+        canonical = canonical_fields(fields, fmt, None) if fmt is not None else dict(fields)  # fmt is set without text_fields (text_format)
         found = [t for key in TEXT_FIELDS for t in _strings(canonical.get(key))]
     if not found:
         return [], "text_fields: no text in this record"

@@ -19,7 +19,8 @@ from hybridembed.losses.pearson import PearsonLoss
 from hybridembed.recipe import LossConfig, LossName, loss_config
 from hybridembed.tasks import TASKS, TaskType
 
-LOSS_CLASSES: dict[LossName, type[nn.Module]] = {
+# Each has a class attribute `accepts` (its row shape) and takes (model, …, chunk_rows=…).
+LOSS_CLASSES: dict[LossName, type[InfoNCELoss] | type[CoSENTLoss] | type[PearsonLoss]] = {
     LossName.INFONCE: InfoNCELoss,
     LossName.COSENT: CoSENTLoss,
     LossName.LABEL_CONTRASTIVE: LabelContrastiveLoss,
@@ -63,7 +64,7 @@ def build_loss(
     # The settings model of each loss holds exactly what its class takes (tests/test_losses.py checks it).
     kwargs = config.model_dump(exclude={"name"}, exclude_none=True)
     kwargs.setdefault("weight", LOSS_WEIGHT_PRESETS[preset].get(name, 1.0))
-    loss = loss_class(model, chunk_rows=forward_chunk_rows, **kwargs)
+    loss: nn.Module = loss_class(model, chunk_rows=forward_chunk_rows, **kwargs)
     if cache_minibatch_size:
         loss = CachedLoss(loss, mini_batch_size=cache_minibatch_size)
     if matryoshka_dims:
@@ -72,7 +73,8 @@ def build_loss(
         # Piccolo2 averages the per-dimension losses; sentence-transformers sums them (weights 1),
         # which makes the loss — and how often max_grad_norm clips — grow with the number of dims.
         weights = matryoshka_weights or matryoshka_mean_weights(matryoshka_dims)
-        loss = MatryoshkaLoss(model, loss, matryoshka_dims=matryoshka_dims, matryoshka_weights=weights)
+        # sentence-transformers types `model` as a SentenceTransformer; any embedding module does here.
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=matryoshka_dims, matryoshka_weights=weights)  # type: ignore[arg-type]
     return loss
 
 

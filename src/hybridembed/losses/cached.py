@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
@@ -38,7 +38,8 @@ class CachedLoss(CachedLossMixin, nn.Module):
 
     def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False) -> Tensor:
         embeddings = [torch.cat(minibatches, dim=0) for minibatches in reps]
-        loss = self.loss.loss_from_columns(embeddings, labels)
+        # nn.Module types its attributes as `Tensor | Module`; __init__ checked that the wrapped loss has this method.
+        loss = cast("Callable[..., Tensor]", self.loss.loss_from_columns)(embeddings, labels)
         if with_backward:
             loss.backward()
             loss = loss.detach()
@@ -48,4 +49,4 @@ class CachedLoss(CachedLossMixin, nn.Module):
         return self.forward_cached(sentence_features, labels)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"loss": type(self.loss).__name__, "mini_batch_size": self.mini_batch_size, **self.loss.get_config_dict()}
+        return {"loss": type(self.loss).__name__, "mini_batch_size": self.mini_batch_size, **cast("Callable[[], dict[str, Any]]", self.loss.get_config_dict)()}

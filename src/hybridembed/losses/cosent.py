@@ -34,7 +34,7 @@ class CoSENTLoss(_STCoSENTLoss):
     accepts = RowShape.SCORED_PAIR
 
     def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> None:
-        super().__init__(model, scale=1.0 / temperature)
+        super().__init__(model, scale=1.0 / temperature)  # type: ignore[arg-type]  # typed SentenceTransformer; it only stores the model
         self.temperature = temperature
         self.weight = weight
         self.chunk_rows = chunk_rows

@@ -81,7 +81,7 @@ class TextStore:
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
-            self._fd = None
+            del self._fd  # closed: getattr above sees None from now on
 
     def _read(self, start: int, end: int) -> bytes:
         data = os.pread(self._fd, end - start, start)

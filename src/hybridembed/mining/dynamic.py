@@ -83,7 +83,7 @@ class MiningEvent:
     sum_after: float = 0.0  # ... and the scores of whatever occupies their slots after the event
 
     def logs(self) -> dict[str, float]:
-        keys = ("rows", "initialized", "guarded", "guard_replaced")
+        keys: tuple[str, ...] = ("rows", "initialized", "guarded", "guard_replaced")
         if self.judged:
             keys += ("checked", "easy", "replaced", "exhausted", "above_max_score")
         out = {f"mining/{k}": float(getattr(self, k)) for k in keys}
@@ -367,7 +367,7 @@ class DynamicMiner:
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, (updates, asdict(event)))
         rank = torch.distributed.get_rank()
-        totals = defaultdict(float)
+        totals: defaultdict[str, float] = defaultdict(float)
         for other, (other_updates, other_event) in enumerate(gathered):
             for key, value in other_event.items():
                 totals[key] += value
@@ -407,7 +407,7 @@ class DynamicMiner:
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / STATE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **self.state_dict())
+        np.savez(path, **self.state_dict())  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle: bool too
         return path
 
     def load(self, folder: str | Path) -> bool:

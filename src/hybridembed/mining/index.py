@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss
 
 logger = logging.getLogger(__name__)
 
@@ -67,25 +70,28 @@ class Searcher:
         self.chunk_size = chunk_size
         self.ef_search = ef_search
         self.refine = max(1, refine)
-        self.index = None
+        self.index: faiss.Index | None = None  # None: exact search
         if kind in ("ivf", "ivfpq"):
             # ~4·sqrt(n) lists, but at least 39 training points per list (faiss's minimum).
             nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
             self.quantizer = faiss.IndexFlatIP(dim)  # kept on self: the IVF index does not own it
+            ivf: faiss.IndexIVF
             if kind == "ivf":
-                self.index = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+                ivf = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             else:
                 self.pq_m = pq_m or default_pq_m(dim)
                 if dim % self.pq_m:
                     raise ValueError(f"pq_m {self.pq_m} must divide the embedding dimension {dim}")
-                self.index = faiss.IndexIVFPQ(self.quantizer, dim, nlist, self.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+                ivf = faiss.IndexIVFPQ(self.quantizer, dim, nlist, self.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
             size = min(n, max(39 * nlist, min(256 * nlist, TRAIN_CAP)))
             sample = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-            self.index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-            self.index.nprobe = min(nprobe, nlist)
+            ivf.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+            ivf.nprobe = min(nprobe, nlist)
+            self.index = ivf
         elif kind == "hnsw":
-            self.index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efConstruction = max(40, 2 * hnsw_m)
+            hnsw = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = max(40, 2 * hnsw_m)
+            self.index = hnsw
         if self.index is not None:
             for start in range(0, n, chunk_size):
                 self.index.add(np.ascontiguousarray(vectors[start : start + chunk_size], dtype=np.float32))
@@ -96,7 +102,7 @@ class Searcher:
         if self.index is None:
             return self._exact(queries, k)
         if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(self.ef_search or 0, 2 * k, 64)
+            cast("faiss.IndexHNSW", self.index).hnsw.efSearch = max(self.ef_search or 0, 2 * k, 64)  # built as IndexHNSWFlat
         if self.kind == "ivfpq":
             _, ids = self.index.search(queries, min(len(self.vectors), self.refine * k))
             return self._rescore(queries, ids, k)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -214,7 +214,8 @@ def mine_hard_negatives(
 
     started = time.perf_counter()
     # `fingerprint`: the model's cache key, e.g. model_fingerprint(model, its folder) (default: hash its weights)
-    cached = embed_corpus(model, store, passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress, fingerprint)
+    # a TextStore reads as a Sequence[str] (len, int and slice indexing, iteration) without being registered as one
+    cached = embed_corpus(model, cast("Sequence[str]", store), passage_prefix, cache_dir, options.chunk_size, options.batch_size, progress, fingerprint)
     report.cache_path, report.cache_hit = str(cached.path), cached.hit
     vectors = cached.vectors
     searcher = Searcher(vectors, options.index, chunk_size=max(options.chunk_size, 4096), nprobe=options.nprobe, seed=options.seed, pq_m=options.pq_m)

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +190,10 @@ class MicroBatcher:
                 raise InvalidInput(part.index + starts[k], part.reason) from part
             if isinstance(part, BaseException):
                 raise part
-        if len(parts) == 1:
-            return tuple(parts[0])
-        return tuple(_concat([p[k] for p in parts]) for k in range(len(parts[0])))
+        arrays = cast("list[Any]", parts)  # each part is encode_fn's arrays: the exceptions were raised above
+        if len(arrays) == 1:
+            return tuple(arrays[0])
+        return tuple(_concat([p[k] for p in arrays]) for k in range(len(arrays[0])))
 
     def _chunks(self, texts: list[str]) -> list[tuple[int, int, int]]:
         """(start, end, cost) of queue items: at most max_batch_size texts and, when set, max_batch_tokens

@@ -122,7 +122,9 @@ class ServedModel:
         """Which texts max_seq_length cut: only those that reached the limit can have been."""
         flags = np.zeros(len(texts), dtype=bool)
         limit = self.max_seq_length
-        at_limit = np.flatnonzero(counts >= limit) if limit else np.empty(0, dtype=np.int64)
+        if not limit:
+            return flags
+        at_limit = np.flatnonzero(counts >= limit)
         if not at_limit.size:
             return flags
         encodings = getattr(features, "encodings", None)

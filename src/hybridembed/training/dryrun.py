@@ -32,7 +32,7 @@ STAND_INS: dict[TaskType | None, dict[str, Any]] = {
     TaskType.CLUSTERING: {"path": "banking77_train.csv", "task": "clustering"},
     None: {"path": "stsb_paraphrase_pairs.jsonl", "task": "retrieval"},  # pairs stage rows without a declared task
 }
-TEXTS_STAND_IN = {"path": "stsb_train.tsv", "text_fields": ["sentence1", "sentence2"]}
+TEXTS_STAND_IN: dict[str, Any] = {"path": "stsb_train.tsv", "text_fields": ["sentence1", "sentence2"]}
 # What a dry run may keep of a dataset entry when its file is swapped for a stand-in.
 KEPT_KEYS = ("name", "weight", "num_negatives", "instruction", "loss", "query_prefix", "passage_prefix")
 
@@ -103,7 +103,8 @@ def _tiny_backbone(recipe: Recipe, workdir: Path) -> dict[str, Any]:
     decoder = recipe.model.pooling == "last" or any(s.model is not None and s.model.pooling == "last" for s in recipe.stages or [])
     has_mlm = any(s.kind is StageKind.MLM for s in recipe.stages or [])
     kind = "qwen2" if decoder and not has_mlm else "bert"
-    lengths = [recipe.model.max_seq_length or 128] + [s.model.max_seq_length for s in recipe.stages or [] if s.model and s.model.max_seq_length]
+    overrides: list[Any] = [s.model for s in recipe.stages or []]  # a stage's `model:` schema is built at run time (recipe.ModelOverride)
+    lengths = [recipe.model.max_seq_length or 128] + [m.max_seq_length for m in overrides if m and m.max_seq_length]
     positions = TINY_MAX_POSITIONS if recipe.model.extend_positions else max([TINY_MAX_POSITIONS, *lengths])
     corpus = _quickstart_sentences()
     path = build_tiny_backbone(workdir / f"tiny-{kind}", corpus, kind=kind, max_positions=positions, vocab_size=1000)

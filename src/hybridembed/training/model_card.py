@@ -50,7 +50,7 @@ def training_section(
                   "(or any listed dim) for shorter vectors."]  # fmt: skip
     lines += ["", "| dataset | task | loss | batches of this task type |", "|---|---|---|---|"]
     for ds in recipe.datasets:
-        task = dataset_tasks.get(ds.name) or (ds.task.value if ds.task else "?")
+        task = (dataset_tasks.get(ds.name) if ds.name else None) or (ds.task.value if ds.task else "?")
         loss = resolve_loss_config(TaskType(task), recipe.losses, ds.loss).name.value if task != "?" else "?"
         lines.append(f"| {ds.name} | {task} | {loss} | {task_batches.get(task, 0)} |")
     if evaluation is not None:

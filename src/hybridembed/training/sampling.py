@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Sampler
@@ -41,13 +42,13 @@ class DatasetPlan:
         return full + (1 if rest >= 2 else 0)
 
 
-def _take(index: int, plan: DatasetPlan, batch: list[int], texts: set[str], deferred: list[int]) -> bool:
+def _take(index: int, texts_of: Callable[[int], set[str]], batch_size: int, batch: list[int], texts: set[str], deferred: list[int]) -> bool:
     """Put row `index` in the open batch unless it shares a text with it (then it waits); True when the batch is full."""
-    row_texts = plan.texts_of(index)
+    row_texts = texts_of(index)
     if texts.isdisjoint(row_texts):
         batch.append(index)
         texts |= row_texts
-        return len(batch) == plan.batch_size
+        return len(batch) == batch_size
     deferred.append(index)
     return False
 
@@ -111,9 +112,9 @@ class TaskBatchSampler(Sampler[list[int]]):
                         order.append(d)
                         remaining[d] -= 1
             return order
-        order = np.repeat(np.arange(len(self.plans)), self.batch_counts)
-        rng.shuffle(order)
-        return order.tolist()
+        shuffled = np.repeat(np.arange(len(self.plans)), self.batch_counts)
+        rng.shuffle(shuffled)
+        return shuffled.tolist()
 
     def _dataset_batches(self, d: int) -> Iterator[list[int]]:
         """Endless batches of dataset `d`: successive shuffled passes (a weight > 1 cycles it)."""
@@ -144,20 +145,24 @@ class TaskBatchSampler(Sampler[list[int]]):
         Each batch scans the rows that waited (oldest first), then the rest of the permutation;
         only the waiting rows are held in a list, so a pass costs no memory per row of the dataset.
         """
+        texts_of, batch_size = plan.texts_of, plan.batch_size
+        assert texts_of is not None, "only for plans with texts_of"
         waiting: list[int] = []
         cursor = 0
         while len(waiting) + len(indices) - cursor >= 2:
-            batch, texts, deferred = [], set(), []
+            batch: list[int] = []
+            texts: set[str] = set()
+            deferred: list[int] = []
             scanned = 0
             for index in waiting:
                 scanned += 1
-                if _take(index, plan, batch, texts, deferred):
+                if _take(index, texts_of, batch_size, batch, texts, deferred):
                     break
             if len(batch) < plan.batch_size:
                 while cursor < len(indices):
                     index = int(indices[cursor])
                     cursor += 1
-                    if _take(index, plan, batch, texts, deferred):
+                    if _take(index, texts_of, batch_size, batch, texts, deferred):
                         break
             if len(batch) < 2:
                 return
@@ -213,7 +218,7 @@ class TaskBatchSampler(Sampler[list[int]]):
         for _ in range(steps):
             for t in tasks:
                 task_credit[t] += self.num_replicas * task_share[t] / total
-            chosen: list[TaskType] = []
+            chosen: list[TaskType | None] = []
             for _ in range(self.num_replicas):
                 fresh = [t for t in tasks if t not in chosen] or tasks
                 pick = max(fresh, key=lambda t: (task_credit[t], -tasks.index(t)))
@@ -230,7 +235,7 @@ class TaskBatchSampler(Sampler[list[int]]):
             yield [dataset_of_task[t] for t in chosen]
 
     def __iter__(self) -> Iterator[list[int]]:
-        streams = [self._dataset_batches(d) if count else None for d, count in enumerate(self.batch_counts)]
+        streams = {d: self._dataset_batches(d) for d, count in enumerate(self.batch_counts) if count}  # the schedule picks only these
         for assignment in self.schedule():
             # Every rank draws every rank's batch so the streams stay aligned; it yields its own.
             for r, d in enumerate(assignment):
@@ -276,7 +281,7 @@ class KeyedRows(Dataset):
     """Rows of several datasets addressed by `KeyedBatches` keys; each row comes back with its draw key."""
 
     def __init__(self, datasets: list) -> None:
-        self.rows = ConcatDataset(datasets)
+        self.rows: ConcatDataset[dict[str, Any]] = ConcatDataset(datasets)
 
     def __len__(self) -> int:
         return len(self.rows)

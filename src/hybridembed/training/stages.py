@@ -16,8 +16,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed.errors import RecipeError
@@ -37,6 +38,7 @@ from hybridembed.recipe import (
 from hybridembed.tasks import TaskType
 
 logger = logging.getLogger(__name__)
+_Section = TypeVar("_Section", bound=BaseModel)  # a recipe section's schema (ModelConfig, TrainingConfig)
 PAIRS_TEMPERATURE = 0.05  # default InfoNCE temperature of a pairs stage
 # Training settings that change how a run is watched or stored, not what it learns.
 UNTRACKED_TRAINING = {"output_dir", "resume", "logging_steps", "report_to", "save_steps", "save_total_limit", "dataloader_num_workers"}
@@ -69,7 +71,7 @@ def plan_stages(recipe: Recipe) -> list[StagePlan]:
     return plans
 
 
-def _merged(schema: type, base: Any, override: Any, where: str, **fixed: Any) -> Any:
+def _merged(schema: type[_Section], base: BaseModel, override: Any, where: str, **fixed: Any) -> _Section:
     values = {**base.model_dump(), **(override.model_dump(exclude_unset=True) if override is not None else {}), **fixed}
     try:
         return schema.model_validate(values)
@@ -160,6 +162,7 @@ def run_stages(recipe: Recipe, recipe_text: str | None = None) -> RunResult:
                 write_marker(plan.out, marker)
         backbone, previous = str(plan.out), digest
     root = _publish(recipe, plans, recipe_text)
+    assert result is not None, "run_stages runs a recipe with stages"
     return RunResult(root, result.global_step, result.metrics)
 
 

@@ -11,15 +11,25 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hybridembed.data.streaming import TRACE_ENV, load_state, save_state
 from hybridembed.distributed import all_gather_ints, is_distributed
 from hybridembed.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+    from hybridembed.data.streaming import StreamedRows
+    from hybridembed.data.text_stream import StreamedTexts
+
+    _TrainerBase = Trainer  # the mixin is only ever mixed into a transformers Trainer subclass
+else:
+    _TrainerBase = object
 
 
 class _StreamStateCallback(TrainerCallback):
@@ -34,12 +44,12 @@ class _StreamStateCallback(TrainerCallback):
             save_state(folder, args.process_index, args.world_size, max(args.dataloader_num_workers, 1), self.trainer.stream_positions)
 
 
-class StreamedTrainingMixin:
+class StreamedTrainingMixin(_TrainerBase):
     """For a transformers `Trainer` subclass whose batches come from `self.streamed`: an IterableDataset of ready batches, each carrying `stream_state`."""
 
-    streamed: IterableDataset | None = None
+    streamed: StreamedRows | StreamedTexts | None = None
 
-    def setup_stream(self, streamed: IterableDataset | None, callbacks: list) -> None:
+    def setup_stream(self, streamed: StreamedRows | StreamedTexts | None, callbacks: list) -> None:
         """Call before `Trainer.__init__` with the callbacks it will get."""
         self.streamed = streamed
         self.stream_positions: dict[str, Any] = {}  # dataloader worker → reader state after its last trained batch
@@ -47,7 +57,7 @@ class StreamedTrainingMixin:
             callbacks.append(_StreamStateCallback(self))
 
     def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
-        self._rng_checkpoint = None
+        self._rng_checkpoint: str | None = None
         if self.streamed is not None and isinstance(resume_from_checkpoint, str):
             # Each reader seeks to where its last trained batch ended (the trainer skips no batches: ignore_data_skip).
             self.streamed.resume = load_state(Path(resume_from_checkpoint), self.args.process_index, self.args.world_size, self.args.dataloader_num_workers)
@@ -67,6 +77,7 @@ class StreamedTrainingMixin:
 
     def streamed_loader(self, collate_fn) -> DataLoader:
         """The stream's loader as is: every rank reads its own stripe, so accelerate must not shard or pad it; the trainer moves batches to the device."""
+        assert self.streamed is not None, "only for a trainer with a stream"
         return DataLoader(self.streamed, batch_size=None, collate_fn=collate_fn, num_workers=self.args.dataloader_num_workers)
 
     def take_stream_state(self, inputs: dict[str, Any], training: bool) -> tuple[list[str] | None, str | None]:

@@ -16,6 +16,8 @@ Under DeepSpeed the engine clips inside its own step, so the stock behaviour app
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from transformers import TrainerCallback
@@ -24,7 +26,7 @@ from transformers import TrainerCallback
 def loss_weight(loss: nn.Module) -> float:
     """The task weight of a routed loss, looking through the Matryoshka and GradCache wrappers."""
     while not hasattr(loss, "weight") and hasattr(loss, "loss"):
-        loss = loss.loss
+        loss = cast("nn.Module", loss.loss)  # nn.Module types attributes as `Tensor | Module`; a wrapper's `loss` is a module
     return float(getattr(loss, "weight", 1.0))
 
 
