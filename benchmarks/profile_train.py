@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def main() -> None:
-    from train_throughput import recipe
+    from train_throughput import OURS, recipe, setting
 
     from hybridembed.training.builder import prepare_training
 
@@ -29,10 +29,13 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     parser.add_argument("--ops", action="store_true", help="torch.profiler instead of cProfile: torch operators (backward ones too) by self CPU time")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a recipe setting on top of train_throughput.py's arm ({OURS}), e.g. --set training.lane_dropout=false")  # fmt: skip
     args = parser.parse_args()
     from hybridembed.precision import resolve_precision
 
-    trainer = prepare_training(recipe(args.steps, args.batch_size, "/tmp/hybridembed-profile", resolve_precision(args.precision)))
+    settings = {**OURS, **dict(args.set)}
+    trainer = prepare_training(recipe(args.steps, args.batch_size, "/tmp/hybridembed-profile", resolve_precision(args.precision), settings))
     if args.ops:
         profile_ops(trainer, args)
         return

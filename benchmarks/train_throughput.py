@@ -85,14 +85,18 @@ def make_timer(counter: RowCounter, warmup: int):
     return StepTimer()
 
 
-def recipe(steps: int, batch_size: int, out: str, precision: str = "fp32", packing: bool = False):
-    """The quickstart recipe with one batch size for every dataset (the stock sampler has only one)."""
+# What our arm sets beyond the quickstart recipe: the CPU-speed settings that keep the model the same (docs/performance.md).
+OURS = {"training.lane_dropout": True}
+
+
+def recipe(steps: int, batch_size: int, out: str, precision: str = "fp32", settings: dict | None = None):
+    """The quickstart recipe with one batch size for every dataset (the stock sampler has only one), plus `settings` (dotted keys)."""
     from hybridembed.recipe import load_recipe
 
     loaded = load_recipe(
         REPO / "recipes" / "quickstart.yaml",
         {"training.max_steps": steps, "training.batch_size": batch_size, "training.output_dir": out, "training.report_to": [],
-         "training.precision": precision, "training.packing": packing},
+         "training.precision": precision, **(settings or {})},
     )  # fmt: skip
     for dataset in loaded.datasets:
         dataset.batch_size = None
@@ -157,10 +161,20 @@ def matmul_peak(precision: str, size: int = 2048, repeats: int = 5, trials: int 
     return best
 
 
-def run_ours(steps: int, warmup: int, batch_size: int, out: str, precision: str, packing: bool = False) -> dict:
+def run_ours(steps: int, warmup: int, batch_size: int, out: str, precision: str, settings: dict) -> dict:
     from hybridembed.training.builder import prepare_training
 
-    return timed_train(prepare_training(recipe(steps, batch_size, out, precision, packing)), warmup)
+    return timed_train(prepare_training(recipe(steps, batch_size, out, precision, settings)), warmup)
+
+
+def setting(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` of `--also`: a dotted recipe key and a YAML value."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. training.lane_dropout=false")
+    return key, yaml.safe_load(value)
 
 
 def run_stock(steps: int, warmup: int, batch_size: int, out: str, precision: str) -> dict:
@@ -205,16 +219,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="our arm's training.precision (auto: bf16 on an AMX CPU or a bf16 GPU, else fp32)")  # fmt: skip
-    parser.add_argument("--packing", action="store_true", help="also time our arm with training.packing: true (a row of its own)")
+    parser.add_argument("--also", type=setting, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"also time our arm with this recipe setting changed (a row each; ours sets {OURS}), "
+                        "e.g. --also training.lane_dropout=false --also training.packing=true")  # fmt: skip
     args = parser.parse_args()
     precision = resolve_precision(args.precision)
     precisions = sorted({"fp32", precision})
     peaks = {p: matmul_peak(p) for p in precisions}
     arms = {}
     with tempfile.TemporaryDirectory() as tmp:
-        arms["hybridembed"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours", precision)
-        if args.packing:
-            arms["hybridembed, training.packing"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/packed", precision, packing=True)
+        arms["hybridembed"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours", precision, OURS)
+        for i, (key, value) in enumerate(args.also):
+            arms[f"hybridembed, {key}: {value}"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/also-{i}", precision, {**OURS, key: value})
         arms["stock SentenceTransformerTrainer"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock", "fp32")
         if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
             arms[f"stock SentenceTransformerTrainer, {precision}=True"] = run_stock(

@@ -114,3 +114,76 @@ def test_use_lane_dropout_swaps_a_backbone_and_leaves_inference_unchanged(tiny_b
     torch.manual_seed(0)
     assert torch.equal(model(input_ids=ids, attention_mask=attention).last_hidden_state, first)  # seeded: the same masks
     assert not torch.allclose(first, before)
+
+
+def _pairs_recipe(backbone, data, out, **training):
+    from hybridembed.recipe import Recipe
+
+    return Recipe.model_validate(
+        {
+            "model": {"backbone": str(backbone), "max_seq_length": 32, "matryoshka_dims": [64, 32]},
+            "datasets": [{"path": str(data), "task": "retrieval", "batch_size": 8}],
+            "training": {"output_dir": str(out), "max_steps": 6, "lane_dropout": True, "learning_rate": 1e-3, "report_to": [],
+                         "logging_steps": 1, "seed": 7, **training},
+        }
+    )  # fmt: skip
+
+
+def _saved_weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = [f for f in sorted(folder.rglob("*.safetensors")) if "checkpoint-" not in str(f.relative_to(folder))]
+    return {f"{f.relative_to(folder)}:{k}": v for f in files for k, v in load_file(str(f)).items()}
+
+
+def test_a_recipe_with_lane_dropout_trains_resumes_exactly_and_saves_a_stock_folder(tiny_bert_dir, tmp_path):
+    """training.lane_dropout: the masks come from torch's seeded generator, so a run resumed from a checkpoint ends
+    with the uninterrupted run's weights; the saved folder names no attention function of ours and loads anywhere."""
+    import json
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from helpers import corpus_sentences
+    from hybridembed.training.builder import run_training
+
+    sentences = corpus_sentences(200)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"query": a, "positive": b}) + "\n" for a, b in zip(sentences[:64:2], sentences[1:64:2])))
+    full = tmp_path / "full"
+    run_training(_pairs_recipe(tiny_bert_dir, data, full, save_steps=3, save_total_limit=None))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    run_training(_pairs_recipe(tiny_bert_dir, data, resumed, save_steps=3, save_total_limit=None, resume=True))
+    reference, after_resume = _saved_weights(full), _saved_weights(resumed)
+    assert reference.keys() == after_resume.keys() and reference
+    for name, value in reference.items():
+        assert torch.equal(after_resume[name], value), name
+    baseline = tmp_path / "torch-dropout"
+    run_training(_pairs_recipe(tiny_bert_dir, data, baseline, lane_dropout=False))
+    assert any(not torch.equal(_saved_weights(baseline)[n], v) for n, v in reference.items())  # other masks, other weights
+    assert lane.ATTENTION_NAME not in "".join(p.read_text() for p in full.rglob("*.json") if "checkpoint-" not in str(p))
+    reloaded = SentenceTransformer(str(full))
+    assert not any(isinstance(m, lane.LaneDropout) for m in reloaded.modules())
+    texts = sentences[100:104]
+    assert reloaded.encode(texts).shape == (4, 64)
+
+
+def test_the_mlm_stage_trains_with_lane_dropout(tiny_bert_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForMaskedLM
+
+    from helpers import corpus_sentences
+    from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
+    from hybridembed.training.mlm import run_mlm
+
+    calls = []
+    original = lane.lane_dropout
+    monkeypatch.setattr(lane, "lane_dropout", lambda x, p, training=True: calls.append(p) or original(x, p, training))
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(corpus_sentences(64)) + "\n")
+    training = TrainingConfig(output_dir=str(tmp_path / "mlm"), max_steps=2, batch_size=8, report_to=[], lane_dropout=True)
+    run = run_mlm(ModelConfig(backbone=str(tiny_bert_dir), max_seq_length=32), [TextsConfig(path=str(corpus))], training, 0.3, resume=False)
+    assert run.global_step == 2 and calls and all(p > 0 for p in calls)
+    assert lane.ATTENTION_NAME not in (run.folder / "config.json").read_text()
+    AutoModelForMaskedLM.from_pretrained(str(run.folder))

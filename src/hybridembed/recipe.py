@@ -200,6 +200,11 @@ class TrainingConfig(Strict):
         description="train on packed (unpadded) forwards: each chunk's rows as one sequence of their real tokens; varlen "
         "attention with flash_attention_2/3, a block-diagonal mask otherwise (hybridembed.modeling.packing)",
     )
+    lane_dropout: bool = Field(
+        False,
+        description="CPU: draw dropout masks from 16-bit lanes of 64-bit random words (a quarter of torch's draws; Bernoulli(p) "
+        "with p rounded to 1/65536), attention dropout included; other devices keep torch's dropout (hybridembed.modeling.dropout)",
+    )
     logging_steps: int = Field(10, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     save_steps: int | None = Field(None, gt=0)

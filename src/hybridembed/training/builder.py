@@ -26,6 +26,7 @@ from hybridembed.distributed import GatherGroups, is_distributed
 from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_recipe, write_training_log
+from hybridembed.modeling.dropout import use_lane_dropout
 from hybridembed.modeling.model import build_model, embedding_dim, write_metadata
 from hybridembed.modeling.packing import enable_packing
 from hybridembed.precision import resolve_chunk_rows, resolve_precision
@@ -131,6 +132,8 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     model = build_model(recipe.model)
     if recipe.training.packing:
         enable_packing(model)
+    if recipe.training.lane_dropout:
+        use_lane_dropout(model)
     dims = recipe.model.matryoshka_dims
     if dims and max(dims) > embedding_dim(model):
         raise RecipeError(f"model.matryoshka_dims {dims} exceed the model's embedding dimension {embedding_dim(model)}")

@@ -114,6 +114,10 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
         raise RecipeError(f"stage mlm: {model_cfg.backbone} is a decoder; masked-LM pre-training needs an encoder")
     max_length = model_cfg.max_seq_length or min(tokenizer.model_max_length, DEFAULT_MLM_LENGTH)
     fit_positions(model, tokenizer, max_length, model_cfg.extend_positions, model_cfg.hierarchical_alpha)
+    if training.lane_dropout:
+        from hybridembed.modeling.dropout import use_lane_dropout
+
+        use_lane_dropout(model)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
     if texts and texts[0].streaming:  # the stage's schema: all of its texts stream or none do
         if not training.max_steps:
