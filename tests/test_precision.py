@@ -59,3 +59,32 @@ def test_forward_chunk_rows_auto_is_32_on_a_cpu_and_one_forward_on_a_gpu(monkeyp
 def test_forward_chunk_rows_rejects_what_is_not_a_positive_count_or_auto(bad):
     with pytest.raises(ValueError, match="forward_chunk_rows"):
         TrainingConfig(forward_chunk_rows=bad)
+
+
+def test_a_mixed_precision_step_casts_the_weights_once_for_all_its_chunked_forwards(tiny_bert_dir, tmp_path, monkeypatch):
+    """One autocast region spans the loss (HybridTrainer.compute_loss_context_manager): torch's cache of bf16 weight copies
+    is emptied once per step, not after each of the step's chunked forwards."""
+    import json
+
+    from helpers import corpus_sentences
+    from hybridembed.recipe import Recipe
+    from hybridembed.training.builder import prepare_training
+
+    sentences = corpus_sentences(200)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"query": a, "positive": b}) + "\n" for a, b in zip(sentences[:64:2], sentences[1:64:2])))
+    recipe = Recipe.model_validate(
+        {
+            "model": {"backbone": str(tiny_bert_dir), "max_seq_length": 32},
+            "datasets": [{"path": str(data), "task": "retrieval", "batch_size": 8}],
+            "training": {"output_dir": str(tmp_path / "out"), "max_steps": 3, "precision": "bf16", "forward_chunk_rows": 4, "report_to": []},
+        }
+    )
+    trainer = prepare_training(recipe)
+    clears, forwards = [], []
+    original = torch.clear_autocast_cache
+    monkeypatch.setattr(torch, "clear_autocast_cache", lambda: clears.append(1) or original())
+    trainer.model[0].register_forward_pre_hook(lambda module, args: forwards.append(1))
+    trainer.train()
+    assert len(forwards) >= 3 * 4  # 16 texts a step in chunks of 4 rows
+    assert len(clears) == 3

@@ -33,7 +33,7 @@ from hybridembed.precision import resolve_chunk_rows, resolve_precision
 from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 from hybridembed.training.sampling import DatasetPlan, TaskBatchSampler
-from hybridembed.training.task_weighting import WeightedClipping
+from hybridembed.training.task_weighting import WeightedClipping, loss_weight
 from hybridembed.training.trainer import HybridTrainer
 
 logger = logging.getLogger(__name__)
@@ -152,8 +152,10 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
             preset=recipe.loss_preset,
         )
     weighted_clipping = None
-    if recipe.training.task_weighting == "step" and recipe.training.max_grad_norm > 0 and not recipe.deepspeed:
-        # Clip before weighting (hybridembed.training.task_weighting): the trainer's own clipping is off.
+    weighted = any(loss_weight(fn) != 1.0 for fn in losses.values())  # all 1: the bound is max_grad_norm, the stock clipping
+    if recipe.training.task_weighting == "step" and recipe.training.max_grad_norm > 0 and not recipe.deepspeed and weighted:
+        # Clip before weighting (hybridembed.training.task_weighting): the trainer's own clipping is off
+        # (it would measure the norm a second time each step).
         weighted_clipping = WeightedClipping(recipe.training.max_grad_norm)
     overrides = {"max_grad_norm": 0.0} if weighted_clipping else {}
     if recipe.eval is not None:

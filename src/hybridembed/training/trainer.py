@@ -133,6 +133,21 @@ class HybridTrainer(StreamedTrainingMixin, SentenceTransformerTrainer):
             result = (loss, result[1]) if return_outputs else loss
         return result
 
+    def compute_loss_context_manager(self):
+        """The stock context, plus one autocast region around the whole loss when training in bf16 / fp16.
+
+        accelerate wraps every model forward in an autocast region of its own, and torch empties its
+        cache of low-precision weight copies whenever the outermost region exits: a batch embedded in
+        several chunks (`forward_chunk_rows`), columns or GradCache mini-batches would cast every
+        weight again for each forward, and send each copy's gradient back through a cast of its own.
+        Inside one outer region each weight is cast once per step (autograd sums the chunks' gradients
+        at that copy).
+        """
+        stack = super().compute_loss_context_manager()
+        if self.accelerator.mixed_precision in ("bf16", "fp16"):
+            stack.enter_context(self.accelerator.autocast())
+        return stack
+
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         from hybridembed.evaluation.evaluator import SuiteEvaluator
 
