@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default="auto",
-        help="training precision of every arm, the stock one included (auto: bf16 on an AMX CPU or a bf16 GPU; evaluation stays fp32)",
+        help="training precision of every arm, the stock one included (auto: bf16 on a CPU with AMX-BF16 or AVX512-BF16 or a bf16 GPU; evaluation stays fp32)",
     )
     p.add_argument(
         "--eval-max-samples",

@@ -12,9 +12,9 @@ through the network, plus 12 × layers × hidden × L² per text for attention; 
 for several uses counts once) as a fraction of the matmul peak of the arm's precision measured in the
 same run (best of several 2048² matmul timings), and STS-B dev cosine Spearman after the run.
 
-`--precision auto` (the default) trains our arm in bf16 where the hardware has bf16 matrix units (an
-AMX CPU, a bf16 GPU; hybridembed.precision) and in fp32 elsewhere. The stock trainer runs with its
-defaults (fp32), and, when ours runs bf16, once more with `bf16=True`, so the gain of the precision
+`--precision auto` (the default) trains our arm in bf16 where the hardware computes bf16 natively
+(an AMX-BF16 or AVX512-BF16 CPU, a bf16 GPU; hybridembed.precision) and in fp32 elsewhere. The
+stock trainer runs with its defaults (fp32), and, when ours runs bf16, once more with `bf16=True`, so the gain of the precision
 and the gain of the trainer are shown apart. The last line reads
 `speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock-default rows/s; our FLOP/s ÷
 the peak of our precision; our Spearman − stock's, 0–1 scale); the line before it compares with the
@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="our arm's training.precision (auto: bf16 on an AMX CPU or a bf16 GPU, else fp32)")  # fmt: skip
+                        help="our arm's training.precision (auto: bf16 on a CPU with AMX-BF16 or AVX512-BF16 or a bf16 GPU, else fp32)")  # fmt: skip
     parser.add_argument("--also", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"also time our arm with this recipe setting changed (a row each; ours sets {OURS}), "
                         "e.g. --also training.lane_dropout=false --also training.packing=true")  # fmt: skip

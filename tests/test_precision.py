@@ -10,7 +10,8 @@ from hybridembed.recipe import TrainingConfig
 from hybridembed.training.builder import training_arguments
 
 AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
-NO_AMX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"  # AMD Zen 4, Intel Cooper Lake
+NO_BF16 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
 
 
 @pytest.fixture
@@ -20,21 +21,21 @@ def cpuinfo(tmp_path, monkeypatch):
         if text is not None:
             path.write_text(text)
         monkeypatch.setattr(precision, "CPUINFO", path)
-        precision.cpu_has_bf16_matrix_units.cache_clear()
+        precision.cpu_has_native_bf16.cache_clear()
 
     yield write
-    precision.cpu_has_bf16_matrix_units.cache_clear()
+    precision.cpu_has_native_bf16.cache_clear()
 
 
-@pytest.mark.parametrize(("text", "expected"), [(AMX, True), (NO_AMX, False), ("", False), (None, False)])
-def test_amx_is_read_from_the_cpu_flags(cpuinfo, text, expected):
+@pytest.mark.parametrize(("text", "expected"), [(AMX, True), (AVX512_BF16, True), (NO_BF16, False), ("", False), (None, False)])
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo, text, expected):
     cpuinfo(text)
-    assert precision.cpu_has_bf16_matrix_units() is expected
+    assert precision.cpu_has_native_bf16() is expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU auto follows the GPU, not the CPU flags")
-@pytest.mark.parametrize(("text", "expected"), [(AMX, "bf16"), (NO_AMX, "fp32")])
-def test_auto_on_a_cpu_follows_amx_and_reaches_the_trainer(cpuinfo, tmp_path, text, expected):
+@pytest.mark.parametrize(("text", "expected"), [(AMX, "bf16"), (AVX512_BF16, "bf16"), (NO_BF16, "fp32")])
+def test_auto_on_a_cpu_follows_native_bf16_and_reaches_the_trainer(cpuinfo, tmp_path, text, expected):
     cpuinfo(text)
     assert precision.resolve_precision("auto") == expected
     args = training_arguments(TrainingConfig(output_dir=str(tmp_path / "run"), precision="auto", report_to=[]))

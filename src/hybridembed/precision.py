@@ -3,9 +3,12 @@
 Precision: bf16 where matmuls run natively in bf16, else fp32.
 
 transformers and accelerate take `bf16=True` on a CPU too (torch.autocast on "cpu"), but leave the
-choice to the user; on a CPU without bf16 matrix units bf16 autocast is slower than fp32, and on one
-with AMX (Intel Sapphire Rapids and later) it is several times faster. `auto` makes that choice once,
-here, for training (recipe `training.precision`) and the benchmarks.
+choice to the user; on a CPU without native bf16 dot products bf16 autocast is slower than fp32
+(NOTES-cpu.md), while oneDNN runs bf16 matmuls several times faster than fp32 on one with AMX-BF16
+(Intel Sapphire Rapids and later; 6.5× measured) or AVX512-BF16 (AMD Zen 4, Intel Cooper Lake; 4.2×
+measured on an AMD EPYC; docs/performance.md). `auto` makes that choice once, here, from the CPU
+flags — not from a timing probe, so the same recipe on the same machine always trains the same
+way — for training (recipe `training.precision`) and the benchmarks.
 
 Forward chunks (`training.forward_chunk_rows`): on a CPU, embedding a batch's length-sorted texts in
 chunks of 32 rows cuts padding at little cost per call (docs/performance.md); on a GPU a kernel
@@ -21,14 +24,14 @@ CPUINFO = Path("/proc/cpuinfo")
 
 
 @cache
-def cpu_has_bf16_matrix_units() -> bool:
-    """True when the CPU reports AMX-BF16 (Linux /proc/cpuinfo flags; other systems: False)."""
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU reports AMX-BF16 or AVX512-BF16 (Linux /proc/cpuinfo flags; other systems: False)."""
     try:
         text = CPUINFO.read_text(errors="replace")
     except OSError:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "amx_bf16" in flags and "amx_tile" in flags
+    return ("amx_bf16" in flags and "amx_tile" in flags) or "avx512_bf16" in flags
 
 
 CPU_CHUNK_ROWS = 32
@@ -44,11 +47,11 @@ def resolve_chunk_rows(chunk_rows: int | str | None) -> int | None:
 
 
 def resolve_precision(precision: str) -> str:
-    """`fp32`, `bf16` or `fp16` for a recipe's `precision`; `auto`: bf16 on a bf16-capable GPU or an AMX CPU, else fp32."""
+    """`fp32`, `bf16` or `fp16` for a recipe's `precision`; `auto`: bf16 on a bf16-capable GPU or a CPU with native bf16, else fp32."""
     if precision != "auto":
         return precision
     import torch
 
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16_matrix_units() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"

@@ -186,7 +186,7 @@ class TrainingConfig(Strict):
     )
     seed: int = 42
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "fp32", description="auto: bf16 on a bf16-capable GPU or a CPU with AMX-BF16, else fp32 (hybridembed.precision)"
+        "fp32", description="auto: bf16 on a bf16-capable GPU or a CPU with AMX-BF16 or AVX512-BF16, else fp32 (hybridembed.precision)"
     )
     gradient_checkpointing: bool = False
     cache_minibatch_size: int | None = Field(None, gt=0, description="GradCache: embed batches in chunks of this many rows")
