@@ -187,3 +187,19 @@ def test_the_mlm_stage_trains_with_lane_dropout(tiny_bert_dir, tmp_path, monkeyp
     assert run.global_step == 2 and calls and all(p > 0 for p in calls)
     assert lane.ATTENTION_NAME not in (run.folder / "config.json").read_text()
     AutoModelForMaskedLM.from_pretrained(str(run.folder))
+
+
+def test_the_dropout_benchmark_prints_a_row_per_tensor_and_dtype(tmp_path):
+    """benchmarks/dropout_speed.py (the table docs/performance.md quotes) runs and times both dropouts."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dropout_speed.py"), "--calls", "2", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "float" in line]
+    assert len(rows) == 6 and all(float(row.split("|")[-2]) > 0 for row in rows), done.stdout
