@@ -78,3 +78,49 @@ def test_record_problems_are_file_line_errors(tmp_path, capsys):
     records.write_text(json.dumps({"id": "a", "text": "ok"}) + "\n" + json.dumps({"id": "b", "body": "x"}) + "\n", encoding="utf-8")
     code, _, stderr = _encode(capsys, "unused-model", "--input", str(records), "--output", str(tmp_path / "e.npy"))
     assert code == 2 and f"{records}:2: text: missing or empty text (the record's fields: body, id)" in stderr
+
+
+def test_rows_equal_model_encode_across_blocks_and_planned_passes(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """The engine path (blocks tokenized once, passes planned from token counts) gives model.encode's rows, in input order."""
+    from sentence_transformers import SentenceTransformer
+
+    from hybridembed.commands import encode
+
+    monkeypatch.setattr(encode, "BLOCK_TEXTS", 4)  # 11 texts: blocks of 4, 4, 3
+    lines = ["short", "a much longer line " * 12, "", "short", "mid length line here", "x", "another " * 30, "é漢字", "short", "two words", "end"]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    model = SentenceTransformer(str(tiny_model_dir))
+    for extra in ([], ["--batch-size", "2"], ["--as-query"]):
+        out = tmp_path / "emb.npy"
+        assert _encode(capsys, str(tiny_model_dir), "--input", str(texts), "--output", str(out), *extra)[0] == 0
+        prompt = "query" if "--as-query" in extra and "query" in (model.prompts or {}) else None
+        np.testing.assert_allclose(np.load(out), model.encode(lines, convert_to_numpy=True, prompt_name=prompt), atol=1e-5)
+
+
+def test_dtype_bfloat16_is_close_to_float32_and_bad_batch_size_is_refused(tmp_path, tiny_model_dir, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    fp32, bf16 = tmp_path / "fp32.npy", tmp_path / "bf16.npy"
+    assert _encode(capsys, str(tiny_model_dir), "--input", str(texts), "--output", str(fp32))[0] == 0
+    assert _encode(capsys, str(tiny_model_dir), "--input", str(texts), "--output", str(bf16), "--dtype", "bfloat16")[0] == 0
+    a, b = np.load(fp32), np.load(bf16)
+    assert b.dtype == np.float32 and np.isfinite(b).all()
+    cosines = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosines.min() > 0.99
+    code, _, err = _encode(capsys, str(tiny_model_dir), "--input", str(texts), "--output", str(fp32), "--batch-size", "0")
+    assert code != 0 and "--batch-size 0" in err and "Traceback" not in err
+
+
+def test_a_text_the_tokenizer_rejects_is_a_file_line_error(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from hybridembed.serve.batching import InvalidInput
+    from hybridembed.serve.engine import ServedModel
+
+    def reject_second(self, texts, prompt_name=None, batch_size=None):
+        raise InvalidInput(1, "the tokenizer cannot encode it")
+
+    monkeypatch.setattr(ServedModel, "encode", reject_second)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "fine"}\n\n{"text": "rejected"}\n', encoding="utf-8")  # record 2 is on line 3
+    code, _, err = _encode(capsys, str(tiny_model_dir), "--input", str(texts), "--output", str(tmp_path / "e.npy"))
+    assert code != 0 and f"{texts}:3: text: the tokenizer cannot encode it" in err and "Traceback" not in err

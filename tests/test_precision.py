@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,29 @@ def test_a_mixed_precision_step_casts_the_weights_once_for_all_its_chunked_forwa
     trainer.train()
     assert len(forwards) >= 3 * 4  # 16 texts a step in chunks of 4 rows
     assert len(clears) == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU auto follows the GPU, not the CPU flags")
+@pytest.mark.parametrize(("text", "expected"), [(AMX, "bfloat16"), (AVX512_BF16, "bfloat16"), (NO_BF16, "float32")])
+def test_serve_dtype_auto_casts_the_weights_only_where_bf16_is_native(cpuinfo, tiny_model_dir, text, expected):
+    from hybridembed.serve.engine import load_served_model
+
+    cpuinfo(text)
+    assert precision.resolve_serving_dtype("auto", "cpu") == expected
+    assert precision.resolve_serving_dtype("float16", "cpu") == "float16"
+    served = load_served_model(str(tiny_model_dir), model_name="tiny", dtype="auto", device="cpu")
+    assert str(next(served.model.parameters()).dtype) == f"torch.{expected}"
+    embeddings, _, _ = served.encode(["a short text", "a somewhat longer text than that"])
+    assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
+
+
+def test_serve_dtype_auto_is_float32_on_the_onnx_backend(cpuinfo, tiny_model_dir):
+    from hybridembed.errors import HybridembedError
+    from hybridembed.serve.engine import load_served_model
+
+    cpuinfo(AVX512_BF16)
+    with pytest.raises(HybridembedError) as refused:  # this folder has no onnx/ graph: the backend's own error...
+        load_served_model(str(tiny_model_dir), backend="onnx", dtype="auto")
+    assert "onnx" in str(refused.value) and "--dtype" not in str(refused.value)  # ...not a refused dtype
+    with pytest.raises(HybridembedError, match="--dtype bfloat16"):
+        load_served_model(str(tiny_model_dir), backend="onnx", dtype="bfloat16")

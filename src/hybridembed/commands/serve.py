@@ -9,6 +9,7 @@ import os
 
 from hybridembed.commands import add_trust_remote_code
 from hybridembed.errors import HybridembedError
+from hybridembed.precision import SERVING_DTYPES
 from hybridembed.serve.settings import defaults
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=["float32", "float16", "bfloat16"],
+        choices=SERVING_DTYPES,
         default="float32",
-        help="weights' precision on the torch backend (default: %(default)s; the onnx backend takes float32 only)",
+        help="weights' precision on the torch backend (default: %(default)s; auto: bfloat16 on a GPU or CPU that computes bf16 "
+        "natively, e.g. AVX512-BF16/AMX, else float32; the onnx backend takes float32 only)",
     )
     add_trust_remote_code(parser)
     parser.add_argument(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybridembed.errors import HybridembedError
+from hybridembed.precision import SERVING_DTYPES, resolve_serving_dtype
 from hybridembed.recipe import BUNDLED_ALIASES
 from hybridembed.serve.batching import InvalidInput
 
@@ -267,7 +268,6 @@ def default_model_name(name_or_path: str) -> str:
 
 
 BACKENDS = ("torch", "onnx")
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def load_served_model(
@@ -286,14 +286,17 @@ def load_served_model(
     backend="onnx" serves onnx/`onnx_file` of a folder written by `hybridembed export` with
     onnxruntime on the CPU (`threads` intra-op threads; float32 only: the graph's own precision);
     the torch backend casts the model to `dtype` after loading (one copy of the fp32 weights
-    is briefly in memory).
+    is briefly in memory); `auto` is bfloat16 where the device computes bf16 natively, else
+    float32 (and float32 on the onnx backend).
     """
     from hybridembed.modeling.model import load_model, matryoshka_dims, resolve_backbone
 
     if backend not in BACKENDS:
         raise HybridembedError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
-    if dtype not in DTYPES:
-        raise HybridembedError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if dtype not in SERVING_DTYPES:
+        raise HybridembedError(f"--dtype {dtype}: choose one of {', '.join(SERVING_DTYPES)}")
+    if dtype == "auto":
+        dtype = "float32" if backend == "onnx" else resolve_serving_dtype(dtype, device)
     resolved = resolve_backbone(name_or_path)
     started = time.perf_counter()
     if backend == "onnx":
