@@ -57,13 +57,13 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-SERVING_DTYPES = ("float32", "float16", "bfloat16", "auto")  # `serve --dtype` on the torch backend
+SERVING_DTYPES = ("float32", "float16", "bfloat16", "auto")  # `serve --dtype` (torch backend), `encode --dtype`
 
 
 def resolve_serving_dtype(dtype: str, device: str | None = None) -> str:
-    """torch dtype name for `serve --dtype`; `auto`: bfloat16 where bf16 is native (as `precision: auto`), else float32.
+    """torch dtype name for `serve` / `encode --dtype`; `auto`: bfloat16 where bf16 is native (as `precision: auto`), else float32.
 
-    On a CPU with AVX512-BF16 the serve engine encodes 2.3× faster with bf16 weights at the same
+    On a CPU with AVX512-BF16 the serve engine encodes 2.2× faster with bf16 weights at the same
     STS-B Spearman (docs/performance.md); elsewhere bf16 weights would be slower on a CPU.
     """
     if dtype != "auto":
