@@ -50,11 +50,17 @@ def resolve_precision(precision: str) -> str:
     """`fp32`, `bf16` or `fp16` for a recipe's `precision`; `auto`: bf16 on a bf16-capable GPU or a CPU with native bf16, else fp32."""
     if precision != "auto":
         return precision
+    return "bf16" if bf16_is_native() else "fp32"
+
+
+def bf16_is_native(device: str | None = None) -> bool:
+    """Whether `device` (default: the GPU when there is one, else the CPU) computes bf16 natively: the one rule behind every `auto`."""
     import torch
 
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    on_gpu = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if on_gpu:
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_native_bf16()
 
 
 SERVING_DTYPES = ("float32", "float16", "bfloat16", "auto")  # `serve --dtype` (torch backend), `encode --dtype`
@@ -68,9 +74,4 @@ def resolve_serving_dtype(dtype: str, device: str | None = None) -> str:
     """
     if dtype != "auto":
         return dtype
-    import torch
-
-    on_gpu = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if on_gpu:
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if cpu_has_native_bf16() else "float32"
+    return "bfloat16" if bf16_is_native(device) else "float32"

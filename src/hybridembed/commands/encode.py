@@ -174,12 +174,12 @@ def run(args: argparse.Namespace) -> int:
 
     from hybridembed.modeling.model import load_model, truncate_embeddings
 
+    if args.batch_size < 1:
+        raise HybridembedError(f"--batch-size {args.batch_size}: must be at least 1")
     data = read_input(Path(args.input), args.field, args.on_empty, args.id_field)
     if data.empty_lines:
         shown = ", ".join(map(str, data.empty_lines[:10])) + (", …" if len(data.empty_lines) > 10 else "")
         logger.warning("%s: %d empty line(s) embedded as the empty string to keep rows aligned (lines %s)", args.input, len(data.empty_lines), shown)
-    if args.batch_size < 1:
-        raise HybridembedError(f"--batch-size {args.batch_size}: must be at least 1")
     model = load_model(args.model, trust_remote_code=args.trust_remote_code)
     if args.dtype != "float32":
         import torch
