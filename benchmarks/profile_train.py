@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
     parser.add_argument("--ops", action="store_true", help="torch.profiler instead of cProfile: torch operators (backward ones too) by self CPU time")
+    parser.add_argument("--gemms", action="store_true",
+                        help="torch.profiler with shapes: the step's matmuls in place and each shape replayed alone, against the 2048² peak")  # fmt: skip
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"a recipe setting on top of train_throughput.py's arm ({OURS}), e.g. --set training.lane_dropout=false")  # fmt: skip
     args = parser.parse_args()
@@ -38,6 +40,9 @@ def main() -> None:
     trainer = prepare_training(recipe(args.steps, args.batch_size, "/tmp/hybridembed-profile", resolve_precision(args.precision), settings))
     if args.ops:
         profile_ops(trainer, args)
+        return
+    if args.gemms:
+        profile_gemms(trainer, args, resolve_precision(args.precision))
         return
     profiler = cProfile.Profile()
     started = time.perf_counter()
@@ -69,6 +74,86 @@ def profile_ops(trainer, args) -> None:
     print("|---|---|---|---|")
     for e in events:
         print(f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.2f} | {e.self_cpu_time_total / 1e6 / wall:.0%} |")
+
+
+# The matmul operators a training step runs (forward and autograd's backward), and how to rebuild one from its input shapes.
+GEMMS = {
+    "aten::mm": lambda shapes: (shapes[0], shapes[1]),
+    "aten::addmm": lambda shapes: (shapes[1], shapes[2]),
+    "aten::bmm": lambda shapes: (shapes[0], shapes[1]),
+    "aten::baddbmm": lambda shapes: (shapes[1], shapes[2]),
+}
+
+
+def gemm_flops(a: list[int], b: list[int]) -> float:
+    """2·m·k·n (times the batch for bmm) of a product of an (…, m, k) and a (…, k, n) operand."""
+    batch = a[0] if len(a) == 3 else 1
+    return 2.0 * batch * a[-2] * a[-1] * b[-1]
+
+
+def replay_gemm(op: str, a: list[int], b: list[int], dtype, seconds: float = 0.05) -> float:
+    """Seconds per call of the product of contiguous random operands of these shapes, best of five timings."""
+    import torch
+
+    x, y = torch.randn(a, dtype=dtype), torch.randn(b, dtype=dtype)
+    product = torch.bmm if op in ("aten::bmm", "aten::baddbmm") else torch.mm
+    product(x, y)
+    started = time.perf_counter()
+    calls = 0
+    while time.perf_counter() - started < seconds:
+        product(x, y)
+        calls += 1
+    calls = max(calls, 1)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(calls):
+            product(x, y)
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best
+
+
+def profile_gemms(trainer, args, precision: str) -> None:
+    """How fast the step's matmuls run, in place and alone, and the peak fraction they would allow if nothing else took time.
+
+    The benchmark's peak is the best rate of 2048² matmuls. A training step of a small encoder
+    multiplies much smaller operands (rows of a chunk × 384 or 1536); this measures, shape by
+    shape, what those products reach alone on this CPU — the ceiling of `peak_fraction` when every
+    other operator took no time at all. Operands are replayed contiguous (the profiler records
+    shapes, not strides), so transposed backward operands may differ from their in-place rate.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from train_throughput import matmul_peak
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peak = matmul_peak(precision)
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        trainer.train()
+    wall = time.perf_counter() - started
+    shapes: dict[tuple, list[float]] = {}  # (op, a, b) → [calls, self seconds in place]
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in GEMMS and e.input_shapes:
+            a, b = GEMMS[e.key](e.input_shapes)
+            entry = shapes.setdefault((e.key, tuple(a), tuple(b)), [0, 0.0])
+            entry[0] += e.count
+            entry[1] += e.self_cpu_time_total / 1e6
+    flops = in_place = alone = 0.0
+    rows = []
+    for (op, a, b), (calls, seconds) in shapes.items():
+        one = replay_gemm(op, list(a), list(b), dtype)
+        f = gemm_flops(list(a), list(b)) * calls
+        flops, in_place, alone = flops + f, in_place + seconds, alone + one * calls
+        rows.append((seconds, op, a, b, calls, f / seconds / peak if seconds else 0.0, f / (one * calls) / peak))
+    print(f"\n{args.steps} steps, batch {args.batch_size}, quickstart data, precision {precision}, wall {wall:.1f} s (profiled), "
+          f"{precision} 2048² matmul peak {peak / 1e9:.0f} GFLOP/s, {len(shapes)} distinct matmul shapes")  # fmt: skip
+    print("| operator | operand shapes | calls | self CPU (s) | in place: fraction of peak | alone: fraction of peak |")
+    print("|---|---|---|---|---|---|")
+    for seconds, op, a, b, calls, here, solo in sorted(rows, reverse=True)[: args.top]:
+        print(f"| `{op}` | {list(a)} × {list(b)} | {calls} | {seconds:.2f} | {here:.2f} | {solo:.2f} |")
+    print(f"matmuls: {in_place / wall:.0%} of the profiled wall; in place {flops / in_place / peak:.2f} of the peak, "
+          f"replayed alone {flops / alone / peak:.2f} (the peak_fraction ceiling if every other operator took no time)")  # fmt: skip
 
 
 if __name__ == "__main__":

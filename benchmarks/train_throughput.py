@@ -18,7 +18,9 @@ stock trainer runs with its defaults (fp32), and, when ours runs bf16, once more
 and the gain of the trainer are shown apart. The last line reads
 `speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock-default rows/s; our FLOP/s ÷
 the peak of our precision; our Spearman − stock's, 0–1 scale); the line before it compares with the
-stock bf16 arm. Run it alone: two jobs on two cores slow each other.
+stock bf16 arm. `--repeats N` runs every arm N times in turn and reports medians (and each arm's
+lowest and highest pairs/s); the ratios are ratios of medians. Run it alone: two jobs on two cores
+slow each other.
 """
 
 from __future__ import annotations
@@ -206,6 +208,19 @@ def run_stock(steps: int, warmup: int, batch_size: int, out: str, precision: str
     return timed_train(trainer, warmup)
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One arm over its repeats: the median of every measure, and the lowest and highest pairs/s."""
+    summary = {key: median([run[key] for run in runs]) for key in runs[0]}
+    summary["rows_low"], summary["rows_high"] = min(run["rows"] for run in runs), max(run["rows"] for run in runs)
+    return summary
+
+
 def main() -> None:
     import tempfile
 
@@ -222,32 +237,42 @@ def main() -> None:
     parser.add_argument("--also", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"also time our arm with this recipe setting changed (a row each; ours sets {OURS}), "
                         "e.g. --also training.lane_dropout=false --also training.packing=true")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every arm this many times, in turn (ours, the --also rows, stock, ...), and report medians and the range")  # fmt: skip
     args = parser.parse_args()
+    if args.repeats < 1 or args.warmup >= args.steps:
+        parser.error("--repeats must be ≥ 1 and --warmup below --steps")
     precision = resolve_precision(args.precision)
     precisions = sorted({"fp32", precision})
     peaks = {p: matmul_peak(p) for p in precisions}
-    arms = {}
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        arms["hybridembed"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/ours", precision, OURS)
-        for i, (key, value) in enumerate(args.also):
-            arms[f"hybridembed, {key}: {value}"] = run_ours(args.steps, args.warmup, args.batch_size, f"{tmp}/also-{i}", precision, {**OURS, key: value})
-        arms["stock SentenceTransformerTrainer"] = run_stock(args.steps, args.warmup, args.batch_size, f"{tmp}/stock", "fp32")
-        if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
-            arms[f"stock SentenceTransformerTrainer, {precision}=True"] = run_stock(
-                args.steps, args.warmup, args.batch_size, f"{tmp}/stock-{precision}", precision
-            )
-    peaks = {p: max(peaks[p], matmul_peak(p)) for p in precisions}
+        for repeat in range(args.repeats):  # in turn, so a slow spell of the machine spreads over every arm
+            step = (args.steps, args.warmup, args.batch_size)
+            runs.setdefault("hybridembed", []).append(run_ours(*step, f"{tmp}/ours-{repeat}", precision, OURS))
+            for i, (key, value) in enumerate(args.also):
+                runs.setdefault(f"hybridembed, {key}: {value}", []).append(run_ours(*step, f"{tmp}/also-{i}-{repeat}", precision, {**OURS, key: value}))
+            runs.setdefault("stock SentenceTransformerTrainer", []).append(run_stock(*step, f"{tmp}/stock-{repeat}", "fp32"))
+            if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
+                runs.setdefault(f"stock SentenceTransformerTrainer, {precision}=True", []).append(
+                    run_stock(*step, f"{tmp}/stock-{precision}-{repeat}", precision)
+                )
+            peaks = {p: max(peaks[p], matmul_peak(p)) for p in precisions}
+    arms = {name: summarise(arm_runs) for name, arm_runs in runs.items()}
     ours, stock = arms["hybridembed"], arms["stock SentenceTransformerTrainer"]
+    repeats = f", median of {args.repeats} runs per arm" if args.repeats > 1 else ""
     print()
     print(f"model: all-MiniLM-L6-v2 → 768 (Matryoshka 5 dims), data: recipes/quickstart.yaml, batch {args.batch_size}, "
-          f"{args.steps} steps ({args.warmup} untimed), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.steps} steps ({args.warmup} untimed){repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"hybridembed precision {precision}, matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))  # fmt: skip
-    print("| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | STS-B dev Spearman | wall (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    spread = " | pairs/s: lowest–highest run" if args.repeats > 1 else ""
+    print(f"| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | STS-B dev Spearman | wall (s){spread} |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if spread else ""))
     for name, arm in arms.items():
         p = precision if name.startswith("hybridembed") or name.endswith("=True") else "fp32"
+        low_high = f" {arm['rows_low']:.1f}–{arm['rows_high']:.1f} |" if spread else ""
         print(f"| {name} | {p} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peaks[p]:.2f} | "
-              f"{arm['spearman']:.4f} | {arm['wall']:.0f} |")  # fmt: skip
+              f"{arm['spearman']:.4f} | {arm['wall']:.0f} |{low_high}")  # fmt: skip
     if precision != "fp32":
         same = arms[f"stock SentenceTransformerTrainer, {precision}=True"]
         print(f"speedup_vs_stock_{precision}: {ours['rows'] / same['rows']:.2f} quality_delta_vs_stock_{precision}: {ours['spearman'] - same['spearman']:.3f}")

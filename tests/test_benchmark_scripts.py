@@ -22,3 +22,34 @@ def test_encode_speed_prints_every_torch_row_and_the_ratio(tmp_path):
     spearmans = {float(line.split(" | ")[-1].rstrip(" |")) for path, line in rows.items() if "bfloat16" not in path and path != "path"}
     assert len(spearmans) == 1, done.stdout  # every fp32 path embeds the same texts to the same vectors
     assert done.stdout.strip().splitlines()[-1].startswith("ratio: ")
+
+
+def test_profile_train_gemms_prints_the_matmul_ceiling(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "profile_train.py"), "--gemms", "--steps", "2", "--top", "3", "--precision", "fp32"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| `aten::")]
+    assert 1 <= len(table) <= 3, done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("matmuls: ") and "replayed alone" in last, done.stdout
+
+
+def test_gemm_flops_counts_the_batch_of_a_bmm():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from profile_train import GEMMS, gemm_flops
+
+    assert gemm_flops([4, 8], [8, 16]) == 2 * 4 * 8 * 16
+    assert gemm_flops([3, 4, 8], [3, 8, 16]) == 3 * 2 * 4 * 8 * 16
+    assert GEMMS["aten::addmm"]([[16], [4, 8], [8, 16], [], []]) == ([4, 8], [8, 16])
+
+
+def test_train_throughput_summarises_repeats_by_median_and_range():
+    # The whole script trains four arms (minutes on CPU); its repeat summary is checked on its own.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_throughput import summarise
+
+    runs = [{"rows": 30.0, "spearman": 0.8}, {"rows": 10.0, "spearman": 0.8}, {"rows": 20.0, "spearman": 0.9}]
+    assert summarise(runs) == {"rows": 20.0, "spearman": 0.8, "rows_low": 10.0, "rows_high": 30.0}
+    assert summarise(runs[:2])["rows"] == 20.0  # an even count: the mean of the middle two
