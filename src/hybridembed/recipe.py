@@ -205,6 +205,11 @@ class TrainingConfig(Strict):
         description="CPU: draw dropout masks from 16-bit lanes of 64-bit random words (a quarter of torch's draws; Bernoulli(p) "
         "with p rounded to 1/65536), attention dropout included; other devices keep torch's dropout (hybridembed.modeling.dropout)",
     )
+    keep_freed_memory: bool = Field(
+        True,
+        description="Linux/glibc: serve large tensors from the heap and keep freed memory for the next step (no fresh "
+        "page faults per step; the process keeps its peak heap); no effect under tcmalloc/jemalloc (hybridembed.allocator)",
+    )
     logging_steps: int = Field(10, gt=0)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     save_steps: int | None = Field(None, gt=0)

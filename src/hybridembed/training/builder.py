@@ -26,6 +26,7 @@ from hybridembed.distributed import GatherGroups, is_distributed
 from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_recipe, write_training_log
+from hybridembed.allocator import keep_freed_memory
 from hybridembed.modeling.dropout import use_lane_dropout
 from hybridembed.modeling.model import build_model, embedding_dim, write_metadata
 from hybridembed.modeling.packing import enable_packing
@@ -128,6 +129,8 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         datasets = datasets if datasets is not None else load_datasets(recipe.datasets)
     for ds in [] if streaming else datasets:
         logger.info("data %s", ds.summary())
+    if recipe.training.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(recipe.training.seed)
     model = build_model(recipe.model)
     if recipe.training.packing:

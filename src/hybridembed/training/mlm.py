@@ -108,6 +108,10 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
         raise RecipeError(f"stage mlm: {model_cfg.backbone} has no mask token; MLM needs an encoder (BERT, RoBERTa, XLM-R, ModernBERT)")
     kwargs = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
     kwargs |= remote
+    if training.keep_freed_memory:
+        from hybridembed.allocator import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(training.seed)
     model = AutoModelForMaskedLM.from_pretrained(backbone, **kwargs)
     if is_decoder(model.config):
