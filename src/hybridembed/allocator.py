@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-# The largest trim threshold mallopt's int takes: the heap's free top is returned only beyond 2 GB.
-KEEP_UP_TO = 2**31 - 1
+# No trimming at all: mallopt's int value is taken as a size_t, so −1 is SIZE_MAX (2**31 − 1, the
+# largest positive int, still trims a heap that grew past 2 GB — long-input steps do).
+NEVER = -1
 # Allocators whose preloading means malloc is not glibc's (they cache freed memory themselves).
 OTHER_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
 
@@ -50,7 +51,7 @@ def _apply() -> bool:
         libc.gnu_get_libc_version  # present only in glibc (musl's mallopt ignores these parameters)
     except (OSError, AttributeError):
         return False
-    applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))
+    applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, NEVER))
     if applied:
         logger.info("glibc malloc: large blocks from the heap and freed memory kept (training.keep_freed_memory)")
     return applied
