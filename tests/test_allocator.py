@@ -84,3 +84,16 @@ def test_prepare_training_applies_the_setting(keep, tiny_bert_dir, tmp_path, mon
     )
     builder.prepare_training(recipe)
     assert calls == ([True] if keep else [])
+
+
+@pytest.mark.parametrize("flag, applied", [([], True), (["--no-keep-freed-memory"], False)])
+def test_encode_applies_the_setting_unless_told_not_to(flag, applied, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import hybridembed.allocator as allocator
+    from hybridembed.cli import main
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(True) or True)
+    source = tmp_path / "texts.txt"
+    source.write_text("one text\nanother text\n")
+    assert main(["encode", str(tiny_model_dir), "--input", str(source), "--output", str(tmp_path / "out.npy"), *flag]) == 0
+    assert calls == ([True] if applied else [])

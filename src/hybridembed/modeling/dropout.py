@@ -27,9 +27,7 @@ LANES = 65536  # values of one 16-bit lane
 ATTENTION_NAME = "hybridembed_sdpa_lane_dropout"
 
 
-def lane_keep_mask(
-    shape: torch.Size | tuple[int, ...], p: float, device: torch.device, generator: torch.Generator | None = None
-) -> tuple[Tensor, float]:
+def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, float]:
     """(a boolean keep mask of `shape`, the exact keep probability): Bernoulli(1 − p) up to p rounded to 1/65536.
 
     Draws from `generator`, or from torch's default generator of `device` when it is None.

@@ -18,6 +18,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from hybridembed import __version__
+from hybridembed.allocator import keep_freed_memory
 from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.collator import DatasetView, HybridCollator
 from hybridembed.data.rows import row_texts
@@ -26,7 +27,6 @@ from hybridembed.distributed import GatherGroups, is_distributed
 from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_recipe, write_training_log
-from hybridembed.allocator import keep_freed_memory
 from hybridembed.modeling.dropout import use_lane_dropout
 from hybridembed.modeling.model import build_model, embedding_dim, write_metadata
 from hybridembed.modeling.packing import enable_packing
