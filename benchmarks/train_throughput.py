@@ -19,8 +19,9 @@ and the gain of the trainer are shown apart. The last line reads
 `speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock-default rows/s; our FLOP/s ÷
 the peak of our precision; our Spearman − stock's, 0–1 scale); the line before it compares with the
 stock bf16 arm. `--repeats N` runs every arm N times in turn and reports medians (and each arm's
-lowest and highest pairs/s); the ratios are ratios of medians. Run it alone: two jobs on two cores
-slow each other.
+lowest and highest pairs/s); the ratios are ratios of medians. Our arm runs first and applies
+`training.keep_freed_memory` (glibc malloc settings, process-wide; nothing under tcmalloc), so the
+stock arms after it run with them too. Run it alone: two jobs on two cores slow each other.
 """
 
 from __future__ import annotations
@@ -248,14 +249,14 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):  # in turn, so a slow spell of the machine spreads over every arm
-            step = (args.steps, args.warmup, args.batch_size)
-            runs.setdefault("hybridembed", []).append(run_ours(*step, f"{tmp}/ours-{repeat}", precision, OURS))
+            sizes = (args.steps, args.warmup, args.batch_size)
+            runs.setdefault("hybridembed", []).append(run_ours(*sizes, f"{tmp}/ours-{repeat}", precision, OURS))
             for i, (key, value) in enumerate(args.also):
-                runs.setdefault(f"hybridembed, {key}: {value}", []).append(run_ours(*step, f"{tmp}/also-{i}-{repeat}", precision, {**OURS, key: value}))
-            runs.setdefault("stock SentenceTransformerTrainer", []).append(run_stock(*step, f"{tmp}/stock-{repeat}", "fp32"))
+                runs.setdefault(f"hybridembed, {key}: {value}", []).append(run_ours(*sizes, f"{tmp}/also-{i}-{repeat}", precision, {**OURS, key: value}))
+            runs.setdefault("stock SentenceTransformerTrainer", []).append(run_stock(*sizes, f"{tmp}/stock-{repeat}", "fp32"))
             if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
                 runs.setdefault(f"stock SentenceTransformerTrainer, {precision}=True", []).append(
-                    run_stock(*step, f"{tmp}/stock-{precision}-{repeat}", precision)
+                    run_stock(*sizes, f"{tmp}/stock-{precision}-{repeat}", precision)
                 )
             peaks = {p: max(peaks[p], matmul_peak(p)) for p in precisions}
     arms = {name: summarise(arm_runs) for name, arm_runs in runs.items()}

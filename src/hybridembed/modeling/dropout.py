@@ -27,15 +27,12 @@ LANES = 65536  # values of one 16-bit lane
 ATTENTION_NAME = "hybridembed_sdpa_lane_dropout"
 
 
-def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, float]:
-    """(a boolean keep mask of `shape`, the exact keep probability): Bernoulli(1 − p) up to p rounded to 1/65536.
-
-    Draws from `generator`, or from torch's default generator of `device` when it is None.
-    """
+def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, float]:
+    """(a boolean keep mask of `shape`, the exact keep probability): Bernoulli(1 − p) up to p rounded to 1/65536."""
     numel = 1
     for size in shape:
         numel *= size
-    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device, generator=generator)
+    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device)
     lanes = words.view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
     dropped = round(p * LANES)
     return lanes >= dropped - LANES // 2, 1.0 - dropped / LANES
