@@ -13,16 +13,18 @@ from helpers import REPO
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or "LD_PRELOAD" in os.environ, reason="glibc's malloc only")
 
-# A few rounds of attention forward and backward at 512 tokens (its probabilities are 50 MB, above
-# glibc's largest mmap threshold); print the page faults of the last round, after the first rounds
-# have warmed whatever the allocator keeps.
+# Eight rounds of attention forward and backward at 512 tokens (its probabilities are 50 MB, above
+# glibc's largest mmap threshold); print the page faults of rounds 2–8, after the first round has
+# warmed whatever the allocator keeps. (A single round is not enough: the heap's layout decides
+# whether one or two of a round's tensors still need new pages.)
 FAULTS = """
 import resource, sys, torch
 from hybridembed.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 q = torch.randn(4, 12, 512, 32, requires_grad=True)
-for round in range(4):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for round in range(8):
+    if round == 1:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     probabilities = torch.softmax(q @ q.transpose(-2, -1), dim=-1)
     torch.nn.functional.dropout(probabilities, 0.1).matmul(q).sum().backward()
     del probabilities
@@ -43,8 +45,8 @@ def test_freed_large_blocks_are_reused_without_new_page_faults():
     applied, kept = faults("keep")
     assert applied == "True"
     _, fresh = faults("default")
-    assert fresh > 10_000  # each 50 MB tensor is 12k pages of 4 KB: glibc maps them afresh every round
-    assert kept < fresh / 2, (kept, fresh)  # measured here: 12–25k against 88k
+    assert fresh > 7 * 10_000  # each 50 MB tensor is 12k pages of 4 KB: glibc maps them afresh every round
+    assert kept < fresh / 3, (kept, fresh)  # measured here over rounds 2–8: 49–111k against ~610k
 
 
 def test_keep_freed_memory_is_a_no_op_under_another_allocator(monkeypatch):
