@@ -58,6 +58,16 @@ def test_keep_freed_memory_is_a_no_op_under_another_allocator(monkeypatch):
     monkeypatch.setattr(allocator, "_applied", None)  # the next caller in this process asks again
 
 
+def test_keep_freed_memory_leaves_multi_process_runs_alone(monkeypatch):
+    import hybridembed.allocator as allocator
+
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert allocator.keep_freed_memory() is False
+    monkeypatch.setattr(allocator, "_applied", None)
+
+
 def test_the_recipe_setting_is_on_by_default_and_can_be_turned_off():
     from hybridembed.recipe import load_recipe
 
