@@ -77,7 +77,8 @@ def test_attention_without_the_mask_draw_is_sdpa(device, mask_kind, monkeypatch)
     module.is_causal = False
     reference, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
     assert torch.equal(lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.0, scaling=0.3)[0], reference)
-    monkeypatch.setattr(lane, "lane_dropout", lambda x, p, training=True: x)
+    keep_everything = lambda shape, p, device: (torch.ones(shape, dtype=torch.bool, device=device), 1.0)  # noqa: E731
+    monkeypatch.setattr(lane, "lane_keep_mask", keep_everything)
     ours, _ = lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.1, scaling=0.3)
     assert ours.shape == reference.shape == (3, 6, 4, 8)
     assert torch.allclose(ours, reference, atol=1e-5)
@@ -94,6 +95,63 @@ def test_attention_dropout_drops_probabilities_with_the_lane_mask():
     scores = (q @ k.transpose(2, 3) * 0.3).masked_fill(~mask, torch.finfo(torch.float32).min)
     expected = ((torch.softmax(scores, -1) * keep / probability) @ v).transpose(1, 2)
     assert torch.allclose(ours, expected, atol=1e-6)
+
+
+def _reference_attention(q, k, v, mask, keep, keep_probability, scale):
+    """The plain autograd math of dropped attention, for comparison with the hand-written backward."""
+    scores = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
+    return (torch.softmax(scores, -1) * keep / keep_probability) @ v
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "none"])
+def test_the_attention_node_has_the_gradients_of_the_plain_math(device, mask_kind):
+    """LaneDropoutAttention's forward and hand-written backward equal autograd's over the same math and mask, in float64."""
+    q, k, v, mask = _attention_inputs(device, "bool" if mask_kind == "none" else mask_kind)
+    q, k, v = (t.double().requires_grad_() for t in (q, k, v))
+    mask = None if mask_kind == "none" else mask.double() if mask_kind == "float" else mask
+    upstream = torch.randn(q.shape, dtype=torch.float64, device=device)
+    torch.manual_seed(7)
+    ours = lane.LaneDropoutAttention.apply(q, k, v, mask, 0.3, 0.3)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), upstream)
+    torch.manual_seed(7)
+    keep, probability = lane.lane_keep_mask((3, 4, 6, 6), 0.3, torch.device(device))
+    assert not keep.all()  # the mask drops something, so the keep scaling is exercised
+    expected = _reference_attention(q, k, v, mask, keep, probability, 0.3)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), upstream)
+    assert torch.allclose(ours, expected, atol=1e-12)
+    for got, want in zip(ours_grads, expected_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_bf16_attention_stays_close_and_a_fully_masked_row_stays_finite():
+    """Under bf16 autocast the node computes in bf16; an fp32 mask's minimum must not become −inf (NaN rows)."""
+    q, k, v, mask = _attention_inputs("cpu", "float")
+    mask[2] = torch.finfo(torch.float32).min  # every key of row 2 masked
+    q, k, v = (t.bfloat16().requires_grad_() for t in (q, k, v))  # as the projections' outputs are under autocast
+    module = nn.Module()
+    module.is_causal = False
+    torch.manual_seed(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.1, scaling=0.3)
+    assert ours.dtype == torch.bfloat16 and torch.isfinite(ours).all()
+    ours.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    torch.manual_seed(2)
+    keep, probability = lane.lane_keep_mask((3, 4, 6, 6), 0.1, torch.device("cpu"))
+    expected = _reference_attention(*(t.detach().float() for t in (q, k, v)), mask, keep, probability, 0.3).transpose(1, 2)
+    assert torch.allclose(ours.float(), expected, atol=0.05, rtol=0.02)
+
+
+def test_random_words_follow_torchs_generator():
+    """The words are a function of torch's generator state (seeded runs repeat, resumed ones continue) and vary per draw."""
+    torch.manual_seed(11)
+    first, second = lane.random_words(1000, torch.device("cpu")), lane.random_words(1000, torch.device("cpu"))
+    torch.manual_seed(11)
+    assert torch.equal(lane.random_words(1000, torch.device("cpu")), first) and not torch.equal(first, second)
+    bits = first.view(torch.uint8).unsqueeze(-1).bitwise_and(torch.tensor([1 << i for i in range(8)], dtype=torch.uint8))
+    assert abs((bits != 0).float().mean().item() - 0.5) < 0.01  # 64,000 bits: ±0.01 is 5 standard deviations
 
 
 def test_use_lane_dropout_swaps_a_backbone_and_leaves_inference_unchanged(tiny_bert_dir):

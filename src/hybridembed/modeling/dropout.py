@@ -13,18 +13,39 @@ Elsewhere (CUDA has a fused Philox dropout) it is torch's own dropout.
 reading `.p` — transformers' attention modules do — keeps working) and, for BERT-family backbones
 that use SDPA, registers an attention function that applies the same mask to the attention
 probabilities; transformers' SDPA path would otherwise fall back to its math kernel with torch's
-Bernoulli mask whenever attention dropout is on. Inference (eval mode, p = 0) is unchanged.
+Bernoulli mask whenever attention dropout is on. That function is one autograd node
+(`LaneDropoutAttention`): it keeps the attention probabilities in the compute dtype and saves only
+them, the keep mask and the dropped probabilities for backward — fewer passes over the
+(heads × length²) tensors and less fresh memory than the autograd graph of the same math, which
+under autocast also materialised an fp32 copy of the probabilities. Inference (eval mode, p = 0) is
+unchanged.
+
+The random words come from numpy's PCG64 seeded by one draw of torch's default generator: 2.7× the
+words per second of torch's CPU generator (mt19937) on this project's machine, and the stream stays
+a function of torch's generator state, so seeding and resuming work as before.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 LANES = 65536  # values of one 16-bit lane
 ATTENTION_NAME = "hybridembed_sdpa_lane_dropout"
+# torch's CPU softmax kernels (forward and backward) vectorise bf16/fp16 rows of at least this many
+# elements; shorter rows run a scalar loop 2–6× slower than the fp32 kernels, so those stay in fp32.
+VECTORISED_SOFTMAX_ROW = 32
+
+
+def random_words(count: int, device: torch.device) -> Tensor:
+    """`count` uniform int64 words: on a CPU from numpy's PCG64 seeded by one draw of torch's default generator."""
+    if torch.device(device).type != "cpu":
+        return torch.randint(-(2**63), 2**63 - 1, (count,), dtype=torch.int64, device=device)
+    seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
+    return torch.from_numpy(np.random.PCG64(seed).random_raw(count).view(np.int64))
 
 
 def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, float]:
@@ -32,8 +53,7 @@ def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.
     numel = 1
     for size in shape:
         numel *= size
-    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64, device=device)
-    lanes = words.view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
+    lanes = random_words((numel + 3) // 4, device).view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
     dropped = round(p * LANES)
     return lanes >= dropped - LANES // 2, 1.0 - dropped / LANES
 
@@ -82,14 +102,61 @@ def sdpa_lane_dropout_attention(
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask[..., : key.shape[-2]], torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask[..., : key.shape[-2]]
-    probabilities = lane_dropout(torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype), dropout)
-    return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), None
+    mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
+    attended = LaneDropoutAttention.apply(query, key, value, mask, dropout, scale)
+    return attended.transpose(1, 2).contiguous(), None
+
+
+class LaneDropoutAttention(torch.autograd.Function):
+    """softmax(q·kᵀ · scale + mask) with lane dropout, · v — one autograd node with a hand-written backward.
+
+    Everything runs in the query's dtype (bf16 under autocast: the softmax accumulates in fp32 inside
+    the kernel and rounds once, where autocast's graph wrote an fp32 copy and cast it back), except
+    the softmax of rows shorter than `VECTORISED_SOFTMAX_ROW` keys, which is faster in fp32. The
+    1 / keep-probability scale is applied to the (length × head_dim) output and its gradient
+    instead of the (length × length) probabilities. Backward saves the probabilities, the keep mask
+    and the dropped probabilities, and uses aten's fused softmax backward (`torch._softmax_backward_data`,
+    the one private torch op this project calls; transformers' DeBERTa used it the same way).
+    """
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, p: float, scale: float) -> Tensor:
+        with torch.autocast(query.device.type, enabled=False):  # dtypes are explicit here
+            key, value = key.to(query.dtype), value.to(query.dtype)
+            scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+            if mask is not None:
+                # An additive bias of the mask's (usually head-broadcast) shape, clamped so an fp32 mask's minimum
+                # stays finite in bf16 (−inf would give NaN on a row with every key masked).
+                lowest = torch.finfo(scores.dtype).min
+                if mask.dtype == torch.bool:
+                    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, lowest)
+                else:
+                    bias = mask.clamp(min=lowest).to(scores.dtype)
+                scores.add_(bias)
+            short_rows = scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < VECTORISED_SOFTMAX_ROW
+            probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32 if short_rows else scores.dtype)
+            del scores
+            keep, keep_probability = lane_keep_mask(probabilities.shape, p, probabilities.device)
+            dropped = torch.where(keep, probabilities, probabilities.new_zeros(())).to(query.dtype)
+            attended = torch.matmul(dropped, value).mul_(1.0 / keep_probability)
+        ctx.save_for_backward(query, key, value, probabilities, keep, dropped)
+        ctx.scale, ctx.inverse_keep = scale, 1.0 / keep_probability
+        return attended
+
+    @staticmethod
+    def backward(ctx, grad_attended: Tensor):
+        query, key, value, probabilities, keep, dropped = ctx.saved_tensors
+        grad = grad_attended.to(query.dtype) * ctx.inverse_keep
+        grad_value = torch.matmul(dropped.transpose(-1, -2), grad)
+        grad_dropped = torch.matmul(grad, value.transpose(-1, -2))
+        grad_probabilities = torch.where(keep, grad_dropped, grad_dropped.new_zeros(())).to(probabilities.dtype)
+        del grad_dropped
+        grad_scores = torch._softmax_backward_data(grad_probabilities, probabilities, -1, probabilities.dtype)
+        del grad_probabilities
+        grad_scores = grad_scores.to(query.dtype).mul_(ctx.scale)
+        grad_query = torch.matmul(grad_scores, key)
+        grad_key = torch.matmul(grad_scores.transpose(-1, -2), query)
+        return grad_query, grad_key, grad_value, None, None, None
 
 
 def use_lane_dropout(model: nn.Module) -> int:
