@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,19 +66,10 @@ def worker(args) -> None:
     counter = RowCounter(trainer.data_collator)
     trainer.data_collator = counter
     timer = make_timer(counter, args.warmup)
-    faults = {}
-
-    class Faults(type(timer).__mro__[1]):  # a TrainerCallback: page faults at the same two steps as the timer
-        def on_step_end(self, a, state, control, **kwargs):
-            if state.global_step == args.warmup:
-                faults["start"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            faults["end"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
     trainer.add_callback(timer)
-    trainer.add_callback(Faults())
     trainer.train()
-    rows, tokens, _ = timer.rates()
-    print(json.dumps({"rows": rows, "tokens": tokens, "faults": (faults["end"] - faults["start"]) / (args.steps - args.warmup)}))
+    rows, tokens, _, faults = timer.rates()
+    print(json.dumps({"rows": rows, "tokens": tokens, "faults": faults}))
 
 
 def encode_worker(args) -> None:
@@ -114,6 +104,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--encode", action="store_true",
                         help="time encoding instead: `hybridembed encode`'s path (batches of ≤ 32) over the passages, best of two passes")  # fmt: skip
+    parser.add_argument("--only", choices=["default", "keep", "tcmalloc"], action="append",
+                        help="run only these settings (repeatable): glibc defaults, keep_freed_memory, tcmalloc")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=lambda v: v == "true", default=True, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -123,7 +115,8 @@ def main() -> None:
         return encode_worker(args) if args.encode else worker(args)
     import torch
 
-    modes = {name: mode for name, mode in MODES.items() if mode[1] is None or mode[1].is_file()}
+    chosen = [name for short, name in zip(("default", "keep", "tcmalloc"), MODES, strict=True) if not args.only or short in args.only]
+    modes = {name: MODES[name] for name in chosen if MODES[name][1] is None or MODES[name][1].is_file()}
     results: dict[str, list[dict]] = {name: [] for name in modes}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.jsonl"
@@ -155,8 +148,9 @@ def main() -> None:
         print("| malloc | pairs/s | batch tokens/s | page faults per step |\n|---|---|---|---|")
         for name, run in best.items():
             print(f"| {name} | {run['rows']:.2f} | {run['tokens']:.0f} | {run['faults']:.0f} |")
-    default, kept = (best[name]["rows"] for name in list(MODES)[:2])
-    print(f"keep_freed_memory_speedup: {kept / default:.2f}")
+    if all(name in best for name in list(MODES)[:2]):
+        default, kept = (best[name]["rows"] for name in list(MODES)[:2])
+        print(f"keep_freed_memory_speedup: {kept / default:.2f}")
 
 
 if __name__ == "__main__":
