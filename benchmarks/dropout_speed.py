@@ -15,6 +15,7 @@ attention function before the `LaneDropoutAttention` node), and that node.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -50,6 +51,12 @@ def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return torch.matmul(torch.where(keep, probabilities * (1.0 / keep_probability), probabilities.new_zeros(())), v)
 
 
+def attention_step(attend, qkv: tuple[torch.Tensor, ...], mask: torch.Tensor, bf16: bool, _) -> torch.Tensor:
+    """One attention forward, under bf16 autocast on the bf16 tensors the projections would hand it, or in fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return attend(*(t.to(torch.bfloat16) if bf16 else t for t in qkv), mask)
+
+
 def time_attention(args) -> None:
     """Forward + backward of attention with dropout per implementation, at the chunk shapes a training step runs."""
     keep_freed_memory()  # as training does: without it each call's fresh pages, not the arithmetic, are timed
@@ -68,11 +75,7 @@ def time_attention(args) -> None:
             mask[rows // 2 :, ..., tokens * 3 // 4 :] = False  # half the rows padded
             timings = []
             for attend in paths.values():
-                def step(_, attend=attend):
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        # under autocast the projections hand attention bf16 tensors
-                        inputs = [t.to(torch.bfloat16) if precision == "bf16" else t for t in (q, k, v)]
-                        return attend(*inputs, mask)
+                step = functools.partial(attention_step, attend, (q, k, v), mask, precision == "bf16")
                 calls = max(1, args.calls * 24 * 24 // (tokens * tokens))
                 timings.append(microseconds_per_call(step, q, calls, args.repeats) / 1000)
             sdpa, graph, node = timings

@@ -10,7 +10,9 @@ Reported per arm: rows ("pairs") per second, non-padding tokens per second of th
 training FLOP/s actually executed (6 × non-embedding parameters × non-padding tokens that went
 through the network, plus 12 × layers × hidden × L² per text for attention; a text embedded once
 for several uses counts once) as a fraction of the matmul peak of the arm's precision measured in the
-same run (best of several 2048² matmul timings), and STS-B dev cosine Spearman after the run.
+same run (best of several 2048² matmul timings), STS-B dev cosine Spearman after the run, and page
+faults per timed step (fresh pages: an arm that grows the process's memory pays for them, the arms
+after it reuse that memory; docs/performance.md).
 
 `--precision auto` (the default) trains our arm in bf16 where the hardware computes bf16 natively
 (an AMX-BF16 or AVX512-BF16 CPU, a bf16 GPU; hybridembed.precision) and in fp32 elsewhere. The
@@ -275,7 +277,9 @@ def main() -> None:
           f"{args.steps} steps ({args.warmup} untimed){repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"hybridembed precision {precision}, matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))  # fmt: skip
     spread = " | pairs/s: lowest–highest run" if args.repeats > 1 else ""
-    print(f"| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | STS-B dev Spearman | wall (s) | page faults per timed step{spread} |")
+    print(
+        f"| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | STS-B dev Spearman | wall (s) | page faults per timed step{spread} |"
+    )
     print("|---|---|---|---|---|---|---|---|---|" + ("---|" if spread else ""))
     for name, arm in arms.items():
         p = precision if name.startswith("hybridembed") or name.endswith("=True") else "fp32"

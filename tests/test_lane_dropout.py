@@ -261,3 +261,20 @@ def test_the_dropout_benchmark_prints_a_row_per_tensor_and_dtype(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "float" in line]
     assert len(rows) == 6 and all(float(row.split("|")[-2]) > 0 for row in rows), done.stdout
+
+
+def test_the_attention_benchmark_prints_a_row_per_chunk_and_precision(tmp_path):
+    """benchmarks/dropout_speed.py --attention times SDPA, the autograd graph and the node at every chunk shape."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "dropout_speed.py"), "--attention", "--calls", "1", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("fp32", "bf16")]
+    assert len(rows) == 6 and {row[1] for row in rows} == {"fp32", "bf16"} and all(" × " in row[0] for row in rows), done.stdout
+    assert all(float(value) > 0 for row in rows for value in row[2:5]), done.stdout
