@@ -3,10 +3,10 @@
 On a CPU, `torch.nn.functional.dropout` draws one Bernoulli sample per element through torch's
 generator, about 5 ns each on this project's machine: in a bf16 training step of MiniLM the masks
 cost as much as all the matmuls (docs/performance.md). `lane_dropout` draws one 64-bit word per four
-elements (`torch.randint` over the full int64 range, viewed as int16 lanes) and drops an element when
-its lane falls below ``round(p · 65536)``: the same Bernoulli(p) mask up to p's rounding to 1/65536,
-scaled by the exact keep probability so every element keeps its expectation. Draws come from torch's
-default generator, so a seeded run repeats exactly and a resumed one continues the same stream.
+elements (`random_words`, viewed as int16 lanes) and drops an element when its lane falls below
+``round(p · 65536)``: the same Bernoulli(p) mask up to p's rounding to 1/65536, scaled by the exact
+keep probability so every element keeps its expectation. Each draw is seeded from torch's default
+generator, so a seeded run repeats exactly and a resumed one continues the same stream.
 Elsewhere (CUDA has a fused Philox dropout) it is torch's own dropout.
 
 `use_lane_dropout(model)` swaps every `nn.Dropout` of a model for `LaneDropout` (a subclass, so code
