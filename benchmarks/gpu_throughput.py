@@ -101,7 +101,7 @@ def run_arm(recipe, warmup: int, device: str) -> dict:
     timer = make_timer(counter, warmup)
     trainer.add_callback(timer)
     trainer.train()
-    rows, tokens, flops = timer.rates()
+    rows, tokens, flops, _ = timer.rates()
     memory = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
