@@ -32,6 +32,7 @@ MODES = {
     "glibc malloc, keep_freed_memory: true (hybridembed's default)": (True, None),
     "tcmalloc through LD_PRELOAD": (False, TCMALLOC),
 }
+SHORT_NAMES = dict(zip(("default", "keep", "tcmalloc"), MODES, strict=True))  # --only's names for MODES
 
 
 def long_rows(words: int, rows: int, seed: int = 0) -> list[dict]:
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--encode", action="store_true",
                         help="time encoding instead: `hybridembed encode`'s path (batches of ≤ 32) over the passages, best of two passes")  # fmt: skip
-    parser.add_argument("--only", choices=["default", "keep", "tcmalloc"], action="append",
+    parser.add_argument("--only", choices=list(SHORT_NAMES), action="append",
                         help="run only these settings (repeatable): glibc defaults, keep_freed_memory, tcmalloc")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=lambda v: v == "true", default=True, help=argparse.SUPPRESS)
@@ -115,7 +116,7 @@ def main() -> None:
         return encode_worker(args) if args.encode else worker(args)
     import torch
 
-    chosen = [name for short, name in zip(("default", "keep", "tcmalloc"), MODES, strict=True) if not args.only or short in args.only]
+    chosen = [name for short, name in SHORT_NAMES.items() if not args.only or short in args.only]
     modes = {name: MODES[name] for name in chosen if MODES[name][1] is None or MODES[name][1].is_file()}
     results: dict[str, list[dict]] = {name: [] for name in modes}
     with tempfile.TemporaryDirectory() as tmp:
