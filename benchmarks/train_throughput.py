@@ -11,7 +11,8 @@ training FLOP/s actually executed (6 × non-embedding parameters × non-padding 
 through the network, plus 12 × layers × hidden × L² per text for attention; a text embedded once
 for several uses counts once) as a fraction of the matmul peak of the arm's precision measured in the
 same run (best of several 2048² matmul timings), STS-B dev cosine Spearman after the run, and page
-faults per timed step (fresh pages: an arm that grows the process's memory pays for them, the arms
+the share of the tokens the model computed that were padding (every forward with gradients,
+warm-up included), and page faults per timed step (fresh pages: an arm that grows the process's memory pays for them, the arms
 after it reuse that memory; docs/performance.md).
 
 `--precision auto` (the default) trains our arm in bf16 where the hardware computes bf16 natively
@@ -46,6 +47,7 @@ class RowCounter:
         self.rows = 0
         self.tokens = 0
         self.executed_flops = 0.0  # filled by the model hook: what actually ran through the network
+        self.forward_tokens = self.computed_tokens = 0  # the model hook's real tokens and tokens incl. padding
         self.valid_label_columns = getattr(collate, "valid_label_columns", None)
 
     def __call__(self, batch):
@@ -61,9 +63,12 @@ class RowCounter:
         hidden, layers, params = _shape(model)
 
         def hook(module, args):
-            lengths = args[0]["attention_mask"].sum(dim=1).double()
+            mask = args[0]["attention_mask"]
+            lengths = mask.sum(dim=1).double()
             if torch.is_grad_enabled():
                 self.executed_flops += float(6 * params * lengths.sum() + 12 * layers * hidden * (lengths**2).sum())
+                self.forward_tokens += int(lengths.sum())
+                self.computed_tokens += mask.numel()
 
         model[0].register_forward_pre_hook(hook)
 
@@ -147,7 +152,7 @@ def timed_train(trainer, warmup: int) -> dict:
     trainer.train()
     rows, tokens, flops, faults = timer.rates()
     return {"rows": rows, "tokens": tokens, "flops": flops, "faults": faults, "wall": time.perf_counter() - started,
-            "spearman": stsb_dev_spearman(trainer.model)}  # fmt: skip
+            "padding": 1 - counter.forward_tokens / counter.computed_tokens, "spearman": stsb_dev_spearman(trainer.model)}  # fmt: skip
 
 
 def stsb_dev_spearman(model) -> float:
@@ -278,13 +283,14 @@ def main() -> None:
           f"hybridembed precision {precision}, matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))  # fmt: skip
     spread = " | pairs/s: lowest–highest run" if args.repeats > 1 else ""
     print(
-        f"| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | STS-B dev Spearman | wall (s) | page faults per timed step{spread} |"
+        f"| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | padding share of the tokens computed "
+        f"| STS-B dev Spearman | wall (s) | page faults per timed step{spread} |"
     )
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if spread else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if spread else ""))
     for name, arm in arms.items():
         p = precision if name.startswith("hybridembed") or name.endswith("=True") else "fp32"
         low_high = f" {arm['rows_low']:.1f}–{arm['rows_high']:.1f} |" if spread else ""
-        print(f"| {name} | {p} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peaks[p]:.2f} | "
+        print(f"| {name} | {p} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peaks[p]:.2f} | {arm['padding']:.2f} | "
               f"{arm['spearman']:.4f} | {arm['wall']:.0f} | {arm['faults']:.0f} |{low_high}")  # fmt: skip
     if precision != "fp32":
         same = arms[f"stock SentenceTransformerTrainer, {precision}=True"]

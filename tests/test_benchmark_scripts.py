@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -53,3 +54,15 @@ def test_train_throughput_summarises_repeats_by_median_and_range():
     runs = [{"rows": 30.0, "spearman": 0.8}, {"rows": 10.0, "spearman": 0.8}, {"rows": 20.0, "spearman": 0.9}]
     assert summarise(runs) == {"rows": 20.0, "spearman": 0.8, "rows_low": 10.0, "rows_high": 30.0}
     assert summarise(runs[:2])["rows"] == 20.0  # an even count: the mean of the middle two
+
+
+def test_chunk_cost_fits_a_cost_per_chunk_and_per_token(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "chunk_cost.py"), "--repeats", "1", "--precision", "fp32", "--tables", "1000x32"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line[2:3].isdigit() and " × " in line.split(" | ")[0]]
+    assert len(table) == 4 and [len(line.split(" | ")) for line in table] == [6, 6, 6, 4], done.stdout  # 3 shapes, 1 table
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("per chunk: ") and math.isfinite(float(last.rsplit(": ", 1)[1])), done.stdout

@@ -80,6 +80,27 @@ def test_synchronized_ranks_train_the_same_task_each_step(tmp_path, tiny_bert_di
     assert rank0 == rank1 and len(set(rank0)) > 1
 
 
+def test_sparse_embedding_backward_trains_the_same_weights_under_ddp(tmp_path, tiny_bert_dir):
+    import torch
+
+    weights = {}
+    for sparse in (True, False):
+        folder = tmp_path / str(sparse)
+        folder.mkdir()
+        # chunks of 4 rows: every step embeds its texts in several forwards, each adding its rows to the one gradient
+        recipe = _recipe(folder, tiny_bert_dir, "synchronized", max_steps=4, forward_chunk_rows=4, learning_rate=1e-3, sparse_embedding_backward=sparse)
+        result = torchrun(str(WORKERS / "train_worker.py"), str(recipe), str(folder / "log"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        weights[sparse] = [torch.load(folder / f"log.rank{r}.pt") for r in range(2)]
+    torch.testing.assert_close(weights[True][0], weights[True][1], rtol=0, atol=0)  # DDP kept the ranks equal
+    torch.testing.assert_close(weights[True][0], weights[False][0], rtol=1e-5, atol=1e-6)  # and averaged the same gradient
+    from hybridembed.modeling.model import build_model
+    from hybridembed.recipe import ModelConfig
+
+    untrained = build_model(ModelConfig(backbone=str(tiny_bert_dir)))[0].auto_model.get_input_embeddings().weight.detach()
+    assert (weights[True][0] - untrained).abs().max() > 1e-3  # the rows trained: far more than the tolerance above
+
+
 def test_two_process_run_checkpoints_is_killed_resumes_and_finishes(tmp_path, tiny_bert_dir):
     import time
 

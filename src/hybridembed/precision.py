@@ -11,8 +11,10 @@ flags — not from a timing probe, so the same recipe on the same machine always
 way — for training (recipe `training.precision`) and the benchmarks.
 
 Forward chunks (`training.forward_chunk_rows`): on a CPU, embedding a batch's length-sorted texts in
-chunks of 32 rows cuts padding at little cost per call (docs/performance.md); on a GPU a kernel
-launch costs more than padding, so one forward per batch is the better default.
+chunks of at most 32 rows cuts padding at little cost per call (docs/performance.md); on a GPU a kernel
+launch costs more than padding, so one forward per batch is the better default. Where the chunks are
+cut (`training.forward_chunk_cost_tokens`, hybridembed.losses.forward.ChunkPlan) weighs the padding a
+cut saves against what one more forward and backward costs on a CPU, in tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 CPU_CHUNK_ROWS = 32
+# What one more chunk's forward and backward costs beyond its tokens, in tokens, on a CPU:
+# all-MiniLM-L6-v2 in bf16, fitted by benchmarks/chunk_cost.py (docs/performance.md).
+CPU_CHUNK_COST_TOKENS = 128
 
 
 def resolve_chunk_rows(chunk_rows: int | str | None) -> int | None:
@@ -44,6 +49,11 @@ def resolve_chunk_rows(chunk_rows: int | str | None) -> int | None:
     import torch
 
     return None if torch.cuda.is_available() else CPU_CHUNK_ROWS
+
+
+def resolve_chunk_cost(cost_tokens: int | str | None) -> int | None:
+    """Tokens one more forward chunk costs, for `training.forward_chunk_cost_tokens`; `auto`: the CPU figure; None: fixed chunks."""
+    return CPU_CHUNK_COST_TOKENS if cost_tokens == "auto" else None if cost_tokens is None else int(cost_tokens)
 
 
 def resolve_precision(precision: str) -> str:

@@ -195,6 +195,16 @@ class TrainingConfig(Strict):
         description="embed each batch's texts sorted by length in chunks of this many rows (less padding); null: one forward; "
         "auto: 32 on a CPU, one forward on a GPU (hybridembed.precision)",
     )
+    forward_chunk_cost_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
+        "auto",
+        description="where those chunks are cut: the least tokens computed (padding included) plus this many per chunk, what "
+        "one more forward and backward costs; null: chunks of exactly forward_chunk_rows rows; auto: the CPU figure (hybridembed.precision)",
+    )
+    sparse_embedding_backward: bool = Field(
+        True,
+        description="add each forward's word-embedding gradient rows into one dense gradient per step, not one vocabulary-sized "
+        "gradient per forward chunk (the same gradient; not under DeepSpeed; hybridembed.modeling.embedding_gradient)",
+    )
     packing: bool = Field(
         False,
         description="train on packed (unpadded) forwards: each chunk's rows as one sequence of their real tokens; varlen "

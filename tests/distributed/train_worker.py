@@ -1,8 +1,9 @@
-"""torchrun worker: train a recipe and write this rank's per-step task types (run by test_distributed.py)."""
+"""torchrun worker: train a recipe and write this rank's per-step task types and trained word embeddings (run by test_distributed.py)."""
 
 import json
 import sys
 
+import torch
 import torch.distributed as dist
 
 from hybridembed.distributed import close_process_group
@@ -17,6 +18,7 @@ def main() -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     with open(f"{out_prefix}.rank{rank}.json", "w") as f:
         json.dump({"step_tasks": trainer.step_tasks, "task_batches": dict(trainer.task_batches)}, f)
+    torch.save(trainer.model[0].auto_model.get_input_embeddings().weight.detach(), f"{out_prefix}.rank{rank}.pt")
 
 
 if __name__ == "__main__":

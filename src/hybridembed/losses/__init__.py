@@ -12,7 +12,7 @@ from torch import nn
 from hybridembed.errors import RecipeError
 from hybridembed.losses.cached import CachedLoss
 from hybridembed.losses.cosent import CoSENTLoss
-from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, ChunkRows
 from hybridembed.losses.infonce import InfoNCELoss
 from hybridembed.losses.label_contrastive import LabelContrastiveLoss
 from hybridembed.losses.pearson import PearsonLoss
@@ -53,7 +53,7 @@ def build_loss(
     matryoshka_weights: list[float] | None = None,
     where: str = "losses",
     cache_minibatch_size: int | None = None,
-    forward_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    forward_chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
     preset: str = "hybridembed",
 ) -> nn.Module:
     """Instantiate the configured loss for `task`: optionally gradient-cached, then wrapped in MatryoshkaLoss if dims are given."""

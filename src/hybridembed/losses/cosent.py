@@ -8,7 +8,7 @@ from typing import Any
 from sentence_transformers.sentence_transformer.losses import CoSENTLoss as _STCoSENTLoss
 from torch import Tensor, nn
 
-from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, embed_columns
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, ChunkRows, embed_columns
 from hybridembed.tasks import RowShape
 
 
@@ -33,7 +33,7 @@ class CoSENTLoss(_STCoSENTLoss):
 
     accepts = RowShape.SCORED_PAIR
 
-    def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__(model, scale=1.0 / temperature)  # type: ignore[arg-type]  # typed SentenceTransformer; it only stores the model
         self.temperature = temperature
         self.weight = weight

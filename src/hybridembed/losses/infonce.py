@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybridembed.distributed import active_group, gather_rows
-from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, embed_columns
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, ChunkRows, embed_columns
 from hybridembed.tasks import RowShape
 
 
@@ -53,7 +53,7 @@ class InfoNCELoss(nn.Module):
         weight: float = 1.0,
         bidirectional: bool = False,
         in_batch_negatives: bool = True,
-        chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+        chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS,
     ) -> None:
         super().__init__()
         self.model = model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, ChunkRows
 from hybridembed.losses.infonce import InfoNCELoss
 
 
@@ -30,7 +30,7 @@ class LabelContrastiveLoss(InfoNCELoss):
         value = loss([text_features, label_features, *other_label_features], labels=None)
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 0.05, weight: float = 1.0, chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__(model, temperature, weight, bidirectional=False, in_batch_negatives=False, chunk_rows=chunk_rows)
 
     def get_config_dict(self) -> dict[str, float]:

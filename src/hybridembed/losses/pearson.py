@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, embed_columns
+from hybridembed.losses.forward import DEFAULT_CHUNK_ROWS, ChunkRows, embed_columns
 from hybridembed.tasks import RowShape
 
 
@@ -33,7 +33,7 @@ class PearsonLoss(nn.Module):
 
     accepts = RowShape.SCORED_PAIR
 
-    def __init__(self, model: nn.Module, weight: float = 1.0, temperature: float | None = None, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> None:
+    def __init__(self, model: nn.Module, weight: float = 1.0, temperature: float | None = None, chunk_rows: ChunkRows = DEFAULT_CHUNK_ROWS) -> None:
         super().__init__()
         if temperature is not None:
             raise ValueError("the Pearson loss has no temperature (it is invariant to score scale)")

@@ -26,11 +26,13 @@ from hybridembed.data.streaming import StreamedRows, open_stream
 from hybridembed.distributed import GatherGroups, is_distributed
 from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
+from hybridembed.losses.forward import ChunkPlan
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_recipe, write_training_log
 from hybridembed.modeling.dropout import use_lane_dropout
+from hybridembed.modeling.embedding_gradient import use_sparse_embedding_backward
 from hybridembed.modeling.model import build_model, embedding_dim, write_metadata
 from hybridembed.modeling.packing import enable_packing
-from hybridembed.precision import resolve_chunk_rows, resolve_precision
+from hybridembed.precision import resolve_chunk_cost, resolve_chunk_rows, resolve_precision
 from hybridembed.recipe import DistributedStrategy, Recipe
 from hybridembed.tasks import IN_BATCH_NEGATIVE_TASKS, TaskType
 from hybridembed.training.sampling import DatasetPlan, TaskBatchSampler
@@ -137,10 +139,14 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         enable_packing(model)
     if recipe.training.lane_dropout:
         use_lane_dropout(model)
+    if recipe.training.sparse_embedding_backward and not recipe.deepspeed:  # ZeRO owns the gradients' memory
+        use_sparse_embedding_backward(model)
     dims = recipe.model.matryoshka_dims
     if dims and max(dims) > embedding_dim(model):
         raise RecipeError(f"model.matryoshka_dims {dims} exceed the model's embedding dimension {embedding_dim(model)}")
     losses = {}
+    chunk_rows = resolve_chunk_rows(recipe.training.forward_chunk_rows)
+    chunks = None if chunk_rows is None else ChunkPlan(chunk_rows, resolve_chunk_cost(recipe.training.forward_chunk_cost_tokens))
     for ds in datasets:
         loss_cfg = resolve_loss_config(ds.task, recipe.losses, ds.config.loss)
         losses[ds.name] = build_loss(
@@ -151,7 +157,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
             recipe.model.matryoshka_weights,
             where=f"datasets[{ds.name}].loss",
             cache_minibatch_size=recipe.training.cache_minibatch_size,
-            forward_chunk_rows=resolve_chunk_rows(recipe.training.forward_chunk_rows),
+            forward_chunk_rows=chunks,
             preset=recipe.loss_preset,
         )
     weighted_clipping = None
