@@ -12,6 +12,7 @@ from sentence_transformers.base.losses.gradcache import _create_minibatch
 from sentence_transformers.base.losses.merged_forward import merge_feature_batches
 from torch import Tensor, nn
 
+from hybridembed.padding_cuts import cheapest_cuts
 from hybridembed.precision import CPU_CHUNK_COST_TOKENS, CPU_CHUNK_ROWS
 
 
@@ -37,21 +38,7 @@ class ChunkPlan:
         if self.chunk_cost_tokens is None or rows <= 1:
             return [*range(self.max_rows, rows, self.max_rows), rows]
         width = np.asarray(widths, dtype=np.float64)
-        cost_per_row = width * (1.0 + width / (6.0 * hidden)) if hidden else width
-        best = np.zeros(rows + 1)  # best[e]: least cost of rows [0, e)
-        start = np.zeros(rows + 1, dtype=np.int64)
-        for end in range(1, rows + 1):
-            first = max(0, end - self.max_rows)
-            # a chunk [s, end) costs (end - s) × its widest row: the running maximum from the end
-            widest = np.maximum.accumulate(cost_per_row[first:end][::-1])[::-1]
-            candidates = best[first:end] + (end - np.arange(first, end)) * widest
-            pick = int(np.argmin(candidates))  # ties: the earliest start, i.e. fewer chunks
-            best[end], start[end] = candidates[pick] + self.chunk_cost_tokens, first + pick
-        ends, end = [], rows
-        while end > 0:
-            ends.append(end)
-            end = int(start[end])
-        return ends[::-1]
+        return cheapest_cuts(width * (1.0 + width / (6.0 * hidden)) if hidden else width, self.max_rows, self.chunk_cost_tokens)
 
 
 # Rows per forward chunk, or a ChunkPlan; None: one forward. Chunks of similar length cut padding;

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hybridembed.errors import HybridembedError
+from hybridembed.padding_cuts import cheapest_cuts
 from hybridembed.precision import SERVING_DTYPES, resolve_serving_dtype
 from hybridembed.recipe import BUNDLED_ALIASES
 from hybridembed.serve.batching import InvalidInput
@@ -183,32 +184,19 @@ def _first_rejected(tokenize: Callable[[list[str]], Any], texts: list[str]) -> t
 # What one more forward pass costs beyond its tokens, in padded-token equivalents: the fixed
 # Python and kernel-launch work of a pass, guessed for a small encoder on a CPU. Bigger models
 # make each token dearer and so this smaller; a too-high value only merges passes a little more.
+# (Training's chunks pay a backward too: hybridembed.precision.CPU_CHUNK_COST_TOKENS, measured.)
 PASS_OVERHEAD_TOKENS = 128
 
 
 def plan_passes(counts: np.ndarray, max_rows: int) -> list[np.ndarray]:
     """Rows of each forward pass: the texts sorted by token count (longest first) and cut into
     runs of at most `max_rows` so that padded tokens plus PASS_OVERHEAD_TOKENS per pass is least
-    (exact, by dynamic programming over the cut points; padding costs compute on a CPU, each
-    pass a fixed overhead)."""
+    (hybridembed.padding_cuts; padding costs compute on a CPU, each pass a fixed overhead)."""
     order = np.argsort(-counts, kind="stable")
-    n, cap = len(order), max(1, int(max_rows))
-    if n <= 1:
+    if len(order) <= 1:
         return [order]
-    widths = counts[order].astype(np.float64)  # a pass starting at sorted row i pads to widths[i]
-    best = np.zeros(n + 1)
-    start = np.zeros(n + 1, dtype=np.int64)
-    for end in range(1, n + 1):
-        first = max(0, end - cap)
-        starts = np.arange(first, end)
-        costs = best[first:end] + (end - starts) * widths[first:end] + PASS_OVERHEAD_TOKENS
-        k = int(np.argmin(costs))
-        best[end], start[end] = costs[k], first + k
-    cuts = [n]
-    while cuts[-1]:
-        cuts.append(int(start[cuts[-1]]))
-    cuts.reverse()
-    return [order[a:b] for a, b in zip(cuts, cuts[1:])]
+    ends = cheapest_cuts(counts[order], max_rows, PASS_OVERHEAD_TOKENS)
+    return [order[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def _token_counts(features: Any) -> np.ndarray:
