@@ -105,6 +105,16 @@ def test_train_cli_set_overrides_any_key_and_the_named_flags_win(tmp_path, tiny_
     assert bad.returncode != 0 and "expected KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_null_override_sets_the_key_to_null():
+    from hybridembed.recipe import load_recipe, parse_assignments
+
+    recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    overrides = parse_assignments(["training.forward_chunk_rows=null", "model.projection_dim=null", "model.matryoshka_dims=null"])
+    recipe = load_recipe(recipe_path, overrides)
+    assert recipe.training.forward_chunk_rows is None and recipe.model.projection_dim is None and recipe.model.matryoshka_dims is None
+    assert load_recipe(recipe_path).model.projection_dim is not None  # what the nulls replaced
+
+
 def test_every_required_option_says_so_in_its_help(capsys):
     from hybridembed.cli import build_parser, main
 

@@ -422,7 +422,8 @@ def recipe_from_mapping(raw: Any, base: Path, source: str = "recipe", overrides:
     """Validate a recipe given as a mapping (what the YAML holds); relative paths resolve against `base`.
 
     `overrides` maps dotted keys (``training.learning_rate``) to values; a ``training.*`` override also
-    replaces that key in every stage's own ``training`` section.
+    replaces that key in every stage's own ``training`` section. None sets the key to null (`--set
+    training.forward_chunk_rows=null`); callers leave out the keys they do not override.
     """
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with model/datasets/training/losses keys")
@@ -434,8 +435,6 @@ def recipe_from_mapping(raw: Any, base: Path, source: str = "recipe", overrides:
     if isinstance(raw.get("eval"), dict) and "suite" in raw["eval"]:
         raw["eval"]["suite"] = str(resolve_relative(raw["eval"]["suite"], base))
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from hybridembed.recipe import load_recipe
     from hybridembed.training.stages import run_recipe
 
-    recipe = load_recipe(args.recipe, {"training.max_steps": args.max_steps, "training.output_dir": args.output_dir})
+    named = {"training.max_steps": args.max_steps, "training.output_dir": args.output_dir}
+    recipe = load_recipe(args.recipe, {key: value for key, value in named.items() if value is not None})
     suite = load_suite(args.suite)
     dims = recipe.model.matryoshka_dims
     base = run_suite(load_model(recipe.model.backbone, trust_remote_code=recipe.model.trust_remote_code), suite)
