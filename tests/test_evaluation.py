@@ -241,7 +241,9 @@ def test_named_task_uses_mteb_metadata_when_data_is_served(tiny, sts_rows, monke
     gold = [float(r["score"]) for r in sts_rows]
     cos = _cos(tiny.encode([r["sentence1"] for r in sts_rows]), tiny.encode([r["sentence2"] for r in sts_rows]))
     assert entry["type"] == "sts" and entry["split"] == "test"
-    assert entry["dims"]["64"]["main_score"] == pytest.approx(spearmanr(gold, cos)[0], abs=1e-4)
+    # mteb embeds the texts in batches of its own: float noise (~1e-7) reorders near-tied cosines of the
+    # random tiny model, which moved the Spearman by 2e-4 in one run; a wrong split or column moves it by ~0.1
+    assert entry["dims"]["64"]["main_score"] == pytest.approx(spearmanr(gold, cos)[0], abs=2e-3)
 
 
 def test_named_task_offline_fails_with_one_line(tiny, monkeypatch):
