@@ -195,6 +195,11 @@ def setting(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def settings_row(text: str) -> tuple[tuple[str, object], ...]:
+    """`KEY=VALUE[;KEY=VALUE...]` of `--also`: one row of our arm with all of these settings changed."""
+    return tuple(setting(part.strip()) for part in text.split(";") if part.strip())
+
+
 def run_stock(steps: int, warmup: int, batch_size: int, out: str, precision: str) -> dict:
     """The stock trainer with its defaults, and `bf16=True` (its own autocast) when `precision` is bf16."""
     import torch
@@ -250,9 +255,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="our arm's training.precision (auto: bf16 on a CPU with AMX-BF16 or AVX512-BF16 or a bf16 GPU, else fp32)")  # fmt: skip
-    parser.add_argument("--also", type=setting, action="append", default=[], metavar="KEY=VALUE",
-                        help=f"also time our arm with this recipe setting changed (a row each; ours sets {OURS}), "
-                        "e.g. --also training.lane_dropout=false --also training.packing=true")  # fmt: skip
+    parser.add_argument("--also", type=settings_row, action="append", default=[], metavar="KEY=VALUE[;KEY=VALUE...]",
+                        help=f"also time our arm with these recipe settings changed (a row each; ours sets {OURS}), "
+                        "e.g. --also training.lane_dropout=false --also 'training.packing=true;training.forward_chunk_rows=null'")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every arm this many times, in turn (ours, the --also rows, stock, ...), and report medians and the range")  # fmt: skip
     args = parser.parse_args()
@@ -266,8 +271,9 @@ def main() -> None:
         for repeat in range(args.repeats):  # in turn, so a slow spell of the machine spreads over every arm
             sizes = (args.steps, args.warmup, args.batch_size)
             runs.setdefault("hybridembed", []).append(run_ours(*sizes, f"{tmp}/ours-{repeat}", precision, OURS))
-            for i, (key, value) in enumerate(args.also):
-                runs.setdefault(f"hybridembed, {key}: {value}", []).append(run_ours(*sizes, f"{tmp}/also-{i}-{repeat}", precision, {**OURS, key: value}))
+            for i, row in enumerate(args.also):
+                name = "hybridembed, " + ", ".join(f"{key}: {value}" for key, value in row)
+                runs.setdefault(name, []).append(run_ours(*sizes, f"{tmp}/also-{i}-{repeat}", precision, {**OURS, **dict(row)}))
             runs.setdefault("stock SentenceTransformerTrainer", []).append(run_stock(*sizes, f"{tmp}/stock-{repeat}", "fp32"))
             if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
                 runs.setdefault(f"stock SentenceTransformerTrainer, {precision}=True", []).append(

@@ -66,3 +66,11 @@ def test_chunk_cost_fits_a_cost_per_chunk_and_per_token(tmp_path):
     assert len(table) == 4 and [len(line.split(" | ")) for line in table] == [6, 6, 6, 4], done.stdout  # 3 shapes, 1 table
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("per chunk: ") and math.isfinite(float(last.rsplit(": ", 1)[1])), done.stdout
+
+
+def test_train_throughput_rows_can_change_several_settings():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_throughput import settings_row
+
+    assert settings_row("training.packing=true; training.forward_chunk_rows=null") == (("training.packing", True), ("training.forward_chunk_rows", None))
+    assert settings_row("training.lane_dropout=false") == (("training.lane_dropout", False),)

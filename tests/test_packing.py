@@ -16,12 +16,12 @@ def _texts() -> list[str]:
     return ["", sentences[0], sentences[0], "a", " ".join(sentences[1:9]), *sentences[10:15]]
 
 
-def _models(backbone, device: str):
+def _models(backbone, device: str, attention: str = "sdpa"):
     from hybridembed.modeling.model import build_model
     from hybridembed.modeling.packing import enable_packing
     from hybridembed.recipe import ModelConfig
 
-    config = ModelConfig(backbone=str(backbone), max_seq_length=48, pooling="mean", projection_dim=96, normalize=True)
+    config = ModelConfig(backbone=str(backbone), max_seq_length=48, pooling="mean", projection_dim=96, normalize=True, attn_implementation=attention)
     padded, packed = build_model(config).to(device), build_model(config).to(device)
     packed.load_state_dict(padded.state_dict())
     enable_packing(packed)
@@ -38,21 +38,37 @@ def _embed(model, texts: list[str], device: str) -> torch.Tensor:
     return model(features)["sentence_embedding"]
 
 
-@pytest.mark.parametrize("bin_tokens", [512, 16], ids=["one-bin", "many-bins"])
+# sdpa: one packed sequence, attention per bucket of rows (BUCKET_COST_SCORES 0: a bucket per length);
+# eager: block-diagonal masks in bins of BIN_TOKENS (16: several bins with empty slots at their ends).
+PATHS = {"buckets": ("sdpa", {"BUCKET_COST_SCORES": 0}), "one-bucket": ("sdpa", {"BUCKET_COST_SCORES": 10**9}),
+         "bins": ("eager", {"BIN_TOKENS": 16}), "one-bin": ("eager", {"BIN_TOKENS": 512})}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta"])
-def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, bin_tokens, device, tmp_path, monkeypatch):
+def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, path, device, tmp_path, monkeypatch):
     from hybridembed.modeling import packing
     from hybridembed.modeling.tiny import build_tiny_backbone
 
-    monkeypatch.setattr(packing, "BIN_TOKENS", bin_tokens)  # 16: several bins with empty slots at their ends
+    attention, settings = PATHS[path]
+    for name, value in settings.items():
+        monkeypatch.setattr(packing, name, value)
+    buckets = []
+    plan_buckets = packing._plan_buckets
+    monkeypatch.setattr(packing, "_plan_buckets", lambda cumulative: buckets.append(plan_buckets(cumulative)) or buckets[-1])
 
     backbone = build_tiny_backbone(tmp_path / kind, corpus_sentences(), kind=kind)
-    padded, packed = _models(backbone, device)
+    padded, packed = _models(backbone, device, attention)
     shapes = []
     packed[0].auto_model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True)
     texts = _texts()
     reference, result = _embed(padded, texts, device), _embed(packed, texts, device)
-    assert (shapes[0][0] > 1) == (bin_tokens == 16)
+    assert (shapes[0][0] > 1) == (path == "bins")
+    # the plan is made once per forward, not once per layer; a bucket per distinct length, or one
+    assert len(buckets) == (attention == "sdpa")
+    if buckets:
+        lengths = packed.tokenize(texts)["attention_mask"].sum(dim=1)
+        assert len(buckets[0][0]) == (len(set(lengths.tolist())) if path == "buckets" else 1)
     assert result.device.type == device and result.shape == reference.shape
     torch.testing.assert_close(result, reference, atol=2e-5, rtol=1e-4)
     weights = torch.linspace(-1, 1, reference.numel(), device=device).view_as(reference)

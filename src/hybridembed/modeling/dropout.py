@@ -168,7 +168,10 @@ def use_lane_dropout(model: nn.Module) -> int:
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    AttentionInterface.register(ATTENTION_NAME, sdpa_lane_dropout_attention)
+    from hybridembed.modeling.packing import PACKED_SDPA, bucketed_attention
+
+    # bucketed: the same function, and packed forwards (training.packing) run through it per bucket of rows
+    AttentionInterface.register(ATTENTION_NAME, bucketed_attention(sdpa_lane_dropout_attention))
     # Without a mask function of its own name transformers would build no padding mask at all for it.
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
     swapped = 0
@@ -179,6 +182,6 @@ def use_lane_dropout(model: nn.Module) -> int:
                 swapped += 1
         config = getattr(parent, "config", None)
         set_attention = getattr(parent, "set_attn_implementation", None)  # transformers' PreTrainedModel method
-        if config is not None and getattr(config, "_attn_implementation", None) == "sdpa" and callable(set_attention):
+        if config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", PACKED_SDPA) and callable(set_attention):
             set_attention(ATTENTION_NAME)
     return swapped

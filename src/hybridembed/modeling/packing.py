@@ -9,11 +9,16 @@ at the backbone's first position) and keeps rows from attending to each other:
 * `flash_attention_2` / `flash_attention_3` backbones (`model.attn_implementation`) get transformers'
   varlen arguments (`cu_seq_lens_q/k`, `max_length_q/k`) and no mask, so attention runs over each
   row's own tokens only — FLOPs and memory proportional to the real tokens (the GPU path);
-* `sdpa` and `eager` get rows packed in order into bins of at most `BIN_TOKENS` tokens (or the
-  longest row) with a block-diagonal boolean mask per bin. The result is the same as the padded
-  forward, but attention then covers (bin length)² per bin instead of Σ(row tokens)², so this path is
-  for checking correctness anywhere and for backbones without a varlen kernel, not a speed-up on its
-  own (docs/performance.md has the measurement).
+* `sdpa` backbones (and lane dropout's attention, hybridembed.modeling.dropout) get the same varlen
+  arguments, and an attention function (`bucketed_attention`) that gathers the rows' queries, keys
+  and values into buckets of rows of similar length, each padded to its longest row with a key
+  mask, runs the dense attention per bucket and scatters the real tokens back: the linear layers,
+  LayerNorms and GELUs (most of the FLOPs) see only real tokens, in one forward, and attention pays
+  a bucket's padding only (the CPU path; buckets are cut by hybridembed.padding_cuts);
+* `eager` gets rows packed in order into bins of at most `BIN_TOKENS` tokens (or the longest row)
+  with a block-diagonal boolean mask per bin: the same result, but attention covers (bin length)²
+  per bin instead of Σ(row tokens)², so it is for checking correctness, not speed
+  (docs/performance.md has the measurement).
 
 The per-token outputs are scattered back to the padded (rows, length, hidden) layout before the
 pooling module, so every sentence-transformers module after the encoder (pooling of any kind, Dense,
@@ -24,13 +29,16 @@ the same sentence-transformers folder with or without packing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MethodType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from hybridembed.errors import RecipeError
+from hybridembed.padding_cuts import cheapest_cuts
 
 # model_type → first position id. BERT-style models count from 0; RoBERTa-style ones from padding_idx + 1
 # (their embeddings derive position ids from input_ids when none are given, which packing must reproduce).
@@ -39,6 +47,13 @@ FIRST_POSITION: dict[str, str | int] = {"bert": 0, "roberta": "padding_idx+1", "
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 # Tokens per bin of the masked path: bounds its (bin length)² attention mask and scores.
 BIN_TOKENS = 512
+# The attention function packed sdpa backbones get (bucketed_attention over transformers' sdpa).
+PACKED_SDPA = "hybridembed_packed_sdpa"
+# What one more attention bucket costs beyond its scores, in scores per head: a bucket adds ~10
+# operator calls (gathers, two matmuls, softmax, the scatter) forward and backward, about the work
+# of one 128-token row's attention for a small encoder on a CPU.
+BUCKET_COST_SCORES = 128 * 128
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "position_ids")
 
 
 def first_position(config: Any) -> int:
@@ -59,6 +74,14 @@ def enable_packing(model: Any) -> None:
         )
     if getattr(config, "is_decoder", False):
         raise RecipeError("training.packing: the backbone is configured as a decoder (causal attention); packing supports encoders")
+    if getattr(config, "_attn_implementation", None) == "sdpa":
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.masking_utils import sdpa_mask
+
+        AttentionInterface.register(PACKED_SDPA, bucketed_attention(sdpa_attention_forward))
+        AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)  # eval runs padded, with sdpa's padding mask
+        transformer.auto_model.set_attn_implementation(PACKED_SDPA)
     padded_forward = transformer.forward
     transformer.forward = MethodType(lambda self, features, **kwargs: packed_forward(self, features, padded_forward, **kwargs), transformer)
 
@@ -78,7 +101,7 @@ def packed_forward(transformer: Any, features: dict[str, Any], padded_forward: A
     token_columns = {"input_ids": features["input_ids"][keep], "position_ids": position_in_row + first_position(backbone.config)}
     if features.get("token_type_ids") is not None:
         token_columns["token_type_ids"] = features["token_type_ids"][keep]
-    if backbone.config._attn_implementation in VARLEN_ATTENTION:
+    if backbone.config._attn_implementation in VARLEN_ATTENTION or runs_packed_rows(backbone.config._attn_implementation):
         # One sequence of every real token; the kernel keeps each row to itself (cu_seq_lens).
         cumulative = torch.zeros(rows + 1, dtype=torch.int32, device=mask.device)
         cumulative[1:] = lengths.cumsum(dim=0)
@@ -92,6 +115,91 @@ def packed_forward(transformer: Any, features: dict[str, Any], padded_forward: A
     token_embeddings[keep] = hidden
     features[transformer.module_output_name] = token_embeddings
     return features
+
+
+def runs_packed_rows(attention_name: str) -> bool:
+    """Whether transformers' attention function of that name is a `bucketed_attention` (takes one packed sequence)."""
+    from transformers import AttentionInterface
+
+    return getattr(AttentionInterface().get(attention_name), "runs_packed_rows", False)
+
+
+def bucketed_attention(attention: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
+    """An attention function that runs packed inputs (one sequence, `cu_seq_lens_q`) per bucket of rows; others go to `attention`.
+
+    `attention` takes transformers' attention arguments (module, query, key, value, mask, dropout,
+    scaling) on (batch, heads, length, head_dim) and returns (batch, length, heads, head_dim). A
+    bucket's rows are padded to its longest; padded slots repeat a real token and are masked as keys
+    and dropped as queries, so every real token gets exactly its own row's attention.
+    """
+
+    def run(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, dropout: float = 0.0,
+            scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:  # fmt: skip
+        cumulative = kwargs.get("cu_seq_lens_q")
+        if cumulative is None or query.shape[0] != 1:
+            return attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        rest = {k: v for k, v in kwargs.items() if k not in VARLEN_KEYS}
+        parts = []
+        for gather, keys, real in _buckets(cumulative):
+            q, k, v = (x[0][:, gather].transpose(0, 1) for x in (query, key, value))  # (rows, heads, width, head_dim)
+            attended, _ = attention(module, q, k, v, keys, dropout=dropout, scaling=scaling, **rest)
+            parts.append(attended[real])  # (real tokens, heads, head_dim), in bucket order
+        order = _buckets.inverse(cumulative)
+        return torch.cat(parts)[order].unsqueeze(0), None
+
+    run.runs_packed_rows = True  # type: ignore[attr-defined]
+    return run
+
+
+class _BucketPlans:
+    """The buckets of one packed forward, computed once from its `cu_seq_lens_q` and kept on that tensor for every layer."""
+
+    ATTRIBUTE = "_hybridembed_buckets"
+
+    def __call__(self, cumulative: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
+        return self._plan(cumulative)[0]
+
+    def inverse(self, cumulative: Tensor) -> Tensor:
+        return self._plan(cumulative)[1]
+
+    def _plan(self, cumulative: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor]], Tensor]:
+        cached = getattr(cumulative, self.ATTRIBUTE, None)
+        if cached is None:
+            cached = _plan_buckets(cumulative)
+            setattr(cumulative, self.ATTRIBUTE, cached)
+        return cached
+
+
+_buckets = _BucketPlans()
+
+
+def _plan_buckets(cumulative: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor]], Tensor]:
+    """(per bucket: token index (rows, width), key mask (rows, 1, 1, width), real-slot mask (rows, width)), and the inverse order.
+
+    Rows sorted by length are cut where a bucket's padded scores, (rows × width²), plus
+    BUCKET_COST_SCORES per bucket are least; the inverse order maps the buckets' real tokens, taken
+    bucket by bucket, back to the packed sequence.
+    """
+    device = cumulative.device
+    starts = cumulative[:-1].tolist()
+    lengths = np.diff(cumulative.tolist())
+    by_length = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[by_length].astype(np.float64)
+    ends = cheapest_cuts(sorted_lengths**2, len(sorted_lengths), BUCKET_COST_SCORES)
+    buckets, taken = [], []
+    for begin, end in zip([0, *ends[:-1]], ends):
+        rows = by_length[begin:end]
+        width = int(lengths[rows].max())
+        slots = np.arange(width)
+        real = slots[None, :] < lengths[rows][:, None]
+        tokens = np.asarray(starts)[rows][:, None] + np.where(real, slots[None, :], 0)  # padded slots repeat the row's first token
+        gather = torch.as_tensor(tokens, device=device)
+        real_mask = torch.as_tensor(real, device=device)
+        buckets.append((gather, real_mask[:, None, None, :], real_mask))
+        taken.append(tokens[real])
+    inverse = np.empty(int(lengths.sum()), dtype=np.int64)
+    inverse[np.concatenate(taken)] = np.arange(inverse.size)
+    return buckets, torch.as_tensor(inverse, device=device)
 
 
 def _masked_bins_forward(backbone: Any, columns: dict[str, Tensor], row_of_token: Tensor, position_in_row: Tensor, lengths: Tensor) -> Tensor:
@@ -125,5 +233,7 @@ def _masked_bins_forward(backbone: Any, columns: dict[str, Tensor], row_of_token
     segment[token_bin, token_slot] = row_of_token
     same_row = (segment.unsqueeze(2) == segment.unsqueeze(1)) & (segment.unsqueeze(2) >= 0)
     same_row |= torch.eye(bin_length, dtype=torch.bool, device=device)
-    hidden = backbone(**inputs, attention_mask=same_row.unsqueeze(1), return_dict=True).last_hidden_state
+    # additive: eager attention adds the mask to the scores (a boolean one would be added as 0/1)
+    blocked = torch.zeros(same_row.shape, dtype=backbone.dtype, device=device).masked_fill_(~same_row, torch.finfo(backbone.dtype).min)
+    hidden = backbone(**inputs, attention_mask=blocked.unsqueeze(1), return_dict=True).last_hidden_state
     return hidden[token_bin, token_slot]
