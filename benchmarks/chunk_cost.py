@@ -1,8 +1,8 @@
 """What one more forward chunk costs in a training step, in tokens: the figure behind `training.forward_chunk_cost_tokens: auto`.
 
 Embeds the same rows — R rows of L tokens — as 1, 2, 4 and 8 chunks inside one autocast region
-with one backward, as the trainer does (train_throughput.py's arm: all-MiniLM-L6-v2 → 768, lane
-dropout, the precision `auto` picks here), for a few (R, L), and fits
+with one backward, as the trainer does (train_throughput.py's arm with padded chunks: all-MiniLM-L6-v2
+→ 768, lane dropout, packing off, the precision `auto` picks here), for a few (R, L), and fits
     time = seconds_per_chunk × chunks + seconds_per_token × tokens
 by least squares. seconds_per_chunk / seconds_per_token is the chunk cost in tokens. Then, for
 word-embedding tables of `--tables` sizes (MiniLM's 30522 × 384; XLM-RoBERTa-large's, as in
@@ -27,6 +27,8 @@ from train_throughput import OURS, recipe, setting
 
 SHAPES = [(32, 12), (32, 38), (16, 72)]
 CHUNKS = [1, 2, 4, 8]
+# train_throughput's arm with padded chunks: packed forwards (its default) are not cut by this cost
+UNPACKED = {**OURS, "training.packing": False}
 TABLES = "30522x384,250002x1024"
 
 
@@ -84,7 +86,7 @@ def main() -> None:
     precision = resolve_precision(args.precision)
     dtype = torch.bfloat16 if precision == "bf16" else None
     with tempfile.TemporaryDirectory() as tmp:
-        model = prepare_training(recipe(1, 32, tmp, precision, {**OURS, **dict(args.set)})).model
+        model = prepare_training(recipe(1, 32, tmp, precision, {**UNPACKED, **dict(args.set)})).model
     model.train()
     generator = torch.Generator().manual_seed(0)
     batches = {shape: features(*shape, generator) for shape in SHAPES}
@@ -98,7 +100,7 @@ def main() -> None:
     medians = {config: float(np.median(values)) for config, values in timings.items()}
     design = np.array([[chunks, rows * length] for (rows, length), chunks in configs], dtype=np.float64)
     per_chunk, per_token = np.linalg.lstsq(design, np.array([medians[c] for c in configs]), rcond=None)[0]
-    settings = ", ".join(f"{k}={v}" for k, v in {**OURS, **dict(args.set)}.items())
+    settings = ", ".join(f"{k}={v}" for k, v in {**UNPACKED, **dict(args.set)}.items())
     print()
     print(f"all-MiniLM-L6-v2 → 768, {settings}, precision {precision}, torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print("| rows × tokens | " + " | ".join(f"{c} chunk{'s' if c > 1 else ''} (ms)" for c in CHUNKS) + " | fitted (ms) at 1 / 8 chunks |")

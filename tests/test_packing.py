@@ -135,9 +135,16 @@ def test_unsupported_backbones_are_a_recipe_error(tiny_decoder_dir):
         enable_packing(model)
 
 
-def test_a_recipe_with_packing_trains(tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("lane_dropout", [False, True])
+def test_a_recipe_with_packing_trains(tiny_bert_dir, tmp_path, lane_dropout, monkeypatch):
+    from hybridembed.modeling import dropout
+    from hybridembed.modeling.packing import runs_packed_rows
     from hybridembed.recipe import Recipe
     from hybridembed.training.builder import prepare_training
+
+    bucket_shapes = []  # lane dropout's attention node, called per bucket of the packed rows
+    apply = dropout.LaneDropoutAttention.apply
+    monkeypatch.setattr(dropout.LaneDropoutAttention, "apply", lambda q, *rest: bucket_shapes.append(q.shape) or apply(q, *rest))
 
     sentences = corpus_sentences(200)
     data = tmp_path / "pairs.jsonl"
@@ -147,12 +154,15 @@ def test_a_recipe_with_packing_trains(tiny_bert_dir, tmp_path):
         {
             "model": {"backbone": str(tiny_bert_dir), "max_seq_length": 32, "matryoshka_dims": [64, 32]},
             "datasets": [{"path": str(data), "task": "retrieval", "batch_size": 8}],
-            "training": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "packing": True, "report_to": [], "logging_steps": 1},
+            "training": {"output_dir": str(tmp_path / "out"), "max_steps": 2, "packing": True, "report_to": [], "logging_steps": 1,
+                         "lane_dropout": lane_dropout},
         }
-    )
+    )  # fmt: skip
     trainer = prepare_training(recipe)
+    assert runs_packed_rows(trainer.model[0].auto_model.config._attn_implementation)
     trainer.train()
     assert [e["loss"] > 0 for e in trainer.state.log_history if "loss" in e] == [True, True]
+    assert bool(bucket_shapes) == lane_dropout and (not lane_dropout or max(s[0] for s in bucket_shapes) > 1)  # rows per bucket, not one sequence
 
 
 def test_the_prepared_gpu_check_runs_on_this_machine(tmp_path):

@@ -48,13 +48,14 @@ def test_an_explicit_precision_is_kept(chosen):
     assert precision.resolve_precision(chosen) == chosen
 
 
-def test_forward_chunk_rows_auto_is_32_on_a_cpu_and_one_forward_on_a_gpu(monkeypatch):
+def test_forward_chunk_rows_auto_is_32_on_a_cpu_256_packed_and_one_forward_on_a_gpu(monkeypatch):
     assert TrainingConfig().forward_chunk_rows == "auto"
     assert precision.resolve_chunk_rows(8) == 8 and precision.resolve_chunk_rows(None) is None
+    assert precision.resolve_chunk_rows(8, packing=True) == 8
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert precision.resolve_chunk_rows("auto") == 32
+    assert precision.resolve_chunk_rows("auto") == 32 and precision.resolve_chunk_rows("auto", packing=True) == 256
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert precision.resolve_chunk_rows("auto") is None
+    assert precision.resolve_chunk_rows("auto") is None and precision.resolve_chunk_rows("auto", packing=True) is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, "fast"])

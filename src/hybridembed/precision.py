@@ -12,7 +12,9 @@ way — for training (recipe `training.precision`) and the benchmarks.
 
 Forward chunks (`training.forward_chunk_rows`): on a CPU, embedding a batch's length-sorted texts in
 chunks of at most 32 rows cuts padding at little cost per call (docs/performance.md); on a GPU a kernel
-launch costs more than padding, so one forward per batch is the better default. Where the chunks are
+launch costs more than padding, so one forward per batch is the better default. Packed forwards
+(`training.packing`) have no padding to save, so on a CPU they take chunks of up to 256 rows, cut
+every 256. Where the unpacked chunks are
 cut (`training.forward_chunk_cost_tokens`, hybridembed.losses.forward.ChunkPlan) weighs the padding a
 cut saves against what one more forward and backward costs on a CPU, in tokens.
 """
@@ -37,18 +39,21 @@ def cpu_has_native_bf16() -> bool:
 
 
 CPU_CHUNK_ROWS = 32
+# Packed forwards (training.packing) compute no padding, so fewer, larger chunks only save calls; the
+# bound keeps a chunk's activations in memory (real tokens of at most this many rows).
+CPU_PACKED_CHUNK_ROWS = 256
 # What one more chunk's forward and backward costs beyond its tokens, in tokens, on a CPU:
 # all-MiniLM-L6-v2 in bf16, fitted by benchmarks/chunk_cost.py (docs/performance.md).
 CPU_CHUNK_COST_TOKENS = 128
 
 
-def resolve_chunk_rows(chunk_rows: int | str | None) -> int | None:
-    """Rows per forward chunk for `training.forward_chunk_rows`; `auto`: 32 on a CPU, one forward (None) on a GPU."""
+def resolve_chunk_rows(chunk_rows: int | str | None, packing: bool = False) -> int | None:
+    """Rows per forward chunk for `training.forward_chunk_rows`; `auto`: 32 on a CPU (256 packed), one forward (None) on a GPU."""
     if chunk_rows != "auto":
         return None if chunk_rows is None else int(chunk_rows)
     import torch
 
-    return None if torch.cuda.is_available() else CPU_CHUNK_ROWS
+    return None if torch.cuda.is_available() else CPU_PACKED_CHUNK_ROWS if packing else CPU_CHUNK_ROWS
 
 
 def resolve_chunk_cost(cost_tokens: int | str | None) -> int | None:

@@ -192,8 +192,8 @@ class TrainingConfig(Strict):
     cache_minibatch_size: int | None = Field(None, gt=0, description="GradCache: embed batches in chunks of this many rows")
     forward_chunk_rows: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
         "auto",
-        description="embed each batch's texts sorted by length in chunks of this many rows (less padding); null: one forward; "
-        "auto: 32 on a CPU, one forward on a GPU (hybridembed.precision)",
+        description="embed each batch's texts sorted by length in chunks of at most this many rows (less padding); null: one "
+        "forward; auto: 32 on a CPU (256 with packing), one forward on a GPU (hybridembed.precision)",
     )
     forward_chunk_cost_tokens: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
         "auto",

@@ -145,8 +145,10 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
     if dims and max(dims) > embedding_dim(model):
         raise RecipeError(f"model.matryoshka_dims {dims} exceed the model's embedding dimension {embedding_dim(model)}")
     losses = {}
-    chunk_rows = resolve_chunk_rows(recipe.training.forward_chunk_rows)
-    chunks = None if chunk_rows is None else ChunkPlan(chunk_rows, resolve_chunk_cost(recipe.training.forward_chunk_cost_tokens))
+    chunk_rows = resolve_chunk_rows(recipe.training.forward_chunk_rows, recipe.training.packing)
+    # packed chunks compute no padding: the cuts that save it do not apply, only the row bound
+    cost = None if recipe.training.packing else resolve_chunk_cost(recipe.training.forward_chunk_cost_tokens)
+    chunks = None if chunk_rows is None else ChunkPlan(chunk_rows, cost)
     for ds in datasets:
         loss_cfg = resolve_loss_config(ds.task, recipe.losses, ds.config.loss)
         losses[ds.name] = build_loss(
