@@ -60,22 +60,20 @@ class RowCounter:
         """Add the training FLOPs of every forward the model runs: 6 × params × tokens + 12 × layers × hidden × L²."""
         import torch
 
+        from hybridembed.modeling.packing import packs_rows
+
         hidden, layers, params = _shape(model)
 
         def hook(module, args):
-            lengths = args[0]["attention_mask"].sum(dim=1).double()
+            mask = args[0]["attention_mask"]
+            lengths = mask.sum(dim=1).double()
             if torch.is_grad_enabled():
                 self.executed_flops += float(6 * params * lengths.sum() + 12 * layers * hidden * (lengths**2).sum())
-
-        def count_padding(module, args, kwargs):
-            # what the backbone itself gets: padded rows, or one packed sequence of real tokens (training.packing)
-            ids, mask = kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask")
-            if torch.is_grad_enabled() and ids is not None:
-                self.computed_tokens += ids.numel()
-                self.forward_tokens += ids.numel() if mask is None or mask.ndim != 2 else int(mask.sum())
+                self.forward_tokens += int(lengths.sum())
+                # a packed forward (training.packing) computes only the real tokens outside attention
+                self.computed_tokens += int(lengths.sum()) if packs_rows(module) else mask.numel()
 
         model[0].register_forward_pre_hook(hook)
-        model[0].auto_model.register_forward_pre_hook(count_padding, with_kwargs=True)
 
 
 def make_timer(counter: RowCounter, warmup: int):

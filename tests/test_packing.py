@@ -84,7 +84,10 @@ def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, pat
 def test_packing_runs_only_while_training_and_saves_a_stock_folder(tiny_bert_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
+    from hybridembed.modeling.packing import packs_rows
+
     padded, packed = _models(tiny_bert_dir, "cpu")
+    assert packs_rows(packed[0]) and not packs_rows(padded[0])
     calls = []
     backbone = packed[0].auto_model
     hook = backbone.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape), with_kwargs=True)

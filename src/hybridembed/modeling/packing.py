@@ -53,6 +53,7 @@ PACKED_SDPA = "hybridembed_packed_sdpa"
 # operator calls (gathers, two matmuls, softmax, the scatter) forward and backward, about the work
 # of one 128-token row's attention for a small encoder on a CPU.
 BUCKET_COST_SCORES = 128 * 128
+PACKED_MARK = "_hybridembed_packs_rows"  # set on a Transformer module by enable_packing
 VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "position_ids")
 
 
@@ -83,7 +84,13 @@ def enable_packing(model: Any) -> None:
         AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)  # eval runs padded, with sdpa's padding mask
         transformer.auto_model.set_attn_implementation(PACKED_SDPA)
     padded_forward = transformer.forward
+    setattr(transformer, PACKED_MARK, True)
     transformer.forward = MethodType(lambda self, features, **kwargs: packed_forward(self, features, padded_forward, **kwargs), transformer)
+
+
+def packs_rows(transformer: Any) -> bool:
+    """Whether `enable_packing` made this Transformer module run packed forwards while it trains."""
+    return bool(getattr(transformer, PACKED_MARK, False))
 
 
 def packed_forward(transformer: Any, features: dict[str, Any], padded_forward: Any, **kwargs: Any) -> dict[str, Any]:
