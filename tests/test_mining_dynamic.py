@@ -140,6 +140,7 @@ WORKER = """
 import json, sys
 import torch.distributed as dist
 from hybridembed.recipe import Recipe
+from hybridembed.distributed import close_process_group
 from hybridembed.training.builder import prepare_training
 
 trainer = prepare_training(Recipe.model_validate(json.load(open(sys.argv[1]))))
@@ -153,7 +154,9 @@ result = {
     "local": [e.__dict__ for e in miner.history],
     "own_rows": miner.upcoming_rows(3, 3).get("pool", []),
 }
-json.dump(result, open(f"{sys.argv[2]}.rank{rank}.json", "w"))
+with open(f"{sys.argv[2]}.rank{rank}.json", "w") as f:
+    json.dump(result, f)
+close_process_group()  # every rank done: a rank leaving with its gloo group alive can abort at exit
 """
 
 

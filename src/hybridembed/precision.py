@@ -12,11 +12,10 @@ way — for training (recipe `training.precision`) and the benchmarks.
 
 Forward chunks (`training.forward_chunk_rows`): on a CPU, embedding a batch's length-sorted texts in
 chunks of at most 32 rows cuts padding at little cost per call (docs/performance.md); on a GPU a kernel
-launch costs more than padding, so one forward per batch is the better default. Packed forwards
-(`training.packing`) have no padding to save, so on a CPU they take chunks of up to 256 rows, cut
-every 256. Where the unpacked chunks are
-cut (`training.forward_chunk_cost_tokens`, hybridembed.losses.forward.ChunkPlan) weighs the padding a
-cut saves against what one more forward and backward costs on a CPU, in tokens.
+launch costs more than padding, so one forward per batch is the better default. Where padded chunks
+are cut (`training.forward_chunk_cost_tokens`, hybridembed.losses.forward.ChunkPlan) weighs the
+padding a cut saves against what one more forward and backward costs on a CPU, in tokens. Packed
+forwards (`training.packing`) have no padding to save, so on a CPU they take chunks of up to 256 rows.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ at the backbone's first position) and keeps rows from attending to each other:
   LayerNorms and GELUs (most of the FLOPs) see only real tokens, in one forward, and attention pays
   a bucket's padding only (the CPU path; buckets are cut by hybridembed.padding_cuts);
 * `eager` gets rows packed in order into bins of at most `BIN_TOKENS` tokens (or the longest row)
-  with a block-diagonal boolean mask per bin: the same result, but attention covers (bin length)²
+  with a block-diagonal additive mask per bin: the same result, but attention covers (bin length)²
   per bin instead of Σ(row tokens)², so it is for checking correctness, not speed
   (docs/performance.md has the measurement).
 
