@@ -121,3 +121,20 @@ def test_two_process_run_checkpoints_is_killed_resumes_and_finishes(tmp_path, ti
     assert 3 <= resumed_from < 100
     meta = json.loads((tmp_path / "out" / "hybridembed.json").read_text())
     assert meta["global_step"] == 100
+
+
+def test_a_finished_run_leaves_after_its_threads_and_atexit_handlers_and_without_teardown(tmp_path):
+    out = tmp_path / "finish"
+    result = torchrun(str(WORKERS / "finish_worker.py"), str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"finish.rank{rank}.thread").read_text() == "done"  # non-daemon threads joined first
+        assert (tmp_path / f"finish.rank{rank}.atexit").read_text() == "3.0"  # the atexit handlers ran
+        assert not (tmp_path / f"finish.rank{rank}.after").exists()  # and the process left there
+    assert "rank 0 finishing" in result.stdout and "rank 1 finishing" in result.stdout  # stdio flushed
+
+
+def test_finishing_outside_a_multi_process_run_is_a_no_op():
+    from hybridembed.distributed import finish_distributed_run
+
+    assert finish_distributed_run(0) is None  # no process group: returns, the caller goes on

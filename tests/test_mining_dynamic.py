@@ -139,24 +139,29 @@ def test_upcoming_rows_follow_the_sampler(tiny_bert_dir, pool_data, tmp_path):
 WORKER = """
 import json, sys
 import torch.distributed as dist
+from hybridembed.distributed import finish_distributed_run
 from hybridembed.recipe import Recipe
-from hybridembed.distributed import close_process_group
 from hybridembed.training.builder import prepare_training
 
-trainer = prepare_training(Recipe.model_validate(json.load(open(sys.argv[1]))))
-trainer.train()
-miner, rank = trainer.dynamic_miner, dist.get_rank()
-table = miner.tables["pool"]
-result = {
-    "active": table.active.tolist(),
-    "initial": [[None if x != x else float(x) for x in row] for row in table.initial],
-    "events": [e for e in trainer.state.log_history if "mining/checked" in e],
-    "local": [e.__dict__ for e in miner.history],
-    "own_rows": miner.upcoming_rows(3, 3).get("pool", []),
-}
-with open(f"{sys.argv[2]}.rank{rank}.json", "w") as f:
-    json.dump(result, f)
-close_process_group()  # every rank done: a rank leaving with its gloo group alive can abort at exit
+
+def main():
+    trainer = prepare_training(Recipe.model_validate(json.load(open(sys.argv[1]))))
+    trainer.train()
+    miner, rank = trainer.dynamic_miner, dist.get_rank()
+    table = miner.tables["pool"]
+    result = {
+        "active": table.active.tolist(),
+        "initial": [[None if x != x else float(x) for x in row] for row in table.initial],
+        "events": [e for e in trainer.state.log_history if "mining/checked" in e],
+        "local": [e.__dict__ for e in miner.history],
+        "own_rows": miner.upcoming_rows(3, 3).get("pool", []),
+    }
+    with open(f"{sys.argv[2]}.rank{rank}.json", "w") as f:
+        json.dump(result, f)
+
+
+main()  # in a function: the trainer is garbage by the time the process group closes
+finish_distributed_run()  # close the groups, leave without interpreter teardown
 """
 
 

@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if code == 0 and "torch.distributed" in sys.modules:  # a multi-process run (torchrun): every rank finished
-        from hybridembed.distributed import close_process_group
+        from hybridembed.distributed import finish_distributed_run
 
-        close_process_group()
+        finish_distributed_run(code)  # does not return in a multi-process run
     return code
 
 

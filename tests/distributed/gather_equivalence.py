@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hybridembed.distributed import gathering_over
+from hybridembed.distributed import finish_distributed_run, gathering_over
 from hybridembed.losses import InfoNCELoss
 
 
@@ -44,7 +44,7 @@ def main() -> None:
         with open(out_path, "w") as f:
             json.dump({"ranks": gathered, "single_loss": single.item(), "single_grad_q": qs.grad.tolist(), "single_grad_p": ps.grad.tolist(),
                        "single_grad_n": [x.grad.tolist() for x in ns], "sizes": sizes}, f)  # fmt: skip
-    dist.destroy_process_group()
+    finish_distributed_run()  # close the group, leave without interpreter teardown
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from hybridembed.data.collator import text_hash
-from hybridembed.distributed import gathering_over
+from hybridembed.distributed import finish_distributed_run, gathering_over
 from hybridembed.losses import InfoNCELoss
 
 # Per rank: (query, positive, negatives). Rank 1's second row has rank 0's first positive; rank 1's
@@ -53,7 +53,7 @@ def main() -> None:
         single = loss_fn.loss_from_embeddings(*tensors(every, max(len(r[2]) for r in every)))
         with open(out_path, "w") as f:
             json.dump({"ranks": gathered, "single_loss": single.item()}, f)
-    dist.destroy_process_group()
+    finish_distributed_run()  # close the group, leave without interpreter teardown
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import sys
 
 import torch.distributed as dist
 
-from hybridembed.distributed import close_process_group
+from hybridembed.distributed import finish_distributed_run
 from hybridembed.recipe import load_recipe
 from hybridembed.training.mlm import run_mlm
 
@@ -25,4 +25,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    close_process_group()  # every rank done: no rank leaves with its gloo group alive
+    finish_distributed_run()  # every rank done: close the groups, leave without interpreter teardown

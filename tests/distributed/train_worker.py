@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from hybridembed.distributed import close_process_group
+from hybridembed.distributed import finish_distributed_run
 from hybridembed.recipe import load_recipe
 from hybridembed.training.builder import prepare_training
 
@@ -23,4 +23,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    close_process_group()  # every rank done: no rank leaves with its gloo group alive
+    finish_distributed_run()  # every rank done: close the groups, leave without interpreter teardown
