@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import MethodType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -138,6 +138,12 @@ def bucketed_attention(attention: Callable[..., tuple[Tensor, Any]]) -> Callable
     scaling) on (batch, heads, length, head_dim) and returns (batch, length, heads, head_dim). A
     bucket's rows are padded to its longest; padded slots repeat a real token and are masked as keys
     and dropped as queries, so every real token gets exactly its own row's attention.
+
+    Every bucket's slots are taken in one `index_select` per input (token-major, so a bucket is a
+    view in the layout transformers' padded attention uses) and the real slots come back in one
+    more: their backward is `index_add_` of whole (heads × head_dim) token vectors. Per-bucket
+    advanced indexing, the first version, back-propagated through `index_put_` with accumulation,
+    which torch runs element by element on one CPU thread (5% of a packed MiniLM step).
     """
 
     def run(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, dropout: float = 0.0,
@@ -146,30 +152,36 @@ def bucketed_attention(attention: Callable[..., tuple[Tensor, Any]]) -> Callable
         if cumulative is None or query.shape[0] != 1:
             return attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         rest = {k: v for k, v in kwargs.items() if k not in VARLEN_KEYS}
-        parts = []
-        for gather, keys, real in _buckets(cumulative):
-            q, k, v = (x[0][:, gather].transpose(0, 1) for x in (query, key, value))  # (rows, heads, width, head_dim)
-            attended, _ = attention(module, q, k, v, keys, dropout=dropout, scaling=scaling, **rest)
-            parts.append(attended[real])  # (real tokens, heads, head_dim), in bucket order
-        order = _buckets.inverse(cumulative)
-        return torch.cat(parts)[order].unsqueeze(0), None
+        plan = _buckets(cumulative)
+        # (1, heads, tokens, head_dim) → (slots, heads, head_dim): token-major, every bucket's slots in a row
+        q, k, v = (x[0].transpose(0, 1).index_select(0, plan.slots) for x in (query, key, value))
+        parts, start = [], 0
+        for rows, width, keys in plan.buckets:
+            end = start + rows * width
+            q_b, k_b, v_b = (x[start:end].view(rows, width, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
+            attended, _ = attention(module, q_b, k_b, v_b, keys, dropout=dropout, scaling=scaling, **rest)
+            parts.append(attended.reshape(rows * width, *attended.shape[2:]))  # (slots, heads, head_dim)
+            start = end
+        return torch.cat(parts).index_select(0, plan.token_slots).unsqueeze(0), None
 
     run.runs_packed_rows = True  # type: ignore[attr-defined]
     return run
 
 
+class BucketPlan(NamedTuple):
+    """Where the tokens of one packed forward go for attention per bucket."""
+
+    buckets: list[tuple[int, int, Tensor]]  # per bucket: rows, width, key mask (rows, 1, 1, width)
+    slots: Tensor  # (Σ rows × width,) the packed token in each slot, bucket after bucket; padded slots repeat a real one
+    token_slots: Tensor  # (tokens,) the slot that holds each packed token
+
+
 class _BucketPlans:
-    """The buckets of one packed forward, computed once from its `cu_seq_lens_q` and kept on that tensor for every layer."""
+    """The bucket plan of one packed forward, computed once from its `cu_seq_lens_q` and kept on that tensor for every layer."""
 
     ATTRIBUTE = "_hybridembed_buckets"
 
-    def __call__(self, cumulative: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
-        return self._plan(cumulative)[0]
-
-    def inverse(self, cumulative: Tensor) -> Tensor:
-        return self._plan(cumulative)[1]
-
-    def _plan(self, cumulative: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor]], Tensor]:
+    def __call__(self, cumulative: Tensor) -> BucketPlan:
         cached = getattr(cumulative, self.ATTRIBUTE, None)
         if cached is None:
             cached = _plan_buckets(cumulative)
@@ -180,33 +192,30 @@ class _BucketPlans:
 _buckets = _BucketPlans()
 
 
-def _plan_buckets(cumulative: Tensor) -> tuple[list[tuple[Tensor, Tensor, Tensor]], Tensor]:
-    """(per bucket: token index (rows, width), key mask (rows, 1, 1, width), real-slot mask (rows, width)), and the inverse order.
+def _plan_buckets(cumulative: Tensor) -> BucketPlan:
+    """The buckets of the rows whose packed boundaries are `cumulative`.
 
     Rows sorted by length are cut where a bucket's padded scores, (rows × width²), plus
-    BUCKET_COST_SCORES per bucket are least; the inverse order maps the buckets' real tokens, taken
-    bucket by bucket, back to the packed sequence.
+    BUCKET_COST_SCORES per bucket are least.
     """
     device = cumulative.device
-    starts = cumulative[:-1].tolist()
+    starts = np.asarray(cumulative[:-1].tolist())
     lengths = np.diff(cumulative.tolist())
     by_length = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[by_length].astype(np.float64)
     ends = cheapest_cuts(sorted_lengths**2, len(sorted_lengths), BUCKET_COST_SCORES)
-    buckets, taken = [], []
+    buckets, slots, token_slots, offset = [], [], np.empty(int(lengths.sum()), dtype=np.int64), 0
     for begin, end in zip([0, *ends[:-1]], ends):
         rows = by_length[begin:end]
         width = int(lengths[rows].max())
-        slots = np.arange(width)
-        real = slots[None, :] < lengths[rows][:, None]
-        tokens = np.asarray(starts)[rows][:, None] + np.where(real, slots[None, :], 0)  # padded slots repeat the row's first token
-        gather = torch.as_tensor(tokens, device=device)
-        real_mask = torch.as_tensor(real, device=device)
-        buckets.append((gather, real_mask[:, None, None, :], real_mask))
-        taken.append(tokens[real])
-    inverse = np.empty(int(lengths.sum()), dtype=np.int64)
-    inverse[np.concatenate(taken)] = np.arange(inverse.size)
-    return buckets, torch.as_tensor(inverse, device=device)
+        positions = np.arange(width)
+        real = positions[None, :] < lengths[rows][:, None]
+        tokens = starts[rows][:, None] + np.where(real, positions[None, :], 0)  # padded slots repeat the row's first token
+        token_slots[tokens[real]] = offset + np.flatnonzero(real)
+        slots.append(tokens.reshape(-1))
+        buckets.append((len(rows), width, torch.as_tensor(real, device=device)[:, None, None, :]))
+        offset += tokens.size
+    return BucketPlan(buckets, torch.as_tensor(np.concatenate(slots), device=device), torch.as_tensor(token_slots, device=device))
 
 
 def _masked_bins_forward(backbone: Any, columns: dict[str, Tensor], row_of_token: Tensor, position_in_row: Tensor, lengths: Tensor) -> Tensor:
