@@ -22,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from hybridembed.allocator import TCMALLOC_PATHS, installed_tcmalloc
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "en" / "msmarco_trecdl19_subset" / "corpus.jsonl"
-TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+TCMALLOC = installed_tcmalloc() or TCMALLOC_PATHS[0]
 # name → (training.keep_freed_memory, LD_PRELOAD)
 MODES = {
     "glibc malloc, defaults (keep_freed_memory: false)": (False, None),

@@ -22,9 +22,12 @@ and the gain of the trainer are shown apart. The last line reads
 `speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock-default rows/s; our FLOP/s ÷
 the peak of our precision; our Spearman − stock's, 0–1 scale); the line before it compares with the
 stock bf16 arm. `--repeats N` runs every arm N times in turn and reports medians (and each arm's
-lowest and highest pairs/s); the ratios are ratios of medians. Our arm runs first and applies
-`training.keep_freed_memory` (glibc malloc settings, process-wide; nothing under tcmalloc), so the
-stock arms after it run with them too. Run it alone: two jobs on two cores slow each other.
+lowest and highest pairs/s); the ratios are ratios of medians. Every arm runs under tcmalloc when
+it is installed (`--allocator auto`, the default: the script re-executes itself with LD_PRELOAD, as
+`make demo` trains, and names the allocator in its header); `--allocator system` keeps glibc's
+malloc, where our arm runs first and applies `training.keep_freed_memory` (glibc malloc settings,
+process-wide), so the stock arms after it run with them too. Run it alone: two jobs on two cores
+slow each other.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -250,6 +254,7 @@ def main() -> None:
 
     import torch
 
+    from hybridembed.allocator import installed_tcmalloc, preloaded_allocator
     from hybridembed.precision import resolve_precision
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -263,9 +268,16 @@ def main() -> None:
                         "e.g. --also training.lane_dropout=false --also 'training.packing=true;training.forward_chunk_rows=null'")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every arm this many times, in turn (ours, the --also rows, stock, ...), and report medians and the range")  # fmt: skip
+    parser.add_argument("--allocator", choices=["auto", "system"], default="auto",
+                        help="auto: run every arm under tcmalloc when it is installed (re-executes with LD_PRELOAD; Debian: "
+                        "libtcmalloc-minimal4); system: the process's own malloc (glibc, with our arm's training.keep_freed_memory)")  # fmt: skip
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup >= args.steps:
         parser.error("--repeats must be ≥ 1 and --warmup below --steps")
+    tcmalloc = installed_tcmalloc()
+    if args.allocator == "auto" and tcmalloc and not preloaded_allocator():
+        # the allocator is chosen when a process starts: start again with it, every arm in the same process as before
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "LD_PRELOAD": tcmalloc})
     precision = resolve_precision(args.precision)
     precisions = sorted({"fp32", precision})
     peaks = {p: matmul_peak(p) for p in precisions}
@@ -289,7 +301,8 @@ def main() -> None:
     print()
     print(f"model: all-MiniLM-L6-v2 → 768 (Matryoshka 5 dims), data: recipes/quickstart.yaml, batch {args.batch_size}, "
           f"{args.steps} steps ({args.warmup} untimed){repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"hybridembed precision {precision}, matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))  # fmt: skip
+          f"hybridembed precision {precision}, matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items())
+          + f", allocator {preloaded_allocator() or 'glibc malloc'}")  # fmt: skip
     spread = " | pairs/s: lowest–highest run" if args.repeats > 1 else ""
     print(
         f"| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | padding share of the tokens the backbone computed "

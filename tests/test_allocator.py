@@ -109,3 +109,19 @@ def test_encode_applies_the_setting_unless_told_not_to(flag, applied, tiny_model
     source.write_text("one text\nanother text\n")
     assert main(["encode", str(tiny_model_dir), "--input", str(source), "--output", str(tmp_path / "out.npy"), *flag]) == 0
     assert calls == ([True] if applied else [])
+
+
+def test_installed_tcmalloc_and_the_preloaded_allocator_are_found(monkeypatch, tmp_path):
+    import hybridembed.allocator as allocator
+
+    library = tmp_path / "libtcmalloc_minimal.so.4"
+    monkeypatch.setattr(allocator, "TCMALLOC_PATHS", (str(tmp_path / "missing.so"), str(library)))
+    assert allocator.installed_tcmalloc() is None
+    library.write_bytes(b"")
+    assert allocator.installed_tcmalloc() == str(library)
+    monkeypatch.setenv("LD_PRELOAD", f"/lib/other.so:{library}")
+    assert allocator.preloaded_allocator() == "tcmalloc"
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert allocator.preloaded_allocator() == "jemalloc"
+    monkeypatch.delenv("LD_PRELOAD")
+    assert allocator.preloaded_allocator() is None

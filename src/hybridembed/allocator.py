@@ -30,8 +30,21 @@ M_MMAP_MAX = -4
 NEVER = -1
 # Allocators whose preloading means malloc is not glibc's (they cache freed memory themselves).
 OTHER_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
+# Where Debian/Ubuntu's libtcmalloc-minimal4 installs tcmalloc (the Makefile's TCMALLOC lists the same paths).
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
 
 _applied: bool | None = None  # the result of the first call; the settings hold for the whole process
+
+
+def installed_tcmalloc() -> str | None:
+    """The path of an installed tcmalloc to preload (LD_PRELOAD), or None."""
+    return next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
+
+
+def preloaded_allocator() -> str | None:
+    """The name of the allocator this process preloaded instead of glibc's malloc, or None."""
+    preloaded = os.environ.get("LD_PRELOAD", "")
+    return next((name for name in OTHER_ALLOCATORS if name in preloaded), None)
 
 
 def keep_freed_memory() -> bool:
@@ -43,8 +56,7 @@ def keep_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    preloaded = os.environ.get("LD_PRELOAD", "")
-    if not sys.platform.startswith("linux") or any(name in preloaded for name in OTHER_ALLOCATORS):
+    if not sys.platform.startswith("linux") or preloaded_allocator():
         return False
     # Multi-process runs (torchrun sets WORLD_SIZE) are left alone: not measured with these settings, and
     # one CI run saw two 2-rank gloo tests abort at exit ("terminate called without an active exception").
