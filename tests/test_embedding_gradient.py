@@ -98,22 +98,3 @@ def test_the_recipe_default_swaps_the_tables_and_can_turn_it_off(tmp_path, tiny_
 
     assert word_table() is SparseBackwardEmbedding
     assert word_table(sparse_embedding_backward=False) is nn.Embedding
-
-
-def test_each_step_reuses_one_zeroed_gradient_tensor(device):
-    """zero_grad(set_to_none) between steps: the next step's gradient is its own (nothing carried over), in the same memory."""
-    torch.manual_seed(0)
-    dense = nn.Embedding(50, 8, device=device, dtype=torch.float64)
-    sparse = copy.deepcopy(dense)
-    use_sparse_embedding_backward(sparse)
-    pointers, held = set(), []
-    for step_ids in ([[1, 2, 2, 3]], [[4, 5, 49, 4]], [[1, 4, 7, 7]]):  # rows of earlier steps reappear and vanish
-        ids = torch.tensor(step_ids, device=device)
-        for table in (dense, sparse):
-            table.zero_grad(set_to_none=True)
-            (table(ids) * torch.arange(1.0, 9.0, device=device, dtype=torch.float64)).sum().backward()
-        torch.testing.assert_close(sparse.weight.grad, dense.weight.grad, rtol=0, atol=0)
-        pointers.add(sparse.weight.grad.data_ptr())
-        held.append(sparse.weight.grad)  # alive, so a new tensor could not take its memory
-    assert len(pointers) == 1
-    assert "_gradient_buffer" not in sparse.state_dict()  # kept on the module, never saved

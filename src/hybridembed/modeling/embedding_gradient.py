@@ -9,9 +9,7 @@ rows. `SparseBackwardEmbedding` asks for the sparse form of the same gradient (t
 their gradients, `F.embedding(..., sparse=True)`) and gives the weight a dense zero `.grad` before
 the first forward of a step, so autograd adds the rows into it in place (dense += sparse) and the
 optimizer, gradient clipping and DDP see the dense gradient they always did. One zero-fill per step
-remains, the one the first forward paid before, and it fills the same tensor every step (kept on
-the module between steps): a new one per step was served from fresh pages by the allocator, a page
-fault per 4 KB (11k per step for MiniLM's 47 MB table, train_throughput.py's page-fault column). nn.Embedding(sparse=True) is not the same thing: it
+remains, the one the first forward paid before. nn.Embedding(sparse=True) is not the same thing: it
 leaves a sparse `.grad`, which fused AdamW, foreach clipping and DDP's dense buckets do not take.
 
 Same values up to the order of float additions (tests/test_embedding_gradient.py); inference and
@@ -34,19 +32,8 @@ class SparseBackwardEmbedding(nn.Embedding):
             return super().forward(input)
         if weight.grad is None:
             # dense, so autograd adds each forward's rows into it instead of keeping a sparse gradient
-            weight.grad = self._zeroed_gradient_buffer()
+            weight.grad = torch.zeros_like(weight)
         return F.embedding(input, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, sparse=True)
-
-    def _zeroed_gradient_buffer(self) -> Tensor:
-        """The same zeroed tensor every step: a fresh vocabulary-sized one each step came from fresh pages (11k page faults per MiniLM step)."""
-        weight = self.weight
-        buffer = self.__dict__.get("_gradient_buffer")
-        if buffer is None or buffer.shape != weight.shape or buffer.dtype != weight.dtype or buffer.device != weight.device:
-            buffer = torch.zeros_like(weight)
-            self.__dict__["_gradient_buffer"] = buffer  # a plain attribute: not a registered buffer, never saved
-        else:
-            buffer.zero_()
-        return buffer
 
 
 def use_sparse_embedding_backward(model: nn.Module) -> int:
