@@ -45,8 +45,9 @@ def finish_distributed_run(code: int = 0) -> None:
     without an active exception", SIGABRT) after a complete run, and torchrun then reports the whole
     run as failed. destroy_process_group only unregisters a gloo group: its C++ object and worker
     threads stay alive (held outside Python's reach; measured: both `pt_gloo_runloop` threads survive
-    it and a full `gc.collect()`), and they are torn down with the interpreter, where a thread that
-    needs the GIL is killed mid-call. So a rank does what the shutdown would do for the user — wait
+    it and a full `gc.collect()`), and they are torn down with the interpreter — where, most likely,
+    a gloo thread that needs the GIL is killed mid-call (not reproduced here; CI hit it). So a rank
+    does what the shutdown would do for the user — wait
     for non-daemon threads, run the `atexit` handlers (logging, experiment trackers), flush stdio —
     and then exits with `os._exit`. Outside a multi-process run (nothing to close) it returns.
     """
