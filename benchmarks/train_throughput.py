@@ -277,7 +277,8 @@ def main() -> None:
     tcmalloc = installed_tcmalloc()
     if args.allocator == "auto" and tcmalloc and not preloaded_allocator():
         # the allocator is chosen when a process starts: start again with it, every arm in the same process as before
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "LD_PRELOAD": tcmalloc})
+        preload = ":".join(filter(None, [tcmalloc, os.environ.get("LD_PRELOAD")]))  # the caller's own preloads stay
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "LD_PRELOAD": preload})
     precision = resolve_precision(args.precision)
     precisions = sorted({"fp32", precision})
     peaks = {p: matmul_peak(p) for p in precisions}

@@ -160,7 +160,7 @@ def main():
         json.dump(result, f)
 
 
-main()  # in a function: the trainer is garbage by the time the process group closes
+main()
 finish_distributed_run()  # close the groups, leave without interpreter teardown
 """
 

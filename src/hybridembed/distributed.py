@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextvars
-import gc
 import os
 import sys
 import threading
@@ -31,7 +30,6 @@ def close_process_group() -> bool:
     global _CPU_GROUP
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    gc.collect()  # the finished trainer (reference cycles) and its DDP wrapper go first
     dist.barrier()
     dist.destroy_process_group()
     _CPU_GROUP = None
@@ -47,9 +45,9 @@ def finish_distributed_run(code: int = 0) -> None:
     threads stay alive (held outside Python's reach; measured: both `pt_gloo_runloop` threads survive
     it and a full `gc.collect()`), and they are torn down with the interpreter — where, most likely,
     a gloo thread that needs the GIL is killed mid-call (not reproduced here; CI hit it). So a rank
-    does what the shutdown would do for the user — wait
-    for non-daemon threads, run the `atexit` handlers (logging, experiment trackers), flush stdio —
-    and then exits with `os._exit`. Outside a multi-process run (nothing to close) it returns.
+    does what the shutdown would do for the user — wait for non-daemon threads, run the `atexit`
+    handlers (logging, experiment trackers), flush stdio — and then exits with `os._exit`. Outside a
+    multi-process run (nothing to close) it returns.
     """
     if not close_process_group():
         return
