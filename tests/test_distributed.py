@@ -93,7 +93,13 @@ def test_sparse_embedding_backward_trains_the_same_weights_under_ddp(tmp_path, t
         assert result.returncode == 0, result.stderr[-3000:]
         weights[sparse] = [torch.load(folder / f"log.rank{r}.pt") for r in range(2)]
     torch.testing.assert_close(weights[True][0], weights[True][1], rtol=0, atol=0)  # DDP kept the ranks equal
-    torch.testing.assert_close(weights[True][0], weights[False][0], rtol=1e-5, atol=1e-6)  # and averaged the same gradient
+    # and averaged the same gradient. The two paths sum a row's chunk gradients in different orders, and AdamW divides
+    # each update by the gradient's own scale: where a row's contributions nearly cancel, fp32 reordering moves that
+    # element by a visible fraction of one step (CI once saw 1.9e-6 at lr 1e-3). A dropped or double-counted chunk moves
+    # whole rows by about lr per step, so 1% of one step's lr still separates the two.
+    torch.testing.assert_close(weights[True][0], weights[False][0], rtol=0, atol=1e-2 * 1e-3)
+    close = (weights[True][0] - weights[False][0]).abs() <= 1e-6
+    assert close.float().mean() > 0.999  # and nearly every element agrees to fp32 reordering noise
     from hybridembed.modeling.model import build_model
     from hybridembed.recipe import ModelConfig
 
