@@ -30,6 +30,28 @@ def test_the_keep_probability_is_exact_for_the_rounded_p():
     assert torch.allclose(out[out != 0], torch.tensor(1 / probability))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_the_keep_factor_is_the_keep_mask_in_the_dtype(device, dtype):
+    """The factor the dropout paths multiply by is the same draw as the boolean mask: 1.0 where kept, 0.0 where dropped."""
+    torch.manual_seed(4)
+    keep, probability = lane.lane_keep_mask((5, 7, 9), 0.3, torch.device(device))
+    torch.manual_seed(4)
+    factor, same_probability = lane.lane_keep_factor((5, 7, 9), 0.3, dtype, torch.device(device))
+    assert factor.dtype == dtype and factor.device == keep.device and same_probability == probability
+    assert keep.any() and not keep.all() and torch.equal(factor, keep.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_rounds_once_like_the_scaled_masked_input(dtype):
+    """x · factor · scale is bitwise x · scale where kept and 0 where dropped (the formulation before the factor)."""
+    x = torch.randn(300, 37).to(dtype)
+    torch.manual_seed(6)
+    out = lane.lane_dropout(x, 0.1)
+    torch.manual_seed(6)
+    keep, probability = lane.lane_keep_mask(x.shape, 0.1, x.device)
+    assert torch.equal(out, torch.where(keep, x * (1.0 / probability), x.new_zeros(())))
+
+
 def test_gradient_is_the_mask_over_the_keep_probability(device):
     torch.manual_seed(0)
     x = torch.randn(64, 33, device=device, requires_grad=True)
@@ -77,8 +99,8 @@ def test_attention_without_the_mask_draw_is_sdpa(device, mask_kind, monkeypatch)
     module.is_causal = False
     reference, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.3)
     assert torch.equal(lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.0, scaling=0.3)[0], reference)
-    keep_everything = lambda shape, p, device: (torch.ones(shape, dtype=torch.bool, device=device), 1.0)  # noqa: E731
-    monkeypatch.setattr(lane, "lane_keep_mask", keep_everything)
+    keep_everything = lambda shape, p, dtype, device: (torch.ones(shape, dtype=dtype, device=device), 1.0)  # noqa: E731
+    monkeypatch.setattr(lane, "lane_keep_factor", keep_everything)
     ours, _ = lane.sdpa_lane_dropout_attention(module, q, k, v, mask, dropout=0.1, scaling=0.3)
     assert ours.shape == reference.shape == (3, 6, 4, 8)
     assert torch.allclose(ours, reference, atol=1e-5)

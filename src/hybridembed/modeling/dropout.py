@@ -27,6 +27,7 @@ a function of torch's generator state, so seeding and resuming work as before.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -48,14 +49,37 @@ def random_words(count: int, device: torch.device) -> Tensor:
     return torch.from_numpy(np.random.PCG64(seed).random_raw(count).view(np.int64))
 
 
-def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, float]:
-    """(a boolean keep mask of `shape`, the exact keep probability): Bernoulli(1 − p) up to p rounded to 1/65536."""
-    numel = 1
-    for size in shape:
-        numel *= size
+def _lanes(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, int, float]:
+    """(`shape` uniform int16 lanes, the threshold a kept lane reaches, the exact keep probability)."""
+    numel = math.prod(shape)
     lanes = random_words((numel + 3) // 4, device).view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
     dropped = round(p * LANES)
-    return lanes >= dropped - LANES // 2, 1.0 - dropped / LANES
+    return lanes, dropped - LANES // 2, 1.0 - dropped / LANES
+
+
+def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, float]:
+    """(a boolean keep mask of `shape`, the exact keep probability): Bernoulli(1 − p) up to p rounded to 1/65536."""
+    lanes, threshold, keep_probability = _lanes(shape, p, device)
+    if lanes.device.type == "cpu":  # numpy's comparison is vectorised; torch's int16 → bool one is not (~8× slower here)
+        return torch.from_numpy(lanes.numpy() >= threshold), keep_probability
+    return lanes >= threshold, keep_probability
+
+
+def lane_keep_factor(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, float]:
+    """`lane_keep_mask`'s draw (the same random stream) as 1.0 / 0.0 in `dtype`, to multiply by.
+
+    On a CPU, torch's kernels that apply a boolean mask (`where`, `masked_fill`, a product with a
+    bool tensor) run a scalar loop 4–8× slower than a product of two tensors of one dtype, so the
+    dropout paths multiply by this factor instead; numpy writes it from the comparison as the bit
+    pattern of 1.0 (numpy has no bfloat16), a vectorised pass.
+    """
+    lanes, threshold, keep_probability = _lanes(shape, p, device)
+    if lanes.device.type != "cpu" or not dtype.is_floating_point:
+        return (lanes >= threshold).to(dtype), keep_probability
+    bits = {2: np.int16, 4: np.int32, 8: np.int64}[dtype.itemsize]
+    one = torch.ones((), dtype=dtype).view(getattr(torch, f"int{dtype.itemsize * 8}")).item()
+    factor = np.multiply(lanes.numpy() >= threshold, bits(one), dtype=bits)
+    return torch.from_numpy(factor).view(dtype), keep_probability
 
 
 def lane_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -64,9 +88,9 @@ def lane_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return nn.functional.dropout(x, p, training=True)
-    keep, keep_probability = lane_keep_mask(x.shape, p, x.device)
-    # where() saves only the boolean mask for backward (the gradient is grad · mask / keep probability).
-    return torch.where(keep, x * (1.0 / keep_probability), x.new_zeros(()))
+    factor, keep_probability = lane_keep_factor(x.shape, p, x.dtype, x.device)
+    # x · 1.0 is exact, so this rounds once, as x · scale does; backward saves only the factor (grad · factor · scale).
+    return (x * factor).mul_(1.0 / keep_probability)
 
 
 class LaneDropout(nn.Dropout):
@@ -136,8 +160,8 @@ class LaneDropoutAttention(torch.autograd.Function):
             short_rows = scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < VECTORISED_SOFTMAX_ROW
             probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32 if short_rows else scores.dtype)
             del scores
-            keep, keep_probability = lane_keep_mask(probabilities.shape, p, probabilities.device)
-            dropped = torch.where(keep, probabilities, probabilities.new_zeros(())).to(query.dtype)
+            keep, keep_probability = lane_keep_factor(probabilities.shape, p, probabilities.dtype, probabilities.device)
+            dropped = (probabilities * keep).to(query.dtype)
             attended = torch.matmul(dropped, value).mul_(1.0 / keep_probability)
         ctx.save_for_backward(query, key, value, probabilities, keep, dropped)
         ctx.scale, ctx.inverse_keep = scale, 1.0 / keep_probability
@@ -149,7 +173,7 @@ class LaneDropoutAttention(torch.autograd.Function):
         grad = grad_attended.to(query.dtype) * ctx.inverse_keep
         grad_value = torch.matmul(dropped.transpose(-1, -2), grad)
         grad_dropped = torch.matmul(grad, value.transpose(-1, -2))
-        grad_probabilities = torch.where(keep, grad_dropped, grad_dropped.new_zeros(())).to(probabilities.dtype)
+        grad_probabilities = grad_dropped.to(probabilities.dtype).mul_(keep)  # keep: 1.0 / 0.0 in the probabilities' dtype
         del grad_dropped
         grad_scores = torch._softmax_backward_data(grad_probabilities, probabilities, -1, probabilities.dtype)
         del grad_probabilities
