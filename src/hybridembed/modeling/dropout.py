@@ -79,9 +79,9 @@ def lane_keep_factor(shape: torch.Size | tuple[int, ...], p: float, dtype: torch
     lanes, threshold, keep_probability = _lanes(shape, p, device)
     if lanes.device.type != "cpu" or not dtype.is_floating_point:
         return (lanes >= threshold).to(dtype), keep_probability
-    bits = {2: np.int16, 4: np.int32, 8: np.int64}[dtype.itemsize]
-    one = torch.ones((), dtype=dtype).view(getattr(torch, f"int{dtype.itemsize * 8}")).item()
-    factor = np.multiply(lanes.numpy() >= threshold, bits(one), dtype=bits)
+    bits = f"int{dtype.itemsize * 8}"  # the signed integer of the float's width: 1.0's bit pattern is positive
+    one = int(torch.ones((), dtype=dtype).view(getattr(torch, bits)).item())
+    factor = np.multiply(lanes.numpy() >= threshold, np.dtype(bits).type(one), dtype=np.dtype(bits))
     return torch.from_numpy(factor).view(dtype), keep_probability
 
 
