@@ -30,6 +30,7 @@ CPU kernels for boolean masks run scalar loops.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -79,10 +80,16 @@ def lane_keep_factor(shape: torch.Size | tuple[int, ...], p: float, dtype: torch
     lanes, threshold, keep_probability = _lanes(shape, p, device)
     if lanes.device.type != "cpu" or not dtype.is_floating_point:
         return (lanes >= threshold).to(dtype), keep_probability
-    bits = f"int{dtype.itemsize * 8}"  # the signed integer of the float's width: 1.0's bit pattern is positive
-    one = int(torch.ones((), dtype=dtype).view(getattr(torch, bits)).item())
-    factor = np.multiply(lanes.numpy() >= threshold, np.dtype(bits).type(one), dtype=np.dtype(bits))
+    one = _one_bits(dtype)
+    factor = np.multiply(lanes.numpy() >= threshold, one, dtype=one.dtype)
     return torch.from_numpy(factor).view(dtype), keep_probability
+
+
+@functools.cache
+def _one_bits(dtype: torch.dtype) -> np.signedinteger[Any]:
+    """1.0 of a float dtype as the numpy signed integer of its width (the bit pattern of 1.0 is positive)."""
+    bits = f"int{dtype.itemsize * 8}"
+    return np.dtype(bits).type(int(torch.ones((), dtype=dtype).view(getattr(torch, bits)).item()))
 
 
 def lane_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
