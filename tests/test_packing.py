@@ -16,7 +16,8 @@ def _texts() -> list[str]:
     return ["", sentences[0], sentences[0], "a", " ".join(sentences[1:9]), *sentences[10:15]]
 
 
-def _models(backbone, device: str, attention: str = "sdpa"):
+def _models(backbone, device: str, attention: str = "sdpa", lane_dropout: bool = False):
+    from hybridembed.modeling.dropout import use_lane_dropout
     from hybridembed.modeling.model import build_model
     from hybridembed.modeling.packing import enable_packing
     from hybridembed.recipe import ModelConfig
@@ -26,9 +27,11 @@ def _models(backbone, device: str, attention: str = "sdpa"):
     packed.load_state_dict(padded.state_dict())
     enable_packing(packed)
     for model in (padded, packed):
+        if lane_dropout:  # p stays: lane dropout's attention node runs (the caller makes its masks keep everything)
+            use_lane_dropout(model)
         model.train()
         for module in model.modules():  # dropout off: the comparison is exact up to float error
-            if isinstance(module, torch.nn.Dropout):
+            if isinstance(module, torch.nn.Dropout) and not lane_dropout:
                 module.p = 0.0
     return padded, packed
 
@@ -39,26 +42,34 @@ def _embed(model, texts: list[str], device: str) -> torch.Tensor:
 
 
 # sdpa: one packed sequence, attention per bucket of rows (BUCKET_COST_SCORES 0: a bucket per length);
-# eager: block-diagonal masks in bins of BIN_TOKENS (16: several bins with empty slots at their ends).
+# eager: block-diagonal masks in bins of BIN_TOKENS (16: several bins with empty slots at their ends);
+# lane-dropout-buckets: lane dropout's attention node per bucket (heads-first outputs), with masks that keep everything.
 PATHS = {"buckets": ("sdpa", {"BUCKET_COST_SCORES": 0}), "one-bucket": ("sdpa", {"BUCKET_COST_SCORES": 10**9}),
+         "lane-dropout-buckets": ("sdpa", {"BUCKET_COST_SCORES": 0}),
          "bins": ("eager", {"BIN_TOKENS": 16}), "one-bin": ("eager", {"BIN_TOKENS": 512})}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("kind", ["bert", "roberta", "xlm-roberta"])
 def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, path, device, tmp_path, monkeypatch):
-    from hybridembed.modeling import packing
+    from hybridembed.modeling import dropout, packing
     from hybridembed.modeling.tiny import build_tiny_backbone
 
     attention, settings = PATHS[path]
     for name, value in settings.items():
         monkeypatch.setattr(packing, name, value)
+    lane_dropout = path.startswith("lane-dropout")
+    if lane_dropout:
+        nodes = []
+        monkeypatch.setattr(dropout, "lane_keep_factor", lambda shape, p, dtype, device: (torch.ones(shape, dtype=dtype, device=device), 1.0))
+        apply = dropout.LaneDropoutAttention.apply
+        monkeypatch.setattr(dropout.LaneDropoutAttention, "apply", lambda *args: nodes.append(args[0].shape) or apply(*args))
     buckets = []
     plan_buckets = packing._plan_buckets
     monkeypatch.setattr(packing, "_plan_buckets", lambda cumulative: buckets.append(plan_buckets(cumulative)) or buckets[-1])
 
     backbone = build_tiny_backbone(tmp_path / kind, corpus_sentences(), kind=kind)
-    padded, packed = _models(backbone, device, attention)
+    padded, packed = _models(backbone, device, attention, lane_dropout)
     shapes = []
     packed[0].auto_model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True)
     texts = _texts()
@@ -68,8 +79,10 @@ def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, pat
     assert len(buckets) == (attention == "sdpa")
     if buckets:
         lengths = packed.tokenize(texts)["attention_mask"].sum(dim=1)
-        assert len(buckets[0][0]) == (len(set(lengths.tolist())) if path == "buckets" else 1)
+        assert len(buckets[0].buckets) == (len(set(lengths.tolist())) if path.endswith("buckets") else 1)
     assert result.device.type == device and result.shape == reference.shape
+    if lane_dropout:  # the node ran (on a CPU: elsewhere lane dropout is torch's), padded and per bucket
+        assert bool(nodes) == (device == "cpu")
     torch.testing.assert_close(result, reference, atol=2e-5, rtol=1e-4)
     weights = torch.linspace(-1, 1, reference.numel(), device=device).view_as(reference)
     (reference * weights).sum().backward()

@@ -15,7 +15,7 @@ that use SDPA, registers an attention function that applies the same mask to the
 probabilities; transformers' SDPA path would otherwise fall back to its math kernel with torch's
 Bernoulli mask whenever attention dropout is on. That function is one autograd node
 (`LaneDropoutAttention`): it keeps the attention probabilities in the compute dtype and saves only
-them, the keep mask and the dropped probabilities for backward — fewer passes over the
+them, the keep factor and the dropped probabilities for backward — fewer passes over the
 (heads × length²) tensors and less fresh memory than the autograd graph of the same math, which
 under autocast also materialised an fp32 copy of the probabilities. Inference (eval mode, p = 0) is
 unchanged.
@@ -130,15 +130,37 @@ def sdpa_lane_dropout_attention(
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout == 0.0 or query.device.type != "cpu" or kwargs.get("is_causal") or getattr(module, "is_causal", False):
+    if not _drops_on_cpu(module, query, dropout, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return lane_dropout_attention_heads_first(module, query, key, value, attention_mask, dropout, scaling, **kwargs).transpose(1, 2).contiguous(), None
+
+
+def lane_dropout_attention_heads_first(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """`sdpa_lane_dropout_attention` as (batch, heads, length, head_dim), the layout it computes in (packing's buckets take it so)."""
+    if not _drops_on_cpu(module, query, dropout, kwargs):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0].transpose(1, 2)
     if key.shape[1] != query.shape[1]:  # grouped-query attention: repeat the key/value heads
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
-    attended = LaneDropoutAttention.apply(query, key, value, mask, dropout, scale)
-    return attended.transpose(1, 2).contiguous(), None
+    return LaneDropoutAttention.apply(query, key, value, mask, dropout, scale)
+
+
+def _drops_on_cpu(module: nn.Module, query: Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
+    """Whether the attention has dropout to apply on a CPU, non-causally: the case `LaneDropoutAttention` computes."""
+    return dropout != 0.0 and query.device.type == "cpu" and not kwargs.get("is_causal") and not getattr(module, "is_causal", False)
 
 
 class LaneDropoutAttention(torch.autograd.Function):
@@ -147,17 +169,23 @@ class LaneDropoutAttention(torch.autograd.Function):
     Everything runs in the query's dtype (bf16 under autocast: the softmax accumulates in fp32 inside
     the kernel and rounds once, where autocast's graph wrote an fp32 copy and cast it back), except
     the softmax of rows shorter than `VECTORISED_SOFTMAX_ROW` keys, which is faster in fp32. The
-    1 / keep-probability scale is applied to the (length × head_dim) output and its gradient
-    instead of the (length × length) probabilities. Backward saves the probabilities, the keep mask
-    and the dropped probabilities, and uses aten's fused softmax backward (`torch._softmax_backward_data`,
-    the one private torch op this project calls; transformers' DeBERTa used it the same way).
+    scores are one `baddbmm` onto the padding mask's additive bias (alpha = scale): torch's CPU
+    kernel for adding a head-broadcast bias to the scores runs about 15× slower than copying it
+    there, and the GEMM applies the scale and the bias before it rounds. The 1 / keep-probability
+    scale is applied to the (length × head_dim) output and its gradient instead of the
+    (length × length) probabilities, and so is the softmax's `scale` in backward (its backward is
+    linear in the gradient). Backward saves the probabilities, the keep factor and the dropped
+    probabilities, and uses aten's fused softmax backward (`torch._softmax_backward_data`, the one
+    private torch op this project calls; transformers' DeBERTa used it the same way).
     """
 
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, p: float, scale: float) -> Tensor:
         with torch.autocast(query.device.type, enabled=False):  # dtypes are explicit here
             key, value = key.to(query.dtype), value.to(query.dtype)
-            scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+            batch, heads, length, head_dim = query.shape
+            keys = key.shape[-2]
+            scores = torch.empty((batch, heads, length, keys), dtype=query.dtype, device=query.device)
             if mask is not None:
                 # An additive bias of the mask's (usually head-broadcast) shape, clamped so an fp32 mask's minimum
                 # stays finite in bf16 (−inf would give NaN on a row with every key masked).
@@ -166,13 +194,14 @@ class LaneDropoutAttention(torch.autograd.Function):
                     bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, lowest)
                 else:
                     bias = mask.clamp(min=lowest).to(scores.dtype)
-                scores.add_(bias)
-            short_rows = scores.dtype in (torch.bfloat16, torch.float16) and scores.shape[-1] < VECTORISED_SOFTMAX_ROW
+                scores.copy_(bias)  # broadcast over heads (and query positions)
+            _scaled_bmm(query, key.transpose(-1, -2), scale, out=scores, add_to_out=mask is not None)
+            short_rows = scores.dtype in (torch.bfloat16, torch.float16) and keys < VECTORISED_SOFTMAX_ROW
             probabilities = torch.softmax(scores, dim=-1, dtype=torch.float32 if short_rows else scores.dtype)
             del scores
             keep, keep_probability = lane_keep_factor(probabilities.shape, p, probabilities.dtype, probabilities.device)
             dropped = (probabilities * keep).to(query.dtype)
-            attended = torch.matmul(dropped, value).mul_(1.0 / keep_probability)
+            attended = _scaled_bmm(dropped, value, 1.0 / keep_probability)
         ctx.save_for_backward(query, key, value, probabilities, keep, dropped)
         ctx.scale, ctx.inverse_keep = scale, 1.0 / keep_probability
         return attended
@@ -180,17 +209,29 @@ class LaneDropoutAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_attended: Tensor):
         query, key, value, probabilities, keep, dropped = ctx.saved_tensors
-        grad = grad_attended.to(query.dtype) * ctx.inverse_keep
-        grad_value = torch.matmul(dropped.transpose(-1, -2), grad)
-        grad_dropped = torch.matmul(grad, value.transpose(-1, -2))
+        grad = grad_attended.to(query.dtype)
+        grad_value = _scaled_bmm(dropped.transpose(-1, -2), grad, ctx.inverse_keep)
+        grad_dropped = _scaled_bmm(grad, value.transpose(-1, -2), ctx.inverse_keep * ctx.scale)  # the softmax's scale, here
         grad_probabilities = grad_dropped.to(probabilities.dtype).mul_(keep)  # keep: 1.0 / 0.0 in the probabilities' dtype
         del grad_dropped
-        grad_scores = torch._softmax_backward_data(grad_probabilities, probabilities, -1, probabilities.dtype)
+        grad_scores = torch._softmax_backward_data(grad_probabilities, probabilities, -1, probabilities.dtype).to(query.dtype)
         del grad_probabilities
-        grad_scores = grad_scores.to(query.dtype).mul_(ctx.scale)
         grad_query = torch.matmul(grad_scores, key)
         grad_key = torch.matmul(grad_scores.transpose(-1, -2), query)
         return grad_query, grad_key, grad_value, None, None, None
+
+
+def _scaled_bmm(a: Tensor, b: Tensor, alpha: float, out: Tensor | None = None, add_to_out: bool = False) -> Tensor:
+    """alpha · (a @ b) over the leading (batch, heads) dimensions as one `baddbmm`, the scale applied inside the GEMM.
+
+    `out` (contiguous, the result's shape) receives it: added to its values with `add_to_out`
+    (beta = 1), written over them otherwise (beta = 0: its values are never read).
+    """
+    rows, inner, columns = a.shape[-2], a.shape[-1], b.shape[-1]
+    if out is None:
+        out = torch.empty((*a.shape[:-2], rows, columns), dtype=a.dtype, device=a.device)
+    out.view(-1, rows, columns).baddbmm_(a.reshape(-1, rows, inner), b.reshape(-1, inner, columns), beta=1.0 if add_to_out else 0.0, alpha=alpha)
+    return out
 
 
 def use_lane_dropout(model: nn.Module) -> int:
@@ -205,7 +246,7 @@ def use_lane_dropout(model: nn.Module) -> int:
     from hybridembed.modeling.packing import PACKED_SDPA, bucketed_attention
 
     # bucketed: the same function, and packed forwards (training.packing) run through it per bucket of rows
-    AttentionInterface.register(ATTENTION_NAME, bucketed_attention(sdpa_lane_dropout_attention))
+    AttentionInterface.register(ATTENTION_NAME, bucketed_attention(sdpa_lane_dropout_attention, lane_dropout_attention_heads_first))
     # Without a mask function of its own name transformers would build no padding mask at all for it.
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
     swapped = 0

@@ -131,19 +131,22 @@ def runs_packed_rows(attention_name: str) -> bool:
     return getattr(AttentionInterface().get(attention_name), "runs_packed_rows", False)
 
 
-def bucketed_attention(attention: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
+def bucketed_attention(attention: Callable[..., tuple[Tensor, Any]], heads_first: Callable[..., Tensor] | None = None) -> Callable[..., tuple[Tensor, Any]]:
     """An attention function that runs packed inputs (one sequence, `cu_seq_lens_q`) per bucket of rows; others go to `attention`.
 
     `attention` takes transformers' attention arguments (module, query, key, value, mask, dropout,
-    scaling) on (batch, heads, length, head_dim) and returns (batch, length, heads, head_dim). A
-    bucket's rows are padded to its longest; padded slots repeat a real token and are masked as keys
-    and dropped as queries, so every real token gets exactly its own row's attention.
+    scaling) on (batch, heads, length, head_dim) and returns (batch, length, heads, head_dim);
+    `heads_first`, when given, takes the same and returns (batch, heads, length, head_dim), which
+    saves the buckets a transpose copy. A bucket's rows are padded to its longest; padded slots
+    repeat a real token and are masked as keys and dropped as queries, so every real token gets
+    exactly its own row's attention.
 
-    Every bucket's slots are taken in one `index_select` per input (token-major, so a bucket is a
-    view in the layout transformers' padded attention uses) and the real slots come back in one
-    more: their backward is `index_add_` of whole (heads × head_dim) token vectors. Per-bucket
-    advanced indexing, the first version, back-propagated through `index_put_` with accumulation,
-    which torch runs element by element on one CPU thread (5% of a packed MiniLM step).
+    Every bucket's inputs come from one gather per input (`_RowGather`) of (token, head) rows, in
+    the contiguous (rows, heads, width, head_dim) layout of each bucket, so its matmuls copy nothing;
+    the real slots come back in one more gather. Each gather's backward is a gather too, where
+    autograd's `index_select` backward is `index_add_`, a serial loop on a CPU (and per-bucket
+    advanced indexing, the first version, back-propagated through an element-by-element
+    `index_put_`: 5% of a packed MiniLM step).
     """
 
     def run(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, dropout: float = 0.0,
@@ -153,27 +156,91 @@ def bucketed_attention(attention: Callable[..., tuple[Tensor, Any]]) -> Callable
             return attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         rest = {k: v for k, v in kwargs.items() if k not in VARLEN_KEYS}
         plan = _buckets(cumulative)
-        # (1, heads, tokens, head_dim) → (slots, heads, head_dim): token-major, every bucket's slots in a row
-        q, k, v = (x[0].transpose(0, 1).index_select(0, plan.slots) for x in (query, key, value))
-        parts, start = [], 0
-        for rows, width, keys in plan.buckets:
-            end = start + rows * width
-            q_b, k_b, v_b = (x[start:end].view(rows, width, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
-            attended, _ = attention(module, q_b, k_b, v_b, keys, dropout=dropout, scaling=scaling, **rest)
-            parts.append(attended.reshape(rows * width, *attended.shape[2:]))  # (slots, heads, head_dim)
-            start = end
-        return torch.cat(parts).index_select(0, plan.token_slots).unsqueeze(0), None
+        bucketed = []
+        for x in (query, key, value):  # (1, heads, tokens, head_dim) → per bucket (rows, heads, width, head_dim)
+            heads, tokens, head_dim = x.shape[1:]
+            slot_rows = plan.rows(heads)
+            gathered = _RowGather.apply(x[0].transpose(0, 1).reshape(tokens * heads, head_dim), slot_rows.sources, slot_rows.homes, False)
+            bucketed.append([part.view(n, heads, width, head_dim) for part, (n, width, _) in zip(gathered.split(slot_rows.sizes), plan.buckets)])
+        parts = []
+        for q_b, k_b, v_b, (_, _, keys) in zip(*bucketed, plan.buckets):
+            if heads_first is not None:
+                attended = heads_first(module, q_b, k_b, v_b, keys, dropout=dropout, scaling=scaling, **rest)
+            else:
+                attended = attention(module, q_b, k_b, v_b, keys, dropout=dropout, scaling=scaling, **rest)[0].transpose(1, 2)
+            parts.append(attended.reshape(-1, attended.shape[-1]))  # (rows × heads × width, head_dim)
+        heads, tokens = query.shape[1:3]
+        slot_rows = plan.rows(heads)
+        # the real slots in (token, head) order: (1, tokens, heads, head_dim), as transformers' attention functions return
+        return _RowGather.apply(torch.cat(parts), slot_rows.homes, slot_rows.owners, True).view(1, tokens, heads, -1), None
 
     run.runs_packed_rows = True  # type: ignore[attr-defined]
     return run
+
+
+class _RowGather(torch.autograd.Function):
+    """`source.index_select(0, rows)` whose backward is a gather as well: the gradient of source row i is that of output row `back[i]`.
+
+    For the bucket gathers that is the whole gradient: each (token, head) row of the packed sequence
+    appears once in a real slot and otherwise only in padded slots, whose gradient is zero (masked as
+    keys, so their probabilities are 0; dropped as queries, so no gradient reaches them). With
+    `zero_row`, `back` may name one row past the gradient's end: a source row that no output row
+    holds (the padded slots, for the gather of the real ones), whose gradient is zero.
+    """
+
+    @staticmethod
+    def forward(ctx, source: Tensor, rows: Tensor, back: Tensor, zero_row: bool) -> Tensor:
+        ctx.save_for_backward(back)
+        ctx.zero_row = zero_row
+        return source.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (back,) = ctx.saved_tensors
+        if ctx.zero_row:
+            grad = torch.cat([grad, grad.new_zeros(1, *grad.shape[1:])])
+        return grad.index_select(0, back), None, None, None
+
+
+class SlotRows(NamedTuple):
+    """The (token, head) rows of a bucket plan for one head count: packed tokens × heads of head_dim each."""
+
+    sources: Tensor  # (Σ rows × heads × width,) per slot row, bucket after bucket in (row, head, position) order: token × heads + head
+    homes: Tensor  # (tokens × heads,) per (token, head): the slot row of its real slot
+    owners: Tensor  # (Σ rows × heads × width,) per slot row: token × heads + head for a real slot, tokens × heads for a padded one
+    sizes: list[int]  # slot rows per bucket
 
 
 class BucketPlan(NamedTuple):
     """Where the tokens of one packed forward go for attention per bucket."""
 
     buckets: list[tuple[int, int, Tensor]]  # per bucket: rows, width, key mask (rows, 1, 1, width)
-    slots: Tensor  # (Σ rows × width,) the packed token in each slot, bucket after bucket; padded slots repeat a real one
-    token_slots: Tensor  # (tokens,) the slot that holds each packed token
+    tokens: list[np.ndarray]  # per bucket (rows, width): the packed token in each slot; padded slots repeat the row's first
+    real: list[np.ndarray]  # per bucket (rows, width): whether the slot holds a real token
+    device: torch.device
+    by_heads: dict[int, SlotRows]  # `rows(heads)`, filled on first use
+
+    def rows(self, heads: int) -> SlotRows:
+        """The slot rows for a tensor of `heads` heads (queries and grouped keys/values may differ)."""
+        if heads not in self.by_heads:
+            self.by_heads[heads] = _slot_rows(self, heads)
+        return self.by_heads[heads]
+
+
+def _slot_rows(plan: BucketPlan, heads: int) -> SlotRows:
+    tokens = sum(int(real.sum()) for real in plan.real)
+    sources, owners, sizes, homes, offset = [], [], [], np.empty(tokens * heads, dtype=np.int64), 0
+    for slots, real in zip(plan.tokens, plan.real):
+        head = np.arange(heads)[None, :, None]
+        source = slots[:, None, :] * heads + head  # (rows, heads, width)
+        is_real = np.broadcast_to(real[:, None, :], source.shape)
+        homes[source[is_real]] = offset + np.flatnonzero(is_real)
+        sources.append(source.reshape(-1))
+        owners.append(np.where(is_real, source, tokens * heads).reshape(-1))
+        sizes.append(source.size)
+        offset += source.size
+    as_tensor = lambda parts: torch.as_tensor(np.concatenate(parts), device=plan.device)  # noqa: E731
+    return SlotRows(as_tensor(sources), torch.as_tensor(homes, device=plan.device), as_tensor(owners), sizes)
 
 
 class _BucketPlans:
@@ -204,18 +271,16 @@ def _plan_buckets(cumulative: Tensor) -> BucketPlan:
     by_length = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[by_length].astype(np.float64)
     ends = cheapest_cuts(sorted_lengths**2, len(sorted_lengths), BUCKET_COST_SCORES)
-    buckets, slots, token_slots, offset = [], [], np.empty(int(lengths.sum()), dtype=np.int64), 0
+    buckets, tokens, reals = [], [], []
     for begin, end in zip([0, *ends[:-1]], ends):
         rows = by_length[begin:end]
         width = int(lengths[rows].max())
         positions = np.arange(width)
         real = positions[None, :] < lengths[rows][:, None]
-        tokens = starts[rows][:, None] + np.where(real, positions[None, :], 0)  # padded slots repeat the row's first token
-        token_slots[tokens[real]] = offset + np.flatnonzero(real)
-        slots.append(tokens.reshape(-1))
+        tokens.append(starts[rows][:, None] + np.where(real, positions[None, :], 0))  # padded slots repeat the row's first token
+        reals.append(real)
         buckets.append((len(rows), width, torch.as_tensor(real, device=device)[:, None, None, :]))
-        offset += tokens.size
-    return BucketPlan(buckets, torch.as_tensor(np.concatenate(slots), device=device), torch.as_tensor(token_slots, device=device))
+    return BucketPlan(buckets, tokens, reals, device, {})
 
 
 def _masked_bins_forward(backbone: Any, columns: dict[str, Tensor], row_of_token: Tensor, position_in_row: Tensor, lengths: Tensor) -> Tensor:
