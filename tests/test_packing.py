@@ -16,7 +16,7 @@ def _texts() -> list[str]:
     return ["", sentences[0], sentences[0], "a", " ".join(sentences[1:9]), *sentences[10:15]]
 
 
-def _models(backbone, device: str, attention: str = "sdpa", lane_dropout: bool = False):
+def _models(backbone, device: str, attention: str = "sdpa", lane_dropout: str | None = None):
     from hybridembed.modeling.dropout import use_lane_dropout
     from hybridembed.modeling.model import build_model
     from hybridembed.modeling.packing import enable_packing
@@ -27,11 +27,12 @@ def _models(backbone, device: str, attention: str = "sdpa", lane_dropout: bool =
     packed.load_state_dict(padded.state_dict())
     enable_packing(packed)
     for model in (padded, packed):
-        if lane_dropout:  # p stays: lane dropout's attention node runs (the caller makes its masks keep everything)
+        if lane_dropout:
             use_lane_dropout(model)
         model.train()
         for module in model.modules():  # dropout off: the comparison is exact up to float error
-            if isinstance(module, torch.nn.Dropout) and not lane_dropout:
+            # "node": p stays, so lane dropout's attention node runs (the caller makes its masks keep everything)
+            if isinstance(module, torch.nn.Dropout) and lane_dropout != "node":
                 module.p = 0.0
     return padded, packed
 
@@ -43,9 +44,10 @@ def _embed(model, texts: list[str], device: str) -> torch.Tensor:
 
 # sdpa: one packed sequence, attention per bucket of rows (BUCKET_COST_SCORES 0: a bucket per length);
 # eager: block-diagonal masks in bins of BIN_TOKENS (16: several bins with empty slots at their ends);
-# lane-dropout-buckets: lane dropout's attention node per bucket (heads-first outputs), with masks that keep everything.
+# lane-dropout-buckets: lane dropout's attention node per bucket (heads-first outputs), with masks that keep everything;
+# lane-dropout-p0-buckets: its attention function at p = 0, heads-first from transformers' sdpa.
 PATHS = {"buckets": ("sdpa", {"BUCKET_COST_SCORES": 0}), "one-bucket": ("sdpa", {"BUCKET_COST_SCORES": 10**9}),
-         "lane-dropout-buckets": ("sdpa", {"BUCKET_COST_SCORES": 0}),
+         "lane-dropout-buckets": ("sdpa", {"BUCKET_COST_SCORES": 0}), "lane-dropout-p0-buckets": ("sdpa", {"BUCKET_COST_SCORES": 0}),
          "bins": ("eager", {"BIN_TOKENS": 16}), "one-bin": ("eager", {"BIN_TOKENS": 512})}  # fmt: skip
 
 
@@ -58,7 +60,7 @@ def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, pat
     attention, settings = PATHS[path]
     for name, value in settings.items():
         monkeypatch.setattr(packing, name, value)
-    lane_dropout = path.startswith("lane-dropout")
+    lane_dropout = None if not path.startswith("lane-dropout") else "sdpa" if "-p0-" in path else "node"
     if lane_dropout:
         nodes = []
         monkeypatch.setattr(dropout, "lane_keep_factor", lambda shape, p, dtype, device: (torch.ones(shape, dtype=dtype, device=device), 1.0))
@@ -81,8 +83,8 @@ def test_packed_forward_matches_the_padded_one_in_values_and_gradients(kind, pat
         lengths = packed.tokenize(texts)["attention_mask"].sum(dim=1)
         assert len(buckets[0].buckets) == (len(set(lengths.tolist())) if path.endswith("buckets") else 1)
     assert result.device.type == device and result.shape == reference.shape
-    if lane_dropout:  # the node ran (on a CPU: elsewhere lane dropout is torch's), padded and per bucket
-        assert bool(nodes) == (device == "cpu")
+    if lane_dropout:  # the node ran (on a CPU with dropout: elsewhere lane dropout is torch's), padded and per bucket
+        assert bool(nodes) == (device == "cpu" and lane_dropout == "node")
     torch.testing.assert_close(result, reference, atol=2e-5, rtol=1e-4)
     weights = torch.linspace(-1, 1, reference.numel(), device=device).view_as(reference)
     (reference * weights).sum().backward()
