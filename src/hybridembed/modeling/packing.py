@@ -228,6 +228,7 @@ class BucketPlan(NamedTuple):
 
 
 def _slot_rows(plan: BucketPlan, heads: int) -> SlotRows:
+    """`plan`'s slots as rows of a (tokens × heads, head_dim) view of a packed (tokens, heads, head_dim) tensor."""
     tokens = sum(int(real.sum()) for real in plan.real)
     sources, owners, sizes, homes, offset = [], [], [], np.empty(tokens * heads, dtype=np.int64), 0
     for slots, real in zip(plan.tokens, plan.real):
