@@ -300,3 +300,21 @@ def test_the_attention_benchmark_prints_a_row_per_chunk_and_precision(tmp_path):
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("fp32", "bf16")]
     assert len(rows) == 6 and {row[1] for row in rows} == {"fp32", "bf16"} and all(" × " in row[0] for row in rows), done.stdout
     assert all(float(value) > 0 for row in rows for value in row[2:5]), done.stdout
+
+
+def test_the_attention_ops_benchmark_prints_a_row_per_shape_and_gather(tmp_path):
+    """benchmarks/attention_ops.py (the tables docs/performance.md quotes) times both score formulations and both gathers."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "attention_ops.py"), "--calls", "1", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and line[2:3].isdigit()]  # "| 32 × 24 | ..."
+    assert len(scores) == 4 and all(float(row[-1].rstrip(" |")) < 0.01 for row in scores), done.stdout  # bf16 errors
+    gathers = [line for line in done.stdout.splitlines() if line.startswith("| index_select") or line.startswith("| _RowGather")]
+    assert len(gathers) == 2, done.stdout

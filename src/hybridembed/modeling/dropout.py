@@ -128,11 +128,8 @@ def sdpa_lane_dropout_attention(
     itself; with it, the math of that kernel's fallback: softmax(q·kᵀ · scaling + mask), dropped, · v.
     Returns (batch, length, heads, head_dim) as the attention functions of transformers do.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if not _drops_on_cpu(module, query, dropout, kwargs):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    return lane_dropout_attention_heads_first(module, query, key, value, attention_mask, dropout, scaling, **kwargs).transpose(1, 2).contiguous(), None
+    attended = lane_dropout_attention_heads_first(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    return attended.transpose(1, 2).contiguous(), None  # without dropout: SDPA's own output (transposed twice, not copied)
 
 
 def lane_dropout_attention_heads_first(
@@ -146,7 +143,7 @@ def lane_dropout_attention_heads_first(
     **kwargs: Any,
 ) -> Tensor:
     """`sdpa_lane_dropout_attention` as (batch, heads, length, head_dim), the layout it computes in (packing's buckets take it so)."""
-    if not _drops_on_cpu(module, query, dropout, kwargs):
+    if dropout == 0.0 or query.device.type != "cpu" or kwargs.get("is_causal") or getattr(module, "is_causal", False):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0].transpose(1, 2)
@@ -158,11 +155,6 @@ def lane_dropout_attention_heads_first(
     return LaneDropoutAttention.apply(query, key, value, mask, dropout, scale)
 
 
-def _drops_on_cpu(module: nn.Module, query: Tensor, dropout: float, kwargs: dict[str, Any]) -> bool:
-    """Whether the attention has dropout to apply on a CPU, non-causally: the case `LaneDropoutAttention` computes."""
-    return dropout != 0.0 and query.device.type == "cpu" and not kwargs.get("is_causal") and not getattr(module, "is_causal", False)
-
-
 class LaneDropoutAttention(torch.autograd.Function):
     """softmax(q·kᵀ · scale + mask) with lane dropout, · v — one autograd node with a hand-written backward.
 
@@ -170,7 +162,7 @@ class LaneDropoutAttention(torch.autograd.Function):
     the kernel and rounds once, where autocast's graph wrote an fp32 copy and cast it back), except
     the softmax of rows shorter than `VECTORISED_SOFTMAX_ROW` keys, which is faster in fp32. The
     scores are one `baddbmm` onto the padding mask's additive bias (alpha = scale): torch's CPU
-    kernel for adding a head-broadcast bias to the scores runs about 15× slower than copying it
+    kernel for adding a head-broadcast bias to the scores runs over 10× slower than copying it
     there, and the GEMM applies the scale and the bias before it rounds. The 1 / keep-probability
     scale is applied to the (length × head_dim) output and its gradient instead of the
     (length × length) probabilities, and so is the softmax's `scale` in backward (its backward is
