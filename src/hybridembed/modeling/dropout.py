@@ -162,8 +162,8 @@ class LaneDropoutAttention(torch.autograd.Function):
     the kernel and rounds once, where autocast's graph wrote an fp32 copy and cast it back), except
     the softmax of rows shorter than `VECTORISED_SOFTMAX_ROW` keys, which is faster in fp32. The
     scores are one `baddbmm` onto the padding mask's additive bias (alpha = scale): torch's CPU
-    kernel for adding a head-broadcast bias to the scores runs over 10× slower than copying it
-    there, and the GEMM applies the scale and the bias before it rounds. The 1 / keep-probability
+    kernel for adding a head-broadcast bias to the scores takes 10–20× the time of copying it there
+    at MiniLM's bucket sizes (benchmarks/attention_ops.py), and the GEMM applies the scale and the bias before it rounds. The 1 / keep-probability
     scale is applied to the (length × head_dim) output and its gradient instead of the
     (length × length) probabilities, and so is the softmax's `scale` in backward (its backward is
     linear in the gradient). Backward saves the probabilities, the keep factor and the dropped
@@ -175,7 +175,7 @@ class LaneDropoutAttention(torch.autograd.Function):
     def forward(ctx, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, p: float, scale: float) -> Tensor:
         with torch.autocast(query.device.type, enabled=False):  # dtypes are explicit here
             key, value = key.to(query.dtype), value.to(query.dtype)
-            batch, heads, length, head_dim = query.shape
+            batch, heads, length, _ = query.shape
             keys = key.shape[-2]
             scores = torch.empty((batch, heads, length, keys), dtype=query.dtype, device=query.device)
             if mask is not None:
