@@ -43,29 +43,63 @@ ATTENTION_NAME = "hybridembed_sdpa_lane_dropout"
 # torch's CPU softmax kernels (forward and backward) vectorise bf16/fp16 rows of at least this many
 # elements; shorter rows run a scalar loop 2–6× slower than the fp32 kernels, so those stay in fp32.
 VECTORISED_SOFTMAX_ROW = 32
+# Lanes a CPU draw handles at a time: the block's words (128 KB), comparison (64 KB) and output slice
+# (≤ 256 KB) stay in a core's L2 cache between the passes.
+BLOCK_LANES = 65536
 
 
 def random_words(count: int, device: torch.device) -> Tensor:
     """`count` uniform int64 words: on a CPU from numpy's SFC64 seeded by one draw of torch's default generator."""
     if torch.device(device).type != "cpu":
         return torch.randint(-(2**63), 2**63 - 1, (count,), dtype=torch.int64, device=device)
-    seed = int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
-    return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
+    return torch.from_numpy(_cpu_words().random_raw(count).view(np.int64))
 
 
-def _lanes(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, int, float]:
-    """(`shape` uniform int16 lanes, the threshold a kept lane reaches, the exact keep probability)."""
-    numel = math.prod(shape)
-    lanes = random_words((numel + 3) // 4, device).view(torch.int16)[:numel].view(shape)  # uniform over [-32768, 32767]
+def _cpu_words() -> np.random.SFC64:
+    """A fresh SFC64 stream seeded by one draw of torch's default generator (so seeding and resuming torch's repeat it)."""
+    return np.random.SFC64(int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64)))
+
+
+def _threshold(p: float) -> tuple[int, float]:
+    """(the int16 value a kept lane reaches, the exact keep probability) for drop probability `p` rounded to 1/65536."""
     dropped = round(p * LANES)
-    return lanes, dropped - LANES // 2, 1.0 - dropped / LANES
+    return dropped - LANES // 2, 1.0 - dropped / LANES
+
+
+def _cpu_keep(shape: torch.Size | tuple[int, ...], p: float, one: np.signedinteger[Any] | None) -> tuple[Tensor, float]:
+    """The CPU draw: a keep mask of `shape` (`one` None) or `one` where kept and 0 elsewhere, and the exact keep probability.
+
+    The lanes are `random_words((numel + 3) // 4)`'s, in order, drawn and compared `BLOCK_LANES` at a
+    time: drawn whole, a mask's words, comparison and output are three arrays the size of the
+    activations, which in a training step's cold cache cost 2–4× the arithmetic (docs/performance.md).
+    """
+    numel = math.prod(shape)
+    threshold, keep_probability = _threshold(p)
+    words = _cpu_words()
+    out = np.empty(numel, dtype=np.bool_ if one is None else one.dtype)
+    kept = np.empty(min(numel, BLOCK_LANES), dtype=np.bool_)
+    for start in range(0, numel, BLOCK_LANES):
+        size = min(BLOCK_LANES, numel - start)
+        lanes = words.random_raw((size + 3) // 4).view(np.int16)[:size]  # uniform over [-32768, 32767]
+        if one is None:
+            np.greater_equal(lanes, threshold, out=out[start : start + size])
+        else:  # numpy has no bfloat16: `one` is 1.0's bit pattern, written from the comparison
+            np.multiply(np.greater_equal(lanes, threshold, out=kept[:size]), one, out=out[start : start + size])
+    return torch.from_numpy(out).view(shape), keep_probability
+
+
+def _device_lanes(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, int, float]:
+    """Off a CPU: (`shape` uniform int16 lanes from `random_words`, the threshold a kept lane reaches, the keep probability)."""
+    numel = math.prod(shape)
+    lanes = random_words((numel + 3) // 4, device).view(torch.int16)[:numel].view(shape)
+    return lanes, *_threshold(p)
 
 
 def lane_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> tuple[Tensor, float]:
     """(a boolean keep mask of `shape`, the exact keep probability): Bernoulli(1 − p) up to p rounded to 1/65536."""
-    lanes, threshold, keep_probability = _lanes(shape, p, device)
-    if lanes.device.type == "cpu":  # numpy's comparison is vectorised; torch's int16 → bool one is not (~8× slower here)
-        return torch.from_numpy(lanes.numpy() >= threshold), keep_probability
+    if torch.device(device).type == "cpu":  # numpy's comparison is vectorised; torch's int16 → bool one is not (~8× slower here)
+        return _cpu_keep(shape, p, None)
+    lanes, threshold, keep_probability = _device_lanes(shape, p, device)
     return lanes >= threshold, keep_probability
 
 
@@ -77,12 +111,11 @@ def lane_keep_factor(shape: torch.Size | tuple[int, ...], p: float, dtype: torch
     dropout paths multiply by this factor instead; numpy writes it from the comparison as the bit
     pattern of 1.0 (numpy has no bfloat16), a vectorised pass.
     """
-    lanes, threshold, keep_probability = _lanes(shape, p, device)
-    if lanes.device.type != "cpu" or not dtype.is_floating_point:
-        return (lanes >= threshold).to(dtype), keep_probability
-    one = _one_bits(dtype)
-    factor = np.multiply(lanes.numpy() >= threshold, one, dtype=one.dtype)
-    return torch.from_numpy(factor).view(dtype), keep_probability
+    if torch.device(device).type == "cpu" and dtype.is_floating_point:
+        factor, keep_probability = _cpu_keep(shape, p, _one_bits(dtype))
+        return factor.view(dtype), keep_probability
+    keep, keep_probability = lane_keep_mask(shape, p, device)
+    return keep.to(dtype), keep_probability
 
 
 @functools.cache
