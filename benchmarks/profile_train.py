@@ -31,6 +31,11 @@ def main() -> None:
     parser.add_argument("--ops", action="store_true", help="torch.profiler instead of cProfile: torch operators (backward ones too) by self CPU time")
     parser.add_argument("--gemms", action="store_true",
                         help="torch.profiler with shapes: the step's matmuls in place and each shape replayed alone, against the 2048² peak")  # fmt: skip
+    parser.add_argument("--masks", action="store_true",
+                        help="time every lane-dropout mask draw in place: by dtype and rank, ns per element and share of the wall")  # fmt: skip
+    parser.add_argument("--mask-block-lanes", type=int, default=None, metavar="N",
+                        help="with --masks: draw masks N lanes at a time instead of the default "
+                        "(hybridembed.modeling.dropout.BLOCK_LANES); a huge N draws each mask whole, as before 2026-12-07 evening")  # fmt: skip
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"a recipe setting on top of train_throughput.py's arm ({OURS}), e.g. --set training.lane_dropout=false")  # fmt: skip
     args = parser.parse_args()
@@ -43,6 +48,9 @@ def main() -> None:
         return
     if args.gemms:
         profile_gemms(trainer, args, resolve_precision(args.precision))
+        return
+    if args.masks:
+        profile_masks(trainer, args)
         return
     profiler = cProfile.Profile()
     started = time.perf_counter()
@@ -74,6 +82,46 @@ def profile_ops(trainer, args) -> None:
     print("|---|---|---|---|")
     for e in events:
         print(f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.2f} | {e.self_cpu_time_total / 1e6 / wall:.0%} |")
+
+
+class MaskTimer:
+    """Wraps a mask-drawing function `(shape, p, dtype, device) -> (factor, keep probability)`, adding up calls, elements and seconds by (dtype, rank)."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.totals: dict[tuple[str, int], list[float]] = {}
+
+    def __call__(self, shape, p, dtype, device):
+        started = time.perf_counter()
+        drawn = self.draw(shape, p, dtype, device)
+        total = self.totals.setdefault((str(dtype).removeprefix("torch."), len(shape)), [0, 0, 0.0])
+        total[0] += 1
+        total[1] += drawn[0].numel()
+        total[2] += time.perf_counter() - started
+        return drawn
+
+
+def profile_masks(trainer, args) -> None:
+    """Every lane-dropout mask draw of the run, timed where it happens (in a step's cold caches, unlike a loop of draws alone)."""
+    import hybridembed.modeling.dropout as dropout
+
+    if args.mask_block_lanes is not None:
+        if args.mask_block_lanes < 4 or args.mask_block_lanes % 4:
+            sys.exit("--mask-block-lanes must be a positive multiple of 4 (each block takes whole 64-bit words)")
+        dropout.BLOCK_LANES = args.mask_block_lanes
+    timer = MaskTimer(dropout.lane_keep_factor)
+    dropout.lane_keep_factor = timer  # the dropout paths look it up in the module at each call
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    print(f"\n{args.steps} steps, batch {args.batch_size}, quickstart data, precision {args.precision}, wall {wall:.1f} s, "
+          f"mask blocks of {dropout.BLOCK_LANES} lanes")  # fmt: skip
+    print("| mask dtype | rank | draws | elements (M) | seconds | ns per element |")
+    print("|---|---|---|---|---|---|")
+    for (dtype, rank), (calls, elements, seconds) in sorted(timer.totals.items()):
+        print(f"| {dtype} | {rank} | {calls} | {elements / 1e6:.1f} | {seconds:.3f} | {seconds / max(elements, 1) * 1e9:.2f} |")
+    elements, seconds = (sum(total[i] for total in timer.totals.values()) for i in (1, 2))
+    print(f"masks: {seconds / wall:.1%} of the wall, {seconds / max(elements, 1) * 1e9:.2f} ns per element")
 
 
 # The matmul operators a training step runs (forward and autograd's backward), and how to rebuild one from its input shapes.

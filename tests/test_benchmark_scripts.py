@@ -46,6 +46,18 @@ def test_gemm_flops_counts_the_batch_of_a_bmm():
     assert GEMMS["aten::addmm"]([[16], [4, 8], [8, 16], [], []]) == ([4, 8], [8, 16])
 
 
+def test_the_mask_timer_adds_up_draws_by_dtype_and_rank():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+    from profile_train import MaskTimer
+
+    timer = MaskTimer(lambda shape, p, dtype, device: (torch.ones(shape, dtype=dtype), 1.0 - p))
+    for shape in ((2, 3), (4, 5), (1, 2, 2, 2)):
+        factor, probability = timer(shape, 0.25, torch.bfloat16, torch.device("cpu"))
+        assert factor.shape == shape and probability == 0.75  # the draw itself is handed through
+    assert {key: total[:2] for key, total in timer.totals.items()} == {("bfloat16", 2): [2, 26], ("bfloat16", 4): [1, 8]}
+
+
 def test_train_throughput_summarises_repeats_by_median_and_range():
     # The whole script trains four arms (minutes on CPU); its repeat summary is checked on its own.
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -174,6 +176,24 @@ def test_random_words_follow_torchs_generator():
     assert torch.equal(lane.random_words(1000, torch.device("cpu")), first) and not torch.equal(first, second)
     bits = first.view(torch.uint8).unsqueeze(-1).bitwise_and(torch.tensor([1 << i for i in range(8)], dtype=torch.uint8))
     assert abs((bits != 0).float().mean().item() - 0.5) < 0.01  # 64,000 bits: ±0.01 is 5 standard deviations
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3,), (4, 5, 7), (2, 3, 1001)])
+@pytest.mark.parametrize("block", [4, 12, lane.BLOCK_LANES])
+def test_cpu_draws_in_blocks_are_the_whole_word_streams_lanes(shape, block, monkeypatch):
+    """Drawn a block at a time (to stay in cache), a mask and a factor are still `random_words`' lanes, in order, compared whole."""
+    monkeypatch.setattr(lane, "BLOCK_LANES", block)
+    numel, cpu = math.prod(shape), torch.device("cpu")
+    torch.manual_seed(5)
+    lanes = lane.random_words((numel + 3) // 4, cpu).view(torch.int16)[:numel].view(shape) if numel else torch.zeros(shape, dtype=torch.int16)
+    expected = lanes >= round(0.3 * lane.LANES) - lane.LANES // 2
+    torch.manual_seed(5)
+    keep, probability = lane.lane_keep_mask(shape, 0.3, cpu)
+    assert keep.shape == expected.shape and torch.equal(keep, expected) and probability == 1.0 - round(0.3 * lane.LANES) / lane.LANES
+    for dtype in (torch.bfloat16, torch.float32):
+        torch.manual_seed(5)
+        factor, _ = lane.lane_keep_factor(shape, 0.3, dtype, cpu)
+        assert factor.dtype == dtype and torch.equal(factor, expected.to(dtype))
 
 
 def test_use_lane_dropout_swaps_a_backbone_and_leaves_inference_unchanged(tiny_bert_dir):

@@ -45,7 +45,7 @@ ATTENTION_NAME = "hybridembed_sdpa_lane_dropout"
 VECTORISED_SOFTMAX_ROW = 32
 # Lanes a CPU draw handles at a time: the block's words (128 KB), comparison (64 KB) and output slice
 # (≤ 256 KB) stay in a core's L2 cache between the passes.
-BLOCK_LANES = 65536
+BLOCK_LANES = 65536  # a multiple of 4: every block but the last takes whole words, so the stream is the whole draw's
 
 
 def random_words(count: int, device: torch.device) -> Tensor:
@@ -77,9 +77,10 @@ def _cpu_keep(shape: torch.Size | tuple[int, ...], p: float, one: np.signedinteg
     threshold, keep_probability = _threshold(p)
     words = _cpu_words()
     out = np.empty(numel, dtype=np.bool_ if one is None else one.dtype)
-    kept = np.empty(min(numel, BLOCK_LANES), dtype=np.bool_)
-    for start in range(0, numel, BLOCK_LANES):
-        size = min(BLOCK_LANES, numel - start)
+    block = BLOCK_LANES  # read at each draw, so a benchmark can change it
+    kept = np.empty(min(numel, block), dtype=np.bool_)
+    for start in range(0, numel, block):
+        size = min(block, numel - start)
         lanes = words.random_raw((size + 3) // 4).view(np.int16)[:size]  # uniform over [-32768, 32767]
         if one is None:
             np.greater_equal(lanes, threshold, out=out[start : start + size])
