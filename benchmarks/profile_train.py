@@ -35,7 +35,7 @@ def main() -> None:
                         help="time every lane-dropout mask draw in place: by dtype and rank, ns per element and share of the wall")  # fmt: skip
     parser.add_argument("--mask-block-lanes", type=int, default=None, metavar="N",
                         help="with --masks: draw masks N lanes at a time instead of the default "
-                        "(hybridembed.modeling.dropout.BLOCK_LANES); a huge N draws each mask whole, as before 2026-12-07 evening")  # fmt: skip
+                        "(hybridembed.modeling.dropout.BLOCK_LANES); a huge N draws each mask whole, as before 270426b")  # fmt: skip
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"a recipe setting on top of train_throughput.py's arm ({OURS}), e.g. --set training.lane_dropout=false")  # fmt: skip
     args = parser.parse_args()

@@ -25,7 +25,8 @@ The random words come from numpy's SFC64 seeded by one draw of torch's default g
 torch's CPU generator, mt19937), and the stream stays a function of torch's generator state, so
 seeding and resuming work as before. On a CPU the masks are applied as a product with a 1.0 / 0.0
 factor of the input's dtype (`lane_keep_factor`), not with `torch.where` on a boolean mask: torch's
-CPU kernels for boolean masks run scalar loops.
+CPU kernels for boolean masks run scalar loops. The CPU draws go `BLOCK_LANES` lanes at a time, so
+their words, comparison and output slice stay in cache between the passes; the stream is the same.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def _cpu_keep(shape: torch.Size | tuple[int, ...], p: float, one: np.signedinteg
 
     The lanes are `random_words((numel + 3) // 4)`'s, in order, drawn and compared `BLOCK_LANES` at a
     time: drawn whole, a mask's words, comparison and output are three arrays the size of the
-    activations, which in a training step's cold cache cost 2–4× the arithmetic (docs/performance.md).
+    activations, which in a training step's cold caches took about twice the time per element
+    (`benchmarks/profile_train.py --masks`, docs/performance.md).
     """
     numel = math.prod(shape)
     threshold, keep_probability = _threshold(p)
