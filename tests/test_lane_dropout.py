@@ -291,32 +291,14 @@ def test_the_mlm_stage_trains_with_lane_dropout(tiny_bert_dir, tmp_path, monkeyp
 
 def test_the_dropout_benchmark_prints_a_row_per_tensor_and_dtype(tmp_path):
     """benchmarks/dropout_speed.py (the table docs/performance.md quotes) runs and times both dropouts."""
-    import subprocess
-    import sys
-
-    from helpers import REPO
-
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "dropout_speed.py"), "--calls", "2", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_benchmark(tmp_path, "dropout_speed.py", "--calls", "2", "--repeats", "1")
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "float" in line]
     assert len(rows) == 6 and all(float(row.split("|")[-2]) > 0 for row in rows), done.stdout
 
 
 def test_the_attention_benchmark_prints_a_row_per_chunk_and_precision(tmp_path):
     """benchmarks/dropout_speed.py --attention times SDPA, the autograd graph and the node at every chunk shape."""
-    import subprocess
-    import sys
-
-    from helpers import REPO
-
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "dropout_speed.py"), "--attention", "--calls", "1", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run_benchmark(tmp_path, "dropout_speed.py", "--attention", "--calls", "1", "--repeats", "1")
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and line.split(" | ")[1] in ("fp32", "bf16")]
     assert len(rows) == 6 and {row[1] for row in rows} == {"fp32", "bf16"} and all(" × " in row[0] for row in rows), done.stdout
     assert all(float(value) > 0 for row in rows for value in row[2:5]), done.stdout
@@ -324,17 +306,20 @@ def test_the_attention_benchmark_prints_a_row_per_chunk_and_precision(tmp_path):
 
 def test_the_attention_ops_benchmark_prints_a_row_per_shape_and_gather(tmp_path):
     """benchmarks/attention_ops.py (the tables docs/performance.md quotes) times both score formulations and both gathers."""
+    done = _run_benchmark(tmp_path, "attention_ops.py", "--calls", "1", "--repeats", "1")
+    scores = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and line[2:3].isdigit()]  # "| 32 × 24 | ..."
+    assert len(scores) == 4 and all(float(row[-1].rstrip(" |")) < 0.01 for row in scores), done.stdout  # bf16 errors
+    gathers = [line for line in done.stdout.splitlines() if line.startswith("| index_select") or line.startswith("| _RowGather")]
+    assert len(gathers) == 2, done.stdout
+
+
+def _run_benchmark(tmp_path, script: str, *args: str):
+    """Run benchmarks/`script` with `args` in `tmp_path`; the finished process, after checking it exited 0."""
     import subprocess
     import sys
 
     from helpers import REPO
 
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "attention_ops.py"), "--calls", "1", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    scores = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and line[2:3].isdigit()]  # "| 32 × 24 | ..."
-    assert len(scores) == 4 and all(float(row[-1].rstrip(" |")) < 0.01 for row in scores), done.stdout  # bf16 errors
-    gathers = [line for line in done.stdout.splitlines() if line.startswith("| index_select") or line.startswith("| _RowGather")]
-    assert len(gathers) == 2, done.stdout
+    return done
