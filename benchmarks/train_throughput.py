@@ -22,7 +22,12 @@ and the gain of the trainer are shown apart. The last line reads
 `speedup: X.XX peak_fraction: Y.YY quality_delta: Z.ZZZ` (ours ÷ stock-default rows/s; our FLOP/s ÷
 the peak of our precision; our Spearman − stock's, 0–1 scale); the line before it compares with the
 stock bf16 arm. `--repeats N` runs every arm N times in turn and reports medians (and each arm's
-lowest and highest pairs/s); the ratios are ratios of medians. Every arm runs under tcmalloc when
+lowest and highest pairs/s); the ratios are ratios of medians. Before them, `--cold-runs` passes
+(default 1) over every arm are timed the same way and printed in their own table, with
+`cold_speedup: … cold_peak_fraction: … cold_quality_delta: …`, and left out of the medians: the
+first run in a fresh process pays for growing the heap (hundreds of thousands of page faults for
+the batch of 128-token passages, several µs each in a VM) and the arms after it reuse that memory,
+so in a cold pass the arm that runs first (ours) pays for all of them; a long run pays it once. Every arm runs under tcmalloc when
 it is installed (`--allocator auto`, the default: the script re-executes itself with LD_PRELOAD, as
 `make demo` trains, and names the allocator in its header); `--allocator system` keeps glibc's
 malloc, where our arm runs first and applies `training.keep_freed_memory` (glibc malloc settings,
@@ -268,12 +273,15 @@ def main() -> None:
                         "e.g. --also training.lane_dropout=false --also 'training.packing=true;training.forward_chunk_rows=null'")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every arm this many times, in turn (ours, the --also rows, stock, ...), and report medians and the range")  # fmt: skip
+    parser.add_argument("--cold-runs", type=int, default=1,
+                        help="passes over every arm first, reported in their own table and left out of the medians: the first "
+                        "run in a process pays for growing its memory, which the arms after it reuse (docs/performance.md)")  # fmt: skip
     parser.add_argument("--allocator", choices=["auto", "system"], default="auto",
                         help="auto: run every arm under tcmalloc when it is installed (re-executes with LD_PRELOAD; Debian: "
                         "libtcmalloc-minimal4); system: the process's own malloc (glibc, with our arm's training.keep_freed_memory)")  # fmt: skip
     args = parser.parse_args()
-    if args.repeats < 1 or args.warmup >= args.steps:
-        parser.error("--repeats must be ≥ 1 and --warmup below --steps")
+    if args.repeats < 1 or args.cold_runs < 0 or args.warmup >= args.steps:
+        parser.error("--repeats must be ≥ 1, --cold-runs ≥ 0 and --warmup below --steps")
     tcmalloc = installed_tcmalloc()
     if args.allocator == "auto" and tcmalloc and not preloaded_allocator():
         # the allocator is chosen when a process starts: start again with it, every arm in the same process as before
@@ -282,29 +290,50 @@ def main() -> None:
     precision = resolve_precision(args.precision)
     precisions = sorted({"fp32", precision})
     peaks = {p: matmul_peak(p) for p in precisions}
-    runs: dict[str, list[dict]] = {}
+    passes: list[dict[str, dict]] = [{} for _ in range(args.cold_runs + args.repeats)]  # one dict of arm name → run per pass over the arms
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):  # in turn, so a slow spell of the machine spreads over every arm
+        for repeat, runs in enumerate(passes):  # in turn, so a slow spell of the machine spreads over every arm
             sizes = (args.steps, args.warmup, args.batch_size)
-            runs.setdefault("hybridembed", []).append(run_ours(*sizes, f"{tmp}/ours-{repeat}", precision, OURS))
+            runs["hybridembed"] = run_ours(*sizes, f"{tmp}/ours-{repeat}", precision, OURS)
             for i, row in enumerate(args.also):
                 name = "hybridembed, " + ", ".join(f"{key}: {value}" for key, value in row)
-                runs.setdefault(name, []).append(run_ours(*sizes, f"{tmp}/also-{i}-{repeat}", precision, {**OURS, **dict(row)}))
-            runs.setdefault("stock SentenceTransformerTrainer", []).append(run_stock(*sizes, f"{tmp}/stock-{repeat}", "fp32"))
+                runs[name] = run_ours(*sizes, f"{tmp}/also-{i}-{repeat}", precision, {**OURS, **dict(row)})
+            runs["stock SentenceTransformerTrainer"] = run_stock(*sizes, f"{tmp}/stock-{repeat}", "fp32")
             if precision != "fp32":  # the stock trainer with the same precision: what a user of it would set
-                runs.setdefault(f"stock SentenceTransformerTrainer, {precision}=True", []).append(
-                    run_stock(*sizes, f"{tmp}/stock-{precision}-{repeat}", precision)
-                )
+                runs[f"stock SentenceTransformerTrainer, {precision}=True"] = run_stock(*sizes, f"{tmp}/stock-{precision}-{repeat}", precision)
             peaks = {p: max(peaks[p], matmul_peak(p)) for p in precisions}
-    arms = {name: summarise(arm_runs) for name, arm_runs in runs.items()}
-    ours, stock = arms["hybridembed"], arms["stock SentenceTransformerTrainer"]
-    repeats = f", median of {args.repeats} runs per arm" if args.repeats > 1 else ""
     print()
     print(f"model: all-MiniLM-L6-v2 → 768 (Matryoshka 5 dims), data: recipes/quickstart.yaml, batch {args.batch_size}, "
-          f"{args.steps} steps ({args.warmup} untimed){repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.steps} steps ({args.warmup} untimed), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"hybridembed precision {precision}, matmul peak " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items())
           + f", allocator {preloaded_allocator() or 'glibc malloc'}")  # fmt: skip
-    spread = " | pairs/s: lowest–highest run" if args.repeats > 1 else ""
+    if args.cold_runs:
+        cold = arms_over(passes[: args.cold_runs])
+        print(f"\nFirst {plural(args.cold_runs, 'pass')} over the arms in a fresh process (cold: each arm grows the heap the arms after it reuse; "
+              "not in the medians below)")  # fmt: skip
+        print_table(cold, precision, peaks, args.cold_runs)
+        print(summary_line(cold, precision, peaks, prefix="cold_"))
+    arms = arms_over(passes[args.cold_runs :])
+    print(f"\nThe next {plural(args.repeats, 'pass')} (warm: every arm reuses the heap the first passes grew), median per arm")
+    print_table(arms, precision, peaks, args.repeats)
+    ours = arms["hybridembed"]
+    if precision != "fp32":
+        same = arms[f"stock SentenceTransformerTrainer, {precision}=True"]
+        print(f"speedup_vs_stock_{precision}: {ours['rows'] / same['rows']:.2f} quality_delta_vs_stock_{precision}: {ours['spearman'] - same['spearman']:.3f}")
+    print(summary_line(arms, precision, peaks))
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}es"
+
+
+def arms_over(passes: list[dict[str, dict]]) -> dict[str, dict]:
+    """Every arm's summary (medians and pairs/s range) over these passes."""
+    return {name: summarise([runs[name] for runs in passes]) for name in passes[0]}
+
+
+def print_table(arms: dict[str, dict], precision: str, peaks: dict[str, float], runs: int) -> None:
+    spread = " | pairs/s: lowest–highest run" if runs > 1 else ""
     print(
         f"| trainer | precision | pairs/s | batch tokens/s | executed GFLOP/s | fraction of that precision's peak | padding share of the tokens the backbone computed "
         f"| STS-B dev Spearman | wall (s) | page faults per timed step{spread} |"
@@ -315,12 +344,14 @@ def main() -> None:
         low_high = f" {arm['rows_low']:.1f}–{arm['rows_high']:.1f} |" if spread else ""
         print(f"| {name} | {p} | {arm['rows']:.1f} | {arm['tokens']:.0f} | {arm['flops'] / 1e9:.1f} | {arm['flops'] / peaks[p]:.2f} | {arm['padding']:.2f} | "
               f"{arm['spearman']:.4f} | {arm['wall']:.0f} | {arm['faults']:.0f} |{low_high}")  # fmt: skip
-    if precision != "fp32":
-        same = arms[f"stock SentenceTransformerTrainer, {precision}=True"]
-        print(f"speedup_vs_stock_{precision}: {ours['rows'] / same['rows']:.2f} quality_delta_vs_stock_{precision}: {ours['spearman'] - same['spearman']:.3f}")
-    print(
-        f"speedup: {ours['rows'] / stock['rows']:.2f} peak_fraction: {ours['flops'] / peaks[precision]:.2f} "
-        f"quality_delta: {ours['spearman'] - stock['spearman']:.3f}"
+
+
+def summary_line(arms: dict[str, dict], precision: str, peaks: dict[str, float], prefix: str = "") -> str:
+    """`speedup: X peak_fraction: Y quality_delta: Z`: ours ÷ stock-default rows/s, our FLOP/s ÷ our precision's peak, Spearman gap."""
+    ours, stock = arms["hybridembed"], arms["stock SentenceTransformerTrainer"]
+    return (
+        f"{prefix}speedup: {ours['rows'] / stock['rows']:.2f} {prefix}peak_fraction: {ours['flops'] / peaks[precision]:.2f} "
+        f"{prefix}quality_delta: {ours['spearman'] - stock['spearman']:.3f}"
     )
 
 

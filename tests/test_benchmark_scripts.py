@@ -86,3 +86,31 @@ def test_train_throughput_rows_can_change_several_settings():
 
     assert settings_row("training.packing=true; training.forward_chunk_rows=null") == (("training.packing", True), ("training.forward_chunk_rows", None))
     assert settings_row("training.lane_dropout=false") == (("training.lane_dropout", False),)
+
+
+def test_train_throughput_keeps_cold_passes_out_of_the_medians():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_throughput import arms_over, summary_line
+
+    def run(rows, flops):
+        return {"rows": rows, "flops": flops, "spearman": 0.88}
+
+    passes = [{"hybridembed": run(70.0, 170.0), "stock SentenceTransformerTrainer": run(20.0, 50.0)},
+              {"hybridembed": run(80.0, 200.0), "stock SentenceTransformerTrainer": run(20.0, 50.0)},
+              {"hybridembed": run(90.0, 220.0), "stock SentenceTransformerTrainer": run(30.0, 60.0)}]  # fmt: skip
+    cold, warm = arms_over(passes[:1]), arms_over(passes[1:])
+    assert cold["hybridembed"]["rows"] == 70.0 and warm["hybridembed"]["rows"] == 85.0 and warm["hybridembed"]["rows_low"] == 80.0
+    assert summary_line(warm, "bf16", {"bf16": 400.0}) == "speedup: 3.40 peak_fraction: 0.53 quality_delta: 0.000"
+    assert summary_line(cold, "bf16", {"bf16": 400.0}, prefix="cold_").startswith("cold_speedup: 3.50 cold_peak_fraction: 0.42 ")
+
+
+def test_collate_speed_collates_identical_batches_with_both_tokenizers(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "collate_speed.py"), "--batches", "6", "--passes", "1"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| tokenizer", "| sentence-transformers preprocess", "| hybridembed text_tokenizer"]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("collate_speedup: ") and last.endswith("identical_batches: True"), done.stdout

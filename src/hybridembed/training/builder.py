@@ -23,6 +23,7 @@ from hybridembed.data import TaskDataset, load_datasets
 from hybridembed.data.collator import DatasetView, HybridCollator
 from hybridembed.data.rows import row_texts
 from hybridembed.data.streaming import StreamedRows, open_stream
+from hybridembed.data.tokenize import text_tokenizer
 from hybridembed.distributed import GatherGroups, is_distributed
 from hybridembed.errors import RecipeError
 from hybridembed.losses import build_loss, resolve_loss_config
@@ -205,7 +206,7 @@ def prepare_training(recipe: Recipe, datasets: list[TaskDataset] | None = None) 
         from hybridembed.mining.dynamic import build_dynamic_miner
 
         miner = build_dynamic_miner(model, recipe.mining.dynamic, datasets, views, sampler, args.gradient_accumulation_steps)
-    collator = HybridCollator(model.preprocess, views, seed=recipe.training.seed, rank=args.process_index)
+    collator = HybridCollator(text_tokenizer(model), views, seed=recipe.training.seed, rank=args.process_index)
     evaluator, eval_callbacks = None, []
     if recipe.eval is not None:
         from hybridembed.evaluation.callback import build_eval_callbacks
