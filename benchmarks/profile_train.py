@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--mask-block-lanes", type=int, default=None, metavar="N",
                         help="with --masks: draw masks N lanes at a time instead of the default "
                         "(hybridembed.modeling.dropout.BLOCK_LANES); a huge N draws each mask whole, as before 270426b")  # fmt: skip
+    parser.add_argument("--gc", action="store_true",
+                        help="time every cyclic-GC collection during training, by generation: as the trainer runs (its startup objects frozen, "
+                        "hybridembed.training.gc_freeze) and, in a second run, without the freeze")  # fmt: skip
     parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE",
                         help=f"a recipe setting on top of train_throughput.py's arm ({OURS}), e.g. --set training.lane_dropout=false")  # fmt: skip
     args = parser.parse_args()
@@ -51,6 +54,13 @@ def main() -> None:
         return
     if args.masks:
         profile_masks(trainer, args)
+        return
+    if args.gc:
+        profile_gc(
+            trainer,
+            args,
+            lambda: prepare_training(recipe(args.steps, args.batch_size, "/tmp/hybridembed-profile-2", resolve_precision(args.precision), settings)),
+        )
         return
     profiler = cProfile.Profile()
     started = time.perf_counter()
@@ -122,6 +132,55 @@ def profile_masks(trainer, args) -> None:
         print(f"| {dtype} | {rank} | {calls} | {elements / 1e6:.1f} | {seconds:.3f} | {seconds / max(elements, 1) * 1e9:.2f} |")
     elements, seconds = (sum(total[i] for total in timer.totals.values()) for i in (1, 2))
     print(f"masks: {seconds / wall:.1%} of the wall, {seconds / max(elements, 1) * 1e9:.2f} ns per element")
+
+
+class CollectionTimer:
+    """A `gc.callbacks` entry adding up the collections that start and stop while it is on: count, seconds and objects collected by generation."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.started = 0.0
+        self.totals: dict[int, list[float]] = {}
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        total = self.totals.setdefault(info["generation"], [0, 0.0, 0])
+        total[0] += 1
+        total[1] += time.perf_counter() - self.started
+        total[2] += info["collected"]
+
+
+def profile_gc(trainer, args, second_trainer) -> None:
+    """Cyclic-GC pauses inside `train()`: the trainer as it runs (startup objects frozen), then a fresh one with the freeze turned off."""
+    import contextlib
+    import gc
+
+    import hybridembed.training.trainer as trainer_module
+
+    timer = CollectionTimer()
+    gc.callbacks.append(timer)
+    rows = []
+    for label, make in (("startup objects frozen (the trainer's default)", lambda: trainer), ("not frozen", second_trainer)):
+        if label == "not frozen":
+            trainer_module.frozen_startup_objects = contextlib.nullcontext  # the name the trainer's train() looks up
+        current = make()
+        timer.totals, timer.on = {}, True
+        current.train()
+        timer.on = False
+        rows.append((label, len(gc.get_objects()), dict(timer.totals)))
+    gc.callbacks.remove(timer)
+    print(f"\n{args.steps} steps, batch {args.batch_size}, quickstart data, precision {args.precision}")
+    print("| run | tracked objects after | generation | collections | seconds | objects collected |")
+    print("|---|---|---|---|---|---|")
+    for label, objects, totals in rows:
+        for generation, (count, seconds, collected) in sorted(totals.items()):
+            print(f"| {label} | {objects} | {generation} | {count} | {seconds:.3f} | {collected} |")
+    full = [sum(seconds for generation, (_, seconds, _) in totals.items() if generation == 2) for _, _, totals in rows]
+    print(f"full collections: {full[0]:.3f} s frozen, {full[1]:.3f} s not frozen")
 
 
 # The matmul operators a training step runs (forward and autograd's backward), and how to rebuild one from its input shapes.

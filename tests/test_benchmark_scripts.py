@@ -114,3 +114,15 @@ def test_collate_speed_collates_identical_batches_with_both_tokenizers(tmp_path)
     assert [row.split(" | ")[0] for row in rows] == ["| tokenizer", "| sentence-transformers preprocess", "| hybridembed text_tokenizer"]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("collate_speedup: ") and last.endswith("identical_batches: True"), done.stdout
+
+
+def test_profile_train_gc_times_collections_with_and_without_the_freeze(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "profile_train.py"), "--gc", "--steps", "2", "--precision", "fp32"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {line.split(" | ")[0].removeprefix("| ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert {"startup objects frozen (the trainer's default)", "not frozen"} <= runs or runs == {"run"}, done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("full collections: ") and last.endswith(" s not frozen"), done.stdout

@@ -23,6 +23,7 @@ from hybridembed.errors import DataError, RecipeError
 from hybridembed.model_folder import RunResult, last_complete_checkpoint, write_training_log
 from hybridembed.modeling.model import resolve_backbone
 from hybridembed.recipe import ModelConfig, TextsConfig, TrainingConfig
+from hybridembed.training.gc_freeze import frozen_startup_objects
 from hybridembed.training.stream_training import StreamedTrainingMixin, pass_through
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def run_mlm(model_cfg: ModelConfig, texts: list[TextsConfig], training: Training
     checkpoint = last_complete_checkpoint(out) if resume else None  # not one a kill left half-written
     if checkpoint:
         logger.info("resuming from checkpoint %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with frozen_startup_objects():  # the corpus and the libraries' objects stay out of the GC's full passes
+        trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
     if trainer.is_world_process_zero():

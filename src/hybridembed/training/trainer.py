@@ -21,6 +21,7 @@ from hybridembed.data.arrow_store import release_mapped_pages
 from hybridembed.data.streaming import StreamCollate, StreamedRows
 from hybridembed.distributed import GatherGroups, all_gather_ints, gathering_over, is_distributed
 from hybridembed.tasks import TaskType
+from hybridembed.training.gc_freeze import frozen_startup_objects
 from hybridembed.training.sampling import KeyedBatches, KeyedRows, TaskBatchSampler
 from hybridembed.training.stream_training import StreamedTrainingMixin
 from hybridembed.training.task_weighting import WeightedClipping, loss_weight
@@ -85,6 +86,11 @@ class HybridTrainer(StreamedTrainingMixin, SentenceTransformerTrainer):
             self.add_callback(DynamicMiningCallback(dynamic_miner, self))  # it logs through this trainer
         weights = {name: loss_weight(fn) for name, fn in self.loss.items()} if isinstance(self.loss, dict) else {}
         self.dataset_weights = [weights.get(name, 1.0) for name in dataset_tasks]  # by dataset index
+
+    def train(self, *args: Any, **kwargs: Any):
+        """sentence-transformers' training loop, with the objects the run starts with out of the cyclic GC's full passes (training/gc_freeze.py)."""
+        with frozen_startup_objects():
+            return super().train(*args, **kwargs)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.streamed is not None:
