@@ -3,8 +3,8 @@
 What ours adds: `SentenceTransformer.preprocess` asks the tokenizer for `return_tensors="pt"`, and
 transformers' `BatchEncoding.convert_to_tensors` then walks every padded row in Python (a
 `flatten` of the whole batch only to test whether it is empty) before `torch.tensor`. For the short
-texts of a training batch that walk costs more than the tokenization itself (measured: 2.6 ms
-against 1.0 ms for 32 quickstart texts). `text_tokenizer(model)` runs the same `preprocess` — so
+texts of a training batch that walk is a third of the collation time (`benchmarks/collate_speed.py`:
+the benchmark's batches collate 1.5× faster without it, into identical tensors; docs/performance.md). `text_tokenizer(model)` runs the same `preprocess` — so
 truncation, `max_seq_length`, the module's own processing kwargs and prompts stay sentence-
 transformers' — with `return_tensors=None`, and builds each padded list of rows into one tensor
 directly. Modules whose `preprocess` needs tensors after tokenizing (decoders checking left padding,
@@ -41,7 +41,7 @@ def text_tokenizer(model: Any) -> Tokenize:
 
 def converts_lists_exactly(model: Any) -> bool:
     """Whether `model`'s first module is a plain-text ST Transformer whose preprocess uses its tensors only as the tokenizer returns them."""
-    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Transformer
 
     module = model[0] if len(model) else None
     if type(module) is not Transformer:  # subclasses (ColBERT-style, routers) may post-process tensors
