@@ -25,8 +25,8 @@ stock bf16 arm. `--repeats N` runs every arm N times in turn and reports medians
 lowest and highest pairs/s); the ratios are ratios of medians. Before them, `--cold-runs` passes
 (default 1) over every arm are timed the same way and printed in their own table, with
 `cold_speedup: … cold_peak_fraction: … cold_quality_delta: …`, and left out of the medians: the
-first run in a fresh process pays for growing the heap (hundreds of thousands of page faults for
-the batch of 128-token passages, several µs each in a VM) and the arms after it reuse that memory,
+first run in a fresh process pays for growing the heap (~10 k page faults per timed step for ours
+cold against ~400 warm, the tables' last column, each several µs in a VM) and the arms after it reuse that memory,
 so in a cold pass the arm that runs first (ours) pays for all of them; a long run pays it once. Every arm runs under tcmalloc when
 it is installed (`--allocator auto`, the default: the script re-executes itself with LD_PRELOAD, as
 `make demo` trains, and names the allocator in its header); `--allocator system` keeps glibc's

@@ -4,8 +4,8 @@ A training process holds hundreds of thousands of long-lived Python objects befo
 and transformers' modules, the model's parameters' wrappers, and the loaded datasets' rows (one dict
 and several strings per row) — and none of them becomes cyclic garbage while it trains. Python's
 full (generation 2) collection still walks all of them whenever enough new objects have survived:
-in the benchmark's quickstart run one 0.28–0.36 s pause inside 40 steps of ~12 s (~530 k tracked
-objects; `benchmarks/profile_train.py --gc`, docs/performance.md), and a pause grows with the rows
+in the benchmark's quickstart run one 0.28–0.36 s pause inside 40 steps that train in 14–17 s (~530 k
+tracked objects; `benchmarks/profile_train.py --gc`, docs/performance.md), and a pause grows with the rows
 held in memory.
 `gc.freeze()` moves every object tracked so far into a permanent generation the collector skips;
 `frozen_startup_objects()` does that for the duration of a `train()` and unfreezes afterwards, so
